@@ -1,0 +1,65 @@
+"""One registry for every backbone variant (timm style: thin entrypoints, one place to look).
+
+``register_model`` decorates a zero-argument-capable factory ``fn(**kwargs) -> nn.Module``;
+``create(name, **kwargs)`` builds it; ``list_models(pattern)`` lists names.
+"""
+import difflib
+import fnmatch
+
+_MODELS = {}
+_FAMILY = {}
+
+
+def register_model(family):
+    """Decorator registering a factory under its function name.
+
+    Args:
+        family (str): one of ``'elastic'``, ``'slimmable'``, ``'sact'``, ``'rsnet'``, ``'baseline'``.
+
+    Raises:
+        ValueError: if the name is already registered (two files defining the same variant).
+    """
+    def deco(fn):
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f'backbone {name!r} registered twice')
+        _MODELS[name] = fn
+        _FAMILY[name] = family
+        return fn
+    return deco
+
+
+def list_models(pattern='*', family=None):
+    """Sorted registered names matching a glob ``pattern`` (and ``family`` if given)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and (family is None or _FAMILY[n] == family))
+
+
+def model_family(name):
+    """Family of a registered name. Raises ValueError (with close matches) for unknown names."""
+    _check(name)
+    return _FAMILY[name]
+
+
+def _check(name):
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.4)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown backbone {name!r}.{hint} Registered: {", ".join(list_models())}')
+
+
+def create(name, **kwargs):
+    """Build a registered backbone.
+
+    Args:
+        name (str): a name from :func:`list_models`.
+        **kwargs: passed to the factory (``num_classes``, ``out_indices``, ``frozen_stages``,
+            ``norm_eval``, ``output_stride``, family-specific options).
+
+    Returns:
+        nn.Module: a :class:`backbones.base.DynamicBackbone`.
+
+    Raises:
+        ValueError: unknown name; the message lists the closest registered names.
+    """
+    _check(name)
+    return _MODELS[name](**kwargs)

@@ -1,0 +1,191 @@
+"""Common interface of every dynscale backbone.
+
+A backbone is ``stem`` followed by four ``stages`` (ResNet's res2..res5 / C2..C5; MobileNet and VGG
+are grouped into the same four output strides 4, 8, 16, 32) and an optional classification head.
+This mirrors timm's ``feature_info`` and MMSeg's ResNet (``out_indices``, ``frozen_stages``,
+``norm_eval``) so that the adapters in ``plugins/`` are thin.
+"""
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class StageSpec(NamedTuple):
+    """Metadata of one stage output: ``name`` ('stage1'..'stage4'), ``channels`` at the
+    *current* width, ``stride`` in input pixels (4, 8, 16, 32 at output stride 32)."""
+    name: str
+    channels: int
+    stride: int
+
+
+def output_stride_dilations(output_stride, multi_grid=(1, 1, 1)):
+    """Strides/dilations of stages 1..4 for an output stride (DeepLabV3, Chen et al. 2017, Sec. 3).
+
+    Args:
+        output_stride (int): 32, 16 or 8.
+        multi_grid (tuple[int]): per-unit dilation multipliers of the last stage (e.g. (1, 2, 4)).
+
+    Returns:
+        tuple: ``(strides, dilations, last_stage_unit_dilations)``; ``strides`` and ``dilations`` are
+        4-tuples for stages 1..4; the last element is a tuple of per-unit dilation rates of stage 4
+        (its length follows ``multi_grid``).
+
+    Raises:
+        ValueError: output stride not in {8, 16, 32}.
+    """
+    if output_stride == 32:
+        strides, dilations = (1, 2, 2, 2), (1, 1, 1, 1)
+    elif output_stride == 16:
+        strides, dilations = (1, 2, 2, 1), (1, 1, 1, 2)
+    elif output_stride == 8:
+        strides, dilations = (1, 2, 1, 1), (1, 1, 2, 4)
+    else:
+        raise ValueError(f'output_stride must be 32, 16 or 8, got {output_stride}')
+    grid = tuple(dilations[3] * m for m in multi_grid)
+    return strides, dilations, grid
+
+
+class DynamicBackbone(nn.Module):
+    """Base class: ``stem`` + ``stages`` (4) + optional ``head`` with dense-prediction options.
+
+    Subclasses build ``self.stem`` (``[N,3,H,W] -> [N,C0,H/4,W/4]`` at output stride 32) and
+    ``self.stages`` (``nn.ModuleList`` of 4) and ``self.head`` (``[N,C4,h,w] -> [N,num_classes]``
+    logits, or ``None`` when ``num_classes == 0``), set ``self._stage_channels`` (full-width channels)
+    and ``self._stage_strides``, then call :meth:`_init_dense`.
+
+    Args:
+        out_indices (tuple[int]): which stages (0..3) ``forward_features`` returns.
+        frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k freezes stem and stages 0..k-1
+            (``eval()`` + ``requires_grad=False``), re-applied by :meth:`train`.
+        norm_eval (bool): keep every normalisation layer in eval mode while training (fine-tuning with
+            small batches), re-applied by :meth:`train`.
+
+    Raises:
+        ValueError: an ``out_indices`` entry outside 0..3 or ``frozen_stages`` outside -1..4.
+    """
+
+    family = 'base'
+    #: input format of pretrained weights: RGB in [0, 1] scaled by mean/std (torchvision convention)
+    input_format = 'RGB'
+    pixel_mean = (0.485, 0.456, 0.406)
+    pixel_std = (0.229, 0.224, 0.225)
+
+    def _init_dense(self, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
+        out_indices = tuple(out_indices)
+        if any(i not in range(4) for i in out_indices):
+            raise ValueError(f'out_indices must be within 0..3, got {out_indices}')
+        if frozen_stages not in range(-1, 5):
+            raise ValueError(f'frozen_stages must be in -1..4, got {frozen_stages}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------- metadata
+    def stage_channels(self):
+        """Channels of the 4 stage outputs at the current configuration (width) as a list of int."""
+        return list(self._stage_channels)
+
+    @property
+    def feature_info(self):
+        """``[StageSpec]`` for the stages in ``out_indices`` (channels at the current width)."""
+        ch = self.stage_channels()
+        return [StageSpec(f'stage{i + 1}', ch[i], self._stage_strides[i]) for i in self.out_indices]
+
+    def check_input(self, x):
+        """Raise ValueError unless ``x`` is ``[N, 3, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'{type(self).__name__} expects input of shape [N, 3, H, W] (RGB), got '
+                             f'{tuple(x.shape)}; convert grayscale/RGBA images to 3 channels')
+
+    # ----------------------------------------------------------------- forward
+    def forward_stem(self, x):
+        """``[N,3,H,W] -> [N,C0,H/4,W/4]``; override for families whose stem needs state."""
+        return self.stem(x)
+
+    def forward_features(self, x):
+        """Stage outputs.
+
+        Args:
+            x (Tensor): ``[N, 3, H, W]`` normalised image batch (any H, W >= 32).
+
+        Returns:
+            OrderedDict[str, Tensor]: ``'stage{i+1}' -> [N, C_i, ceil(H/s_i), ceil(W/s_i)]`` for i in
+            ``out_indices`` (stride ``s_i`` from :attr:`feature_info`).
+
+        Raises:
+            ValueError: wrong channel count.
+        """
+        self.check_input(x)
+        x = self.forward_stem(x)
+        out = OrderedDict()
+        last = max(self.out_indices) if self.out_indices else 3
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                out[f'stage{i + 1}'] = x
+            if i >= last and self.head is None:
+                break
+        self._last_stage_output = x
+        return out
+
+    def forward_head(self, x):
+        """``[N, C4, h, w] -> [N, num_classes]`` logits."""
+        if self.head is None:
+            raise RuntimeError('this backbone was built with num_classes=0 (features only); '
+                               'call forward_features or rebuild with num_classes > 0')
+        return self.head(x)
+
+    def forward(self, x):
+        """Logits ``[N, num_classes]`` when a head exists, else the ``forward_features`` dict."""
+        feats = self.forward_features(x)
+        if self.head is None:
+            return feats
+        return self.forward_head(self._last_stage_output)
+
+    def reset_classifier(self, num_classes=0):
+        """Drop (``num_classes=0``) the head so dense-prediction users have no unused parameters."""
+        if num_classes != 0:
+            raise ValueError('only num_classes=0 (drop the head) is supported; build a new model for a new head')
+        self.head = None
+
+    # ----------------------------------------------------------------- train-time policy
+    def _freeze_stages(self):
+        if self.frozen_stages >= 0:
+            mods = [self.stem] + [self.stages[i] for i in range(self.frozen_stages)]
+            for m in mods:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode=True):
+        """Set train mode, then re-apply ``frozen_stages`` and ``norm_eval`` (MMSeg ResNet semantics)."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) or getattr(m, 'is_norm', False):
+                    m.eval()
+        return self
+
+    def extra_repr(self):
+        return f'out_indices={self.out_indices}, frozen_stages={self.frozen_stages}, norm_eval={self.norm_eval}'
+
+
+def classifier_head(in_channels, num_classes, dropout=0.0):
+    """Global average pooling + (dropout) + linear: ``[N, C, h, w] -> [N, num_classes]``; ``None`` if 0."""
+    if num_classes == 0:
+        return None
+    layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(in_channels, num_classes))
+    return nn.Sequential(*layers)
+
+
+def seed_everything(seed):
+    """Seed torch (CPU and CUDA) for deterministic construction; returns the seed."""
+    torch.manual_seed(seed)
+    return seed

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Create or reuse the project virtual environment and install everything the
+# test suite and the demo need.  Idempotent: a warm run only re-checks.
+#
+#   DYNSCALE_VENV   where the venv lives            (default: <repo>/.venv)
+#   DYNSCALE_CACHE  where the mmcv wheel is cached   (default: ~/.cache/dynscale)
+#
+# Why it looks like this:
+# * pip is run with --isolated so that this machine's pip config / PIP_FIND_LINKS
+#   (which offer a local CPU-only torch that cannot load the registry's
+#   torchvision) are ignored and the registry's build is used.
+# * mmcv 2.1 (full, with ops) has no wheel for torch 2.13: it is compiled from
+#   its sdist once (~12 min on 2 cores) against the installed torch and cached
+#   under a key made of the torch version and the Python ABI, so a torch change
+#   forces a rebuild and a wheel built against another torch is never reused.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DYNSCALE_VENV:-$ROOT/.venv}"
+CACHE="${DYNSCALE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dynscale}"
+CONSTRAINTS="$ROOT/tools/constraints.txt"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --isolated --disable-pip-version-check -q)
+t0=$(date +%s)
+log() { echo "[setup $(( $(date +%s) - t0 ))s] $*"; }
+
+if [ ! -x "$PY" ]; then
+  log "creating virtual environment $VENV"
+  python3 -m venv "$VENV"
+fi
+
+# Fingerprint of everything that decides what gets installed: a warm run with
+# an unchanged fingerprint skips pip entirely.
+stamp="$VENV/.dynscale-stamp"
+fp=$(cat "$CONSTRAINTS" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fp" ] && "$PY" "$ROOT/tools/check_env.py" --quiet; then
+  log "environment up to date ($VENV)"
+  exit 0
+fi
+
+log "installing build tools and torch (registry build, pinned)"
+"${PIP[@]}" install -U pip wheel "setuptools<81" ninja
+"${PIP[@]}" install -c "$CONSTRAINTS" torch torchvision
+
+key=$("$PY" -c 'import sys, torch; print(f"torch{torch.__version__}-cp{sys.version_info.major}{sys.version_info.minor}")')
+wheel_dir="$CACHE/wheels/mmcv-2.1.0-$key"
+if ! ls "$wheel_dir"/mmcv-*.whl >/dev/null 2>&1; then
+  log "building mmcv 2.1.0 with ops against $key (about 12 minutes on 2 cores; cached in $wheel_dir)"
+  mkdir -p "$wheel_dir.tmp"
+  MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv -w "$wheel_dir.tmp" mmcv==2.1.0
+  rm -rf "$wheel_dir"; mv "$wheel_dir.tmp" "$wheel_dir"
+else
+  log "reusing cached mmcv wheel from $wheel_dir"
+fi
+"${PIP[@]}" install -c "$CONSTRAINTS" "$wheel_dir"/mmcv-*.whl
+
+log "installing dynscale (editable) with the mm and dev extras"
+"${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT[mm,dev]"
+
+"$PY" "$ROOT/tools/check_env.py"
+echo "$fp" > "$stamp"
+log "done"
