@@ -1,0 +1,160 @@
+"""Backbone checkpoints that carry their metadata, written atomically, loaded with a loud key report.
+
+Format (``torch.save``)::
+
+    {'state_dict': {...},            # backbone.state_dict(), classifier head removed
+     'meta': {'format': 'dynscale-backbone-v1', 'family': ..., 'variant': ..., 'widths': ...,
+              'resolutions': ..., 'channel_divisor': ..., 'input_format': 'RGB',
+              'pixel_mean': [...], 'pixel_std': [...],   # on the 0-255 scale
+              ...anything the producer adds (epoch, top-1, recipe)}}
+
+Every framework adapter loads through :func:`load_backbone_state`, so the rules (prefix stripping,
+missing/unexpected report, metadata checks) live in one place.
+"""
+import os
+import tempfile
+import warnings
+
+import torch
+
+FORMAT = 'dynscale-backbone-v1'
+_PREFIXES = ('module.', 'backbone.bottom_up.model.', 'backbone.bottom_up.', 'backbone.model.', 'backbone.',
+             'model.', 'body.')
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model; the message lists the keys and the fix."""
+
+
+def atomic_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+
+    A crash mid-write leaves the previous file intact (never a truncated checkpoint).
+    """
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def backbone_meta(model, **extra):
+    """Metadata dict describing ``model`` (a :class:`backbones.base.DynamicBackbone`)."""
+    meta = {
+        'format': FORMAT,
+        'family': getattr(model, 'family', None),
+        'variant': getattr(model, 'variant', type(model).__name__),
+        'widths': list(getattr(model, 'width_range', ()) or ()) or None,
+        'width_list': list(getattr(model, 'width_list', ()) or ()) or None,
+        'resolutions': list(getattr(model, 'resolutions', ()) or ()) or None,
+        'channel_divisor': getattr(model, 'channel_divisor', None),
+        'stage_channels': list(model.stage_channels()) if hasattr(model, 'stage_channels') else None,
+        'input_format': getattr(model, 'input_format', 'RGB'),
+        'pixel_mean': [round(255 * m, 3) for m in getattr(model, 'pixel_mean', (0.485, 0.456, 0.406))],
+        'pixel_std': [round(255 * s, 3) for s in getattr(model, 'pixel_std', (0.229, 0.224, 0.225))],
+    }
+    meta.update(extra)
+    return meta
+
+
+def save_backbone_checkpoint(model, path, drop_head=True, **extra_meta):
+    """Write ``{'state_dict', 'meta'}`` for ``model`` atomically; returns ``path``.
+
+    Args:
+        drop_head (bool): remove ``head.*`` keys (dense-prediction users build without a head).
+    """
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not (drop_head and k.startswith('head.'))}
+    return atomic_save({'state_dict': sd, 'meta': backbone_meta(model, **extra_meta)}, path)
+
+
+def read_checkpoint(path_or_obj):
+    """Return ``(state_dict, meta)`` from a path or loaded object (dynscale, mm or d2 layouts).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        CheckpointMismatchError: the file holds no state dict.
+    """
+    obj = path_or_obj
+    if isinstance(path_or_obj, (str, os.PathLike)):
+        if not os.path.exists(path_or_obj):
+            raise FileNotFoundError(f'checkpoint not found: {path_or_obj}')
+        obj = torch.load(path_or_obj, map_location='cpu', weights_only=False)
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f'checkpoint is a {type(obj).__name__}, not a dict with a state_dict')
+    meta = obj.get('meta') or {}
+    for key in ('state_dict', 'model', 'state_dict_ema'):
+        if key in obj and isinstance(obj[key], dict):
+            sd = obj[key]
+            break
+    else:
+        sd = obj
+    if not all(isinstance(v, torch.Tensor) or hasattr(v, 'shape') for v in sd.values()):
+        raise CheckpointMismatchError('checkpoint holds no tensor state dict (keys: %s)' % list(obj)[:10])
+    sd = {k: torch.as_tensor(v) for k, v in sd.items()}
+    return sd, meta
+
+
+def strip_prefix(state_dict, model_keys):
+    """Remove the first known wrapper prefix that makes keys match ``model_keys``."""
+    model_keys = set(model_keys)
+    best, best_hits = state_dict, len(model_keys & set(state_dict))
+    for p in _PREFIXES:
+        cand = {k[len(p):] if k.startswith(p) else k: v for k, v in state_dict.items()}
+        hits = len(model_keys & set(cand))
+        if hits > best_hits:
+            best, best_hits = cand, hits
+    return best
+
+
+def load_backbone_state(model, checkpoint, strict=True, expect_family=None, logger=None):
+    """Load a backbone checkpoint into ``model`` and report unmatched keys loudly.
+
+    Args:
+        model (nn.Module): the backbone (not the detector).
+        checkpoint (str | dict): path or loaded object.
+        strict (bool): raise on missing/unexpected/shape-mismatched backbone keys (``head.*`` keys of
+            the checkpoint are ignored when the model has no head).
+        expect_family (str | None): raise when the checkpoint's ``meta['family']`` differs.
+
+    Returns:
+        dict: ``missing``, ``unexpected``, ``shape_mismatch`` (lists of keys) and ``meta``.
+
+    Raises:
+        CheckpointMismatchError: with ``strict`` and any unmatched key, or a family mismatch; the
+            message lists the keys and names the likely fix.
+    """
+    sd, meta = read_checkpoint(checkpoint)
+    own = model.state_dict()
+    sd = strip_prefix(sd, own.keys())
+    if not any(k.startswith('head.') for k in own):
+        sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
+    fam = meta.get('family')
+    if expect_family and fam and fam != expect_family:
+        raise CheckpointMismatchError(f'checkpoint is a {fam!r} backbone ({meta.get("variant")}), the model is '
+                                      f'{expect_family!r}: pick the checkpoint exported for this variant')
+    shape_mismatch = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    load = {k: v for k, v in sd.items() if k in own and k not in shape_mismatch}
+    report = {'missing': missing, 'unexpected': unexpected, 'shape_mismatch': shape_mismatch, 'meta': meta}
+    if missing or unexpected or shape_mismatch:
+        msg = (f'backbone checkpoint does not match {type(model).__name__} '
+               f'({meta.get("variant", "unknown variant")}): {len(missing)} missing {missing[:8]}, '
+               f'{len(unexpected)} unexpected {unexpected[:8]}, {len(shape_mismatch)} shape-mismatched '
+               f'{shape_mismatch[:8]}. Check that the variant, widths and resolutions match the checkpoint '
+               f'meta {dict((k, meta.get(k)) for k in ("variant", "widths", "resolutions"))}.')
+        if strict:
+            raise CheckpointMismatchError(msg)
+        (logger.warning if logger else warnings.warn)(msg)
+    model.load_state_dict(load, strict=False)
+    return report
