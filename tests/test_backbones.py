@@ -1,0 +1,120 @@
+"""One test parametrised over every registered backbone (timm's test_models pattern)."""
+import pytest
+import torch
+from torch import nn
+
+import backbones
+
+ALL = backbones.list_models()
+# data-dependent control flow (halting) cannot be traced into one static graph
+DYNAMIC = {n for n in ALL if n.startswith(('sact_', 'act_'))}
+
+
+def _build(name, seed=0, **kw):
+    torch.manual_seed(seed)
+    return backbones.create(name, num_classes=0, **kw)
+
+
+def test_registry_has_every_family():
+    fams = {backbones.model_family(n) for n in ALL}
+    assert {'elastic', 'slimmable', 'sact', 'rsnet'} <= fams
+    assert len(ALL) >= 20
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ValueError, match='resnext50_elastic'):
+        backbones.create('resnext50_elastc')
+
+
+@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('size', [(224, 224), (225, 301)])
+def test_forward_backward_strides_channels(name, size):
+    model = _build(name)
+    model.train()
+    x = torch.randn(1, 3, *size)
+    feats = model.forward_features(x)
+    info = model.feature_info
+    assert list(feats) == [s.name for s in info]
+    for s in info:
+        f = feats[s.name]
+        assert f.shape[1] == s.channels, (name, s)
+        # 'same' padding everywhere: ceil division (within one pixel for pooling choices)
+        assert abs(f.shape[2] - size[0] / s.stride) <= 1 and abs(f.shape[3] - size[1] / s.stride) <= 1, (name, s, f.shape)
+    loss = sum(f.float().mean() for f in feats.values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_deterministic_under_seed(name):
+    x = torch.randn(2, 3, 64, 64)
+    a, b = _build(name, seed=3).eval(), _build(name, seed=3).eval()
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    with torch.no_grad():
+        fa, fb = a.forward_features(x), b.forward_features(x)
+    for k in fa:
+        assert torch.equal(fa[k], fb[k])
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_wrong_channel_count_raises(name):
+    model = _build(name).eval()
+    with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):
+        model.forward_features(torch.randn(1, 4, 64, 64))
+
+
+@pytest.mark.parametrize('name', [n for n in ALL if n not in DYNAMIC])
+def test_trace_static_variants(name):
+    model = _build(name).eval()
+    if backbones.model_family(name) == 'slimmable':
+        from backbones.slimmable import export_static
+        model = export_static(model, model.width_range[1])
+    x = torch.randn(1, 3, 96, 96)
+
+    class Wrap(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            out = self.m.forward_features(x) if hasattr(self.m, 'forward_features') else self.m(x)
+            return tuple(out.values()) if isinstance(out, dict) else out
+
+    w = Wrap(model).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(w, x, check_trace=False)
+        ref, got = w(x), traced(torch.randn(1, 3, 96, 96) * 0 + x)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    got = got if isinstance(got, tuple) else (got,)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(r, g)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_sync_bn_conversion_keeps_eval_output(name):
+    """nn.SyncBatchNorm.convert_sync_batchnorm replaces BNs by isinstance: private and slimmable BNs must survive."""
+    model = _build(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_features(x)
+        conv = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in conv.modules())
+        got = conv.forward_features(x)
+    for k in ref:
+        torch.testing.assert_close(ref[k], got[k])
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_frozen_stages_and_norm_eval(name):
+    model = _build(name, frozen_stages=1, norm_eval=True)
+    model.train()
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert any(p.requires_grad for p in model.stages[1].parameters())
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(not m.training for m in norms)
+    # re-applied after every .train() call (frameworks call it each epoch)
+    model.train()
+    assert not any(p.requires_grad for p in model.stages[0].parameters())

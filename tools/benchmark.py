@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Throughput and peak memory of each dynscale family against its dense counterpart, in one run.
+
+Usage::
+
+    python tools/benchmark.py                       # every pair, markdown table with ratios
+    python tools/benchmark.py --pairs elastic sact  # a subset
+    python tools/benchmark.py --batch 16 --size 224 --iters 5 --threads 2 --json bench.json
+
+Each measurement runs in its own subprocess so that its peak resident memory (``ru_maxrss``, MiB) is its
+own; on CUDA the peak is ``torch.cuda.max_memory_allocated``.  Inference is ``model.eval()`` under
+``torch.inference_mode``; a train step is forward + cross-entropy + backward + SGD step.  Throughput is
+images per second over ``--iters`` timed iterations after ``--warmup`` untimed ones (median of iterations).
+
+Targets (issue 3): Elastic-ResNeXt50 >= 0.75x torchvision ResNeXt50 (train and inference); a slimmable
+model at width w within 1.15x the time of its ``export_static`` counterpart; SACT inference time falling
+with the ponder cost.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# pair name -> list of (label, spec); ratios are taken against the first entry of each pair
+PAIRS = {
+    'elastic': [('torchvision resnext50_32x4d', {'tv': 'resnext50_32x4d'}),
+                ('Elastic-ResNeXt50 (dynscale)', {'name': 'resnext50_elastic'}),
+                ('ResNeXt50 (dynscale, elastic off)', {'name': 'resnext50_32x4d'})],
+    'slimmable': [('us_mobilenet_v2 export_static @0.5', {'name': 'us_mobilenet_v2', 'width': 0.5, 'static': True}),
+                  ('us_mobilenet_v2 slimmable @0.5', {'name': 'us_mobilenet_v2', 'width': 0.5}),
+                  ('us_mobilenet_v2 slimmable @1.0', {'name': 'us_mobilenet_v2', 'width': 1.0}),
+                  ('torchvision mobilenet_v2', {'tv': 'mobilenet_v2'})],
+    'slimmable_resnet': [('us_resnet50 export_static @0.75', {'name': 'us_resnet50', 'width': 0.75, 'static': True}),
+                         ('us_resnet50 slimmable @0.75', {'name': 'us_resnet50', 'width': 0.75}),
+                         ('torchvision resnet50', {'tv': 'resnet50'}),
+                         ('us_resnet50 slimmable @1.0', {'name': 'us_resnet50', 'width': 1.0})],
+    'vgg': [('torchvision vgg16_bn', {'tv': 'vgg16_bn'}),
+            ('us_vgg16_bn slimmable @1.0', {'name': 'us_vgg16_bn', 'width': 1.0})],
+    'rsnet': [('torchvision resnet50', {'tv': 'resnet50'}),
+              ('rs_resnet50 @224 private BN', {'name': 'rs_resnet50', 'resolution': 224})],
+    'sact': [('preact_resnet50 (dense)', {'name': 'preact_resnet50'})] +
+            [(f'sact_resnet50 halting bias {b:+g}', {'name': 'sact_resnet50', 'halting_bias': b, 'infer_only': True})
+             for b in (-3.0, 0.0, 1.0, 2.0, 5.0)],
+}
+
+
+def build(spec):
+    """Build the model a spec describes; returns ``(model, extra_info_dict)``."""
+    import torch
+    torch.manual_seed(0)
+    if 'tv' in spec:
+        import torchvision
+        return getattr(torchvision.models, spec['tv'])(num_classes=1000), {}
+    import backbones
+    model = backbones.create(spec['name'], num_classes=1000)
+    info = {}
+    if 'width' in spec:
+        model.set_width(spec['width'])
+        if spec.get('static'):
+            from backbones.slimmable import export_static
+            model.eval()
+            model = export_static(model, spec['width'])
+    if 'resolution' in spec:
+        model.set_resolution(spec['resolution'])
+    if 'halting_bias' in spec:
+        from backbones.sact import set_halting_bias
+        set_halting_bias(model, spec['halting_bias'])
+    return model, info
+
+
+def run_one(spec, batch, size, iters, warmup, threads, device):
+    """Measure one spec in this process; returns a dict of results."""
+    import torch
+    torch.set_num_threads(threads)
+    model, info = build(spec)
+    model.to(device)
+    if spec.get('channels_last'):
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    sync = (lambda: torch.cuda.synchronize()) if device == 'cuda' else (lambda: None)
+    out = {'spec': spec, 'batch': batch, 'size': size}
+
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            sync()
+            t = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    out['infer_img_s'] = batch / statistics.median(times)
+    if hasattr(model, 'data_dependent_macs'):
+        with torch.no_grad():
+            dd = model.data_dependent_macs(x[:min(batch, 4)])
+        out['ponder_cost'] = dd.get('ponder_cost')
+        out['macs_G'] = dd['macs'] / 1e9
+    if not spec.get('infer_only'):
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        times = []
+        for i in range(warmup + iters):
+            sync()
+            t = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+        out['train_img_s'] = batch / statistics.median(times)
+    if device == 'cuda':
+        out['peak_mem_MiB'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        out['peak_mem_MiB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--pairs', nargs='*', default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--size', type=int, default=224)
+    ap.add_argument('--iters', type=int, default=5)
+    ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    ap.add_argument('--device', default='cuda' if os.environ.get('CUDA_VISIBLE_DEVICES') else 'cpu')
+    ap.add_argument('--json', help='write all results to this file')
+    ap.add_argument('--one', help=argparse.SUPPRESS)  # internal: JSON spec measured in a subprocess
+    args = ap.parse_args()
+    common = dict(batch=args.batch, size=args.size, iters=args.iters, warmup=args.warmup, threads=args.threads,
+                  device=args.device)
+    if args.one:
+        print('RESULT ' + json.dumps(run_one(json.loads(args.one), **common)))
+        return 0
+    results = []
+    print(f'batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, {args.device}, '
+          f'median of {args.iters} iterations after {args.warmup} warm-up')
+    print('| pair | model | infer img/s | x ref | train img/s | x ref | peak MiB | extra |')
+    print('|---|---|---|---|---|---|---|---|')
+    for pair in args.pairs:
+        ref = None
+        for label, spec in PAIRS[pair]:
+            cmd = [sys.executable, __file__, '--one', json.dumps(spec)] + sum(
+                ([f'--{k}', str(v)] for k, v in common.items()), [])
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith('RESULT ')]
+            if p.returncode or not line:
+                print(f'| {pair} | {label} | failed: {p.stderr.strip().splitlines()[-1:]} |||||')
+                continue
+            r = json.loads(line[0][7:])
+            r.update(pair=pair, label=label)
+            results.append(r)
+            ref = ref or r
+            ri = r['infer_img_s'] / ref['infer_img_s']
+            tr = f"{r['train_img_s']:.1f}" if 'train_img_s' in r else '-'
+            rt = f"{r['train_img_s'] / ref['train_img_s']:.2f}" if 'train_img_s' in r and 'train_img_s' in ref else '-'
+            extra = ''
+            if 'ponder_cost' in r:
+                extra = f"ponder {r['ponder_cost']:.2f}, {r['macs_G']:.2f} GMACs/img"
+            print(f"| {pair} | {label} | {r['infer_img_s']:.1f} | {ri:.2f} | {tr} | {rt} | "
+                  f"{r['peak_mem_MiB']:.0f} | {extra} |", flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
