@@ -1,0 +1,597 @@
+"""Training loop, optimizer/schedule construction, checkpoints and resume, logging.
+
+Checkpoint (``last.pth``/``best.pth``, written by rank 0 with ``backbones.checkpoint.atomic_save``)::
+
+    {'version': 1, 'args': {...}, 'epoch': e, 'consumed': k,   # k micro-batches of epoch e are done
+     'global_step': optimizer steps so far, 'model': TrainNet state (backbone 'model.*', loss params),
+     'optimizer', 'lr_scheduler', 'scaler', 'model_ema', 'best_top1', 'best_epoch',
+     'rng': [per-rank {'torch', 'cuda', 'numpy', 'python'}], 'world_size', 'batch_size', 'micro_per_epoch'}
+
+A run killed at any point resumes from the newest checkpoint (``--resume auto|PATH``): the sampler
+skips the ``consumed`` micro-batches of epoch ``e`` (same permutation, same per-sample augmentation),
+the schedule continues at ``global_step``, so the run ends with exactly
+``epochs x steps_per_epoch`` optimizer steps.
+"""
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+import backbones
+from backbones.checkpoint import atomic_save, load_backbone_state, save_backbone_checkpoint
+
+from . import data as pdata
+from . import dist as pdist
+from . import methods as pm
+
+LOG = logging.getLogger('pretrain')
+LOG_FILE = logging.getLogger('pretrain.file')  # log.txt only (progress lines while a tqdm bar is shown)
+WD_POLICIES = ('all', 'no-norm-bias', 'conv-fc')
+SCHEDULES = ('step', 'cosine', 'linear', 'constant')
+
+
+# ---------------------------------------------------------------------- logging
+def setup_logging(output_dir, info):
+    """Rank 0: INFO to stdout and ``output_dir/log.txt``; other ranks: WARNING to stderr.
+    Every line carries the rank (``[r0]``)."""
+    LOG.handlers.clear()
+    LOG.propagate = False
+    LOG_FILE.handlers.clear()
+    LOG_FILE.propagate = False
+    fmt = logging.Formatter(f'%(asctime)s [r{info.rank}] %(message)s', datefmt='%H:%M:%S')
+    if info.is_main:
+        LOG.setLevel(logging.INFO)
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(fmt)
+        LOG.addHandler(h)
+        fh = logging.FileHandler(os.path.join(output_dir, 'log.txt'))
+        fh.setFormatter(fmt)
+        LOG.addHandler(fh)
+        LOG_FILE.setLevel(logging.INFO)
+        LOG_FILE.addHandler(fh)
+    else:
+        LOG.setLevel(logging.WARNING)
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        LOG.addHandler(h)
+
+
+class CSVLog:
+    """Append rows (dicts) to a CSV file; the header is the first row's keys plus any later new key
+    (the file is rewritten when the header grows)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fields = None
+        if os.path.exists(path):
+            with open(path, newline='') as f:
+                r = csv.reader(f)
+                self.fields = next(r, None)
+
+    def write(self, row):
+        new = [k for k in row if self.fields is None or k not in self.fields]
+        if new:
+            rows = []
+            if self.fields and os.path.exists(self.path):
+                with open(self.path, newline='') as f:
+                    rows = list(csv.DictReader(f))
+            self.fields = (self.fields or []) + new
+            with open(self.path, 'w', newline='') as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
+        with open(self.path, 'a', newline='') as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+
+
+class TBLog:
+    """``torch.utils.tensorboard.SummaryWriter`` when tensorboard is installed (else a warning, no-op)."""
+
+    def __init__(self, logdir, enabled):
+        self.w = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # tensorboard is an install_requires of dynscale, but stay usable without it
+            LOG.warning(f'TensorBoard logging disabled ({e}); pip install tensorboard, or pass --no-tensorboard')
+            return
+        self.w = SummaryWriter(logdir)
+
+    def scalars(self, d, step, prefix):
+        if self.w is None:
+            return
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.w.add_scalar(f'{prefix}/{k}', v, step)
+
+    def close(self):
+        if self.w is not None:
+            self.w.close()
+
+
+# ---------------------------------------------------------------------- optimizer and schedule
+def param_groups(module, weight_decay, policy):
+    """Parameter groups for SGD with the recipes' weight-decay policies.
+
+    Args:
+        policy (str): ``'all'`` (every parameter, BN/bias/alpha included: Elastic, RS-Nets);
+            ``'no-norm-bias'`` (no decay on normalisation parameters and biases);
+            ``'conv-fc'`` (decay only on the weights of non-depthwise convolutions and linear layers:
+            US-Nets/MutualNet, SACT's TF-Slim L2).
+
+    Returns:
+        list[dict]: ``[{'params': decay, 'weight_decay': wd}, {'params': rest, 'weight_decay': 0}]``.
+
+    Raises:
+        ValueError: unknown policy.
+    """
+    if policy not in WD_POLICIES:
+        raise ValueError(f'--wd-policy must be one of {WD_POLICIES}, got {policy!r}')
+    decay, no_decay, seen = [], [], set()
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if policy == 'all':
+                use = True
+            elif policy == 'no-norm-bias':
+                is_norm = isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or \
+                    getattr(mod, 'is_norm', False)
+                use = not is_norm and name != 'bias' and p.ndim > 1
+            else:
+                is_conv = isinstance(mod, nn.modules.conv._ConvNd)
+                depthwise = is_conv and mod.groups > 1 and mod.groups == mod.in_channels
+                use = name == 'weight' and ((is_conv and not depthwise) or isinstance(mod, nn.Linear))
+            (decay if use else no_decay).append(p)
+    groups = [{'params': decay, 'weight_decay': weight_decay}]
+    if no_decay:
+        groups.append({'params': no_decay, 'weight_decay': 0.0})
+    return groups
+
+
+def lr_factor_fn(schedule, total_steps, steps_per_epoch, warmup_steps=0, warmup_factor=0.1, step_epochs=30,
+                 milestones=None, gamma=0.1, min_factor=0.0):
+    """Per-optimizer-step multiplier of the base lr.
+
+    Args:
+        schedule (str): ``'step'`` (x gamma every ``step_epochs`` epochs, or at ``milestones`` epochs),
+            ``'cosine'`` (half cosine to ``min_factor``), ``'linear'`` (linear to ``min_factor``, US-Nets),
+            ``'constant'``; all evaluated per iteration.
+        warmup_steps (int): linear warmup from ``warmup_factor`` to 1 over this many steps.
+
+    Returns:
+        callable: ``step -> factor`` for ``torch.optim.lr_scheduler.LambdaLR``.
+
+    Raises:
+        ValueError: unknown schedule.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f'--lr-schedule must be one of {SCHEDULES}, got {schedule!r}')
+    total = max(int(total_steps), 1)
+    warm = int(warmup_steps)
+
+    def f(step):
+        if step < warm:
+            return warmup_factor + (1.0 - warmup_factor) * step / warm
+        if schedule == 'constant':
+            return 1.0
+        if schedule == 'step':
+            epoch = step / max(steps_per_epoch, 1)
+            if milestones:
+                k = sum(epoch >= m for m in milestones)
+            else:
+                k = int(epoch // step_epochs)
+            return gamma ** k
+        t = min(max(step - warm, 0) / max(total - warm, 1), 1.0)
+        if schedule == 'cosine':
+            return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+        return min_factor + (1 - min_factor) * (1 - t)
+    return f
+
+
+# ---------------------------------------------------------------------- RNG state
+def rng_state():
+    """Torch (CPU and CUDA), numpy and python RNG states of this process."""
+    s = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
+    if torch.cuda.is_available():
+        s['cuda'] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s['torch'])
+    np.random.set_state(s['numpy'])
+    random.setstate(s['python'])
+    if 'cuda' in s and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s['cuda'])
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------- model
+def build_model(args, num_classes):
+    """``backbones.create(args.model, num_classes=..., **model_kwargs)`` (+ optional initial weights)."""
+    kw = dict(args.model_kwargs or {})
+    family = backbones.model_family(args.model)
+    if family == 'slimmable' and args.widths:
+        kw.setdefault('width_range', tuple(args.widths))
+    if family == 'rsnet' and args.resolutions:
+        kw.setdefault('resolutions', tuple(sorted(args.resolutions, reverse=True)))
+    model = backbones.create(args.model, num_classes=num_classes, **kw)
+    if args.init_checkpoint:
+        rep = load_backbone_state(model, args.init_checkpoint, strict=False, logger=LOG)
+        LOG.info(f'initialised from {args.init_checkpoint}: {len(rep["missing"])} missing '
+                 f'(newly initialised, e.g. {rep["missing"][:4]}), {len(rep["unexpected"])} unexpected keys')
+    return model
+
+
+def _check_sync_bn(model):
+    bad = sorted({type(m).__name__ for m in model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (nn.BatchNorm2d, nn.SyncBatchNorm)})
+    if bad:
+        raise ValueError(f'--sync-bn converts plain nn.BatchNorm2d only; this model uses {bad} (width-sliced or '
+                         f'private BN). Run without --sync-bn.')
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    """Everything of one run; :meth:`fit` trains, :meth:`final_eval` evaluates and exports."""
+
+    def __init__(self, args, info):
+        self.args, self.info = args, info
+        self.out = args.output_dir
+        seed_all(args.seed)
+        a = args
+        train_root = os.path.join(a.data_path, a.train_dir)
+        val_root = os.path.join(a.data_path, a.val_dir)
+        for root in (train_root, val_root):
+            if not os.path.isdir(root):
+                raise FileNotFoundError(f'{root} not found: --data-path must hold {a.train_dir}/<class>/ and '
+                                        f'{a.val_dir}/<class>/ (ImageFolder layout)')
+        probe = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
+        self.classes = probe.classes
+        num_classes = a.num_classes or len(self.classes)
+        self.model = build_model(a, num_classes)
+        self.method = pm.build_method(a, self.model)
+        mean, std = getattr(self.model, 'pixel_mean'), getattr(self.model, 'pixel_std')
+
+        # data
+        tr_idx = pdata.subset_indices(len(probe), a.max_train_samples, a.seed)
+        self.train_set = pdata.RobustImageFolder(
+            train_root, pdata.build_train_transform(a, mean, std, self.method.train_resolutions()),
+            a.bad_images, a.seed, tr_idx)
+        vres = self.method.val_resolutions()
+        multires_val = bool(vres) and (self.method.name == 'rsnet' or a.val_resize_mode == 'crop')
+        probe_val = pdata.RobustImageFolder(val_root, None, a.bad_images, a.seed)
+        if probe_val.classes != self.classes:
+            raise ValueError(f'{val_root} and {train_root} hold different class folders')
+        va_idx = pdata.subset_indices(len(probe_val), a.max_val_samples, a.seed)
+        self.val_set = pdata.RobustImageFolder(
+            val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images,
+            a.seed, va_idx)
+        self.sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=a.seed)
+        kw = dict(num_workers=a.workers, pin_memory=a.pin_mem and info.device.type == 'cuda',
+                  collate_fn=pdata.collate_skip_none, persistent_workers=False)
+        self.train_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.sampler, drop_last=True, **kw)
+        self.val_loader = DataLoader(self.val_set, batch_size=a.val_batch_size or a.batch_size,
+                                     sampler=pdata.ShardSampler(len(self.val_set), info.world_size, info.rank), **kw)
+        self.calib_sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True,
+                                                    seed=a.seed + 1)
+        self.calib_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.calib_sampler,
+                                       drop_last=True, **kw)
+        self.micro_per_epoch, self.steps_per_epoch = pdata.steps_in_epoch(self.sampler.num_samples, a.batch_size,
+                                                                          a.accum_steps)
+        self.total_steps = self.steps_per_epoch * a.epochs
+
+        # model, optimizer, schedule, AMP, EMA, DDP
+        self.net = pm.TrainNet(self.model, self.method.criterion())
+        if a.sync_bn and info.distributed:
+            _check_sync_bn(self.model)
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            self.model = self.net.model
+            self.method.model = self.model
+        self.mem_format = torch.channels_last if a.channels_last else torch.contiguous_format
+        self.net.to(info.device, memory_format=self.mem_format)
+        self.optimizer = torch.optim.SGD(param_groups(self.net, a.weight_decay, a.wd_policy), lr=a.lr,
+                                         momentum=a.momentum, nesterov=a.nesterov)
+        fn = lr_factor_fn(a.lr_schedule, self.total_steps, self.steps_per_epoch,
+                          warmup_steps=round(a.warmup_epochs * self.steps_per_epoch), warmup_factor=a.warmup_factor,
+                          step_epochs=a.lr_step_epochs, milestones=a.lr_milestones, gamma=a.lr_gamma,
+                          min_factor=a.min_lr / a.lr if a.lr else 0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, fn)
+        dev_type = info.device.type
+        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[a.amp_dtype] if a.amp else None
+        if a.amp and dev_type == 'cpu' and self.amp_dtype == torch.float16:
+            raise ValueError('--amp-dtype fp16 is for CUDA; use --amp-dtype bf16 on CPU')
+        self.scaler = torch.amp.GradScaler(dev_type, enabled=bool(a.amp and self.amp_dtype == torch.float16))
+        self.ema = None
+        if a.model_ema:
+            self.ema = AveragedModel(self.model, device=info.device, multi_avg_fn=get_ema_multi_avg_fn(a.model_ema_decay),
+                                     use_buffers=True)
+        self.ddp = None
+        if info.distributed:
+            self.ddp = DDP(self.net, device_ids=[info.local_rank] if dev_type == 'cuda' else None,
+                           find_unused_parameters=a.find_unused_parameters)
+        self.train_net = self.ddp if self.ddp is not None else self.net
+
+        self.epoch, self.consumed, self.global_step = 0, 0, 0
+        self.best_top1, self.best_epoch = -1.0, -1
+        self.csv = CSVLog(os.path.join(self.out, 'train_log.csv')) if info.is_main else None
+        self.summary = CSVLog(os.path.join(self.out, 'summary.csv')) if info.is_main else None
+        self.tb = TBLog(os.path.join(self.out, 'tb'), a.tensorboard and info.is_main)
+        LOG.info(f'model {a.model} ({self.model.family}), method {a.method}, {backbones.count_params(self.model) / 1e6:.2f} M '
+                 f'params, {len(self.train_set)} train / {len(self.val_set)} val images, {len(self.classes)} classes, '
+                 f'{info.world_size} process(es) on {info.device}, batch {a.batch_size} x {info.world_size} x '
+                 f'accum {a.accum_steps} = {a.batch_size * info.world_size * a.accum_steps}, '
+                 f'{self.steps_per_epoch} steps/epoch, {self.total_steps} steps')
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images):
+        return pm._to_device(images, self.info.device, self.args.channels_last)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self):
+        rngs = pdist.all_gather_object(rng_state(), self.info)
+        return {'version': 1, 'args': vars(self.args), 'epoch': self.epoch, 'consumed': self.consumed,
+                'global_step': self.global_step, 'model': self.net.state_dict(),
+                'optimizer': self.optimizer.state_dict(), 'lr_scheduler': self.scheduler.state_dict(),
+                'scaler': self.scaler.state_dict(), 'model_ema': self.ema.state_dict() if self.ema else None,
+                'best_top1': self.best_top1, 'best_epoch': self.best_epoch, 'rng': rngs,
+                'world_size': self.info.world_size, 'batch_size': self.args.batch_size,
+                'accum_steps': self.args.accum_steps, 'micro_per_epoch': self.micro_per_epoch,
+                'classes': self.classes}
+
+    def save(self, best=False):
+        """Write ``last.pth`` (and ``best.pth``) atomically from rank 0; every rank joins the RNG gather."""
+        st = self.state()
+        if not self.info.is_main:
+            return
+        path = atomic_save(st, os.path.join(self.out, 'last.pth'))
+        LOG.info(f'saved checkpoint {path} (epoch {self.epoch}, micro-batch {self.consumed}, step {self.global_step})')
+        if best:
+            path = atomic_save(st, os.path.join(self.out, 'best.pth'))
+            LOG.info(f'saved checkpoint {path} (best top-1 {self.best_top1:.2f})')
+
+    def resume(self, path):
+        """Restore everything from a training checkpoint (see the module docstring).
+
+        Raises:
+            ValueError: a mid-epoch checkpoint from a run with another per-process batch size, number of
+                processes or accumulation (the position inside the epoch would not mean the same samples).
+        """
+        ck = torch.load(path, map_location='cpu', weights_only=False)
+        if ck.get('version') != 1 or 'optimizer' not in ck:
+            raise ValueError(f'{path} is not a pretrain.py training checkpoint (exported backbones cannot be '
+                             f'resumed; use --init-checkpoint to start from their weights)')
+        same = (ck['world_size'], ck['batch_size'], ck['accum_steps']) == \
+            (self.info.world_size, self.args.batch_size, self.args.accum_steps)
+        if ck['consumed'] and not same:
+            raise ValueError(f'{path} was saved mid-epoch by a run with {ck["world_size"]} process(es), batch '
+                             f'{ck["batch_size"]}, accum {ck["accum_steps"]}; resume with the same settings '
+                             f'(now {self.info.world_size}, {self.args.batch_size}, {self.args.accum_steps})')
+        self.net.load_state_dict(ck['model'])
+        self.optimizer.load_state_dict(ck['optimizer'])
+        self.scheduler.load_state_dict(ck['lr_scheduler'])
+        self.scaler.load_state_dict(ck['scaler'])
+        if self.ema is not None and ck.get('model_ema') is not None:
+            self.ema.load_state_dict(ck['model_ema'])
+        self.epoch, self.consumed, self.global_step = ck['epoch'], ck['consumed'], ck['global_step']
+        self.best_top1, self.best_epoch = ck['best_top1'], ck['best_epoch']
+        rngs = ck.get('rng') or []
+        if rngs:
+            set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        LOG.info(f'resumed from {path}: epoch {self.epoch}, micro-batch {self.consumed}/{self.micro_per_epoch}, '
+                 f'optimizer step {self.global_step}/{self.total_steps}')
+
+    # ------------------------------------------------------------------ training
+    def _backward_fn(self, divisor):
+        def backward(loss):
+            self.scaler.scale(loss / divisor).backward()
+        return backward
+
+    def _optimizer_step(self):
+        a = self.args
+        if a.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), a.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.global_step += 1
+        if self.ema is not None and self.global_step % a.model_ema_steps == 0:
+            self.ema.update_parameters(self.model)
+
+    def train_epoch(self):
+        a, info = self.args, self.info
+        self.net.train()
+        self.sampler.set_epoch(self.epoch, start=self.consumed * a.batch_size)
+        meters = {}
+        t_log, n_log, t_epoch, n_epoch = time.time(), 0, time.time(), 0
+        i = self.consumed
+        bar, loader, line_log = None, self.train_loader, LOG.info
+        if a.progress_bar and info.is_main:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                LOG.warning('--progress-bar needs tqdm (pip install tqdm); logging periodic lines instead')
+            else:
+                bar = tqdm(self.train_loader, total=self.micro_per_epoch, initial=self.consumed, dynamic_ncols=True,
+                           desc=f'epoch {self.epoch + 1}/{a.epochs}')
+                loader, line_log = bar, LOG_FILE.info
+        for batch in loader:
+            if batch is None:
+                if info.distributed:
+                    raise RuntimeError('every image of a training batch was unreadable; with several processes '
+                                       'this cannot be skipped: fix the files or use --bad-images fail to find them')
+                LOG.warning(f'epoch {self.epoch} micro-batch {i}: every image unreadable, batch skipped')
+            group_start = i - i % a.accum_steps
+            group = min(a.accum_steps, self.micro_per_epoch - group_start)
+            last_micro = (i + 1) % a.accum_steps == 0 or i + 1 == self.micro_per_epoch
+            if batch is not None:
+                images, target = batch
+                images = self.to_device(images)
+                target = target.to(info.device, non_blocking=True)
+                ctx = pm.StepContext(self.ddp, last_micro, self.autocast, self._backward_fn(group),
+                                     step_index=self.global_step)
+                stats = self.method.train_step(self.train_net, images, target, ctx)
+                if not math.isfinite(stats['loss']):
+                    raise FloatingPointError(f'loss is {stats["loss"]} at step {self.global_step}: lower --lr, '
+                                             f'use --clip-grad-norm or --amp-dtype bf16')
+                for k, v in stats.items():
+                    m = meters.setdefault(k, [0.0, 0])
+                    m[0] += v * (stats['n'] if k not in ('correct', 'n') else 1)
+                    m[1] += stats['n']
+                n_log += stats['n']
+                n_epoch += stats['n']
+            if a.iter_delay:
+                time.sleep(a.iter_delay)
+            i += 1
+            if last_micro:
+                self._optimizer_step()
+                self.consumed = i
+                if a.ckpt_interval and self.global_step % a.ckpt_interval == 0 and i < self.micro_per_epoch:
+                    self.save()
+            if info.is_main and (i % a.log_interval == 0 or i == self.micro_per_epoch) and meters:
+                dt = max(time.time() - t_log, 1e-9)
+                row = self._meter_row(meters)
+                row.update(epoch=self.epoch, iter=i, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
+                           img_s=n_log * info.world_size / dt)
+                extra = ' '.join(f'{k} {v:.4g}' for k, v in row.items()
+                                 if k not in ('epoch', 'iter', 'step', 'lr', 'img_s', 'loss', 'acc1'))
+                line_log(f'epoch {self.epoch + 1}/{a.epochs} iter {i}/{self.micro_per_epoch} step {self.global_step} '
+                         f'loss {row["loss"]:.4f} acc@1 {row["acc1"]:.2f} lr {row["lr"]:.5f} '
+                         f'img/s {row["img_s"]:.1f} {extra}')
+                if bar is not None:
+                    bar.set_postfix(loss=f'{row["loss"]:.3f}', acc1=f'{row["acc1"]:.1f}', lr=f'{row["lr"]:.4g}',
+                                    img_s=f'{row["img_s"]:.1f}')
+                self.csv.write(row)
+                self.tb.scalars({k: v for k, v in row.items() if k not in ('epoch', 'iter', 'step')},
+                                self.global_step, 'train')
+                meters, t_log, n_log = {}, time.time(), 0
+        if bar is not None:
+            bar.close()
+        self.consumed = 0
+        self.epoch += 1
+        return n_epoch * info.world_size / max(time.time() - t_epoch, 1e-9)
+
+    @staticmethod
+    def _meter_row(meters):
+        row = {}
+        for k, (s, n) in meters.items():
+            if k == 'n':
+                continue
+            if k == 'correct':
+                row['acc1'] = 100.0 * s / max(n, 1)
+            else:
+                row[k] = s / max(n, 1)
+        return row
+
+    def validate(self):
+        """Per-epoch validation at the method's cheap points (no calibration); returns rows."""
+        pts = self.method.eval_points(final=False)
+        rows = pm.evaluate(self.method, self.model, self.val_loader, self.info, pts, self.autocast,
+                           self.args.channels_last)
+        if self.ema is not None:
+            erows = pm.evaluate(self.method, self.ema.module, self.val_loader, self.info, pts[:1], self.autocast,
+                                self.args.channels_last)
+            rows[0]['ema_top1'] = erows[0]['top1']
+        return rows
+
+    def fit(self):
+        a = self.args
+        if self.global_step >= self.total_steps:
+            LOG.info('training already complete')
+            return
+        while self.epoch < a.epochs:
+            t0 = time.time()
+            img_s = self.train_epoch()
+            row = {'epoch': self.epoch, 'step': self.global_step, 'train_img_s': img_s, 'time_s': time.time() - t0}
+            if self.epoch % a.eval_interval == 0 or self.epoch == a.epochs:
+                rows = self.validate()
+                top1 = rows[0]['top1']
+                for r in rows:
+                    tag = '_'.join(str(x) for x in (f'w{r["width"]}' if r['width'] is not None else None,
+                                                    f'r{r["resolution"]}' if r['resolution'] else None) if x)
+                    row[f'top1{"_" + tag if tag else ""}'] = r['top1']
+                    row[f'top5{"_" + tag if tag else ""}'] = r['top5']
+                if 'ema_top1' in rows[0]:
+                    row['ema_top1'] = rows[0]['ema_top1']
+                best = top1 > self.best_top1
+                if best:
+                    self.best_top1, self.best_epoch = top1, self.epoch
+                LOG.info(f'epoch {self.epoch}/{a.epochs} val ' + ' '.join(
+                    f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema'))) +
+                    f' (best {self.best_top1:.2f} @ epoch {self.best_epoch}) train img/s {img_s:.1f}')
+            else:
+                best = False
+            if self.info.is_main:
+                self.summary.write(row)
+                self.tb.scalars(row, self.global_step, 'val')
+            self.save(best=best)
+
+    # ------------------------------------------------------------------ evaluation and export
+    def final_eval(self):
+        """Full evaluation table (+ MutualNet budget query, SACT MACs statistics); returns the rows."""
+        a = self.args
+        LOG.info('final evaluation' + (' (BN calibration per point)' if isinstance(self.method, pm.SlimmableMethod) else ''))
+        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
+        rows = pm.final_evaluation(self.method, model, self.val_loader, self.calib_loader, self.info, self.autocast, a,
+                                   LOG.info)
+        table = pm.format_table(rows, f'{a.model} ({a.method}) on {self.val_set.root}: {rows[0]["n"]} images')
+        LOG.info('\n' + table)
+        text = table
+        if a.method == 'mutualnet' or (a.macs_budgets and isinstance(self.method, pm.SlimmableMethod)):
+            q = pm.budget_table(rows, a.macs_budgets)
+            LOG.info('\n' + q)
+            text += '\n\n' + q
+        if self.info.is_main:
+            with open(os.path.join(self.out, 'eval.txt'), 'w') as f:
+                f.write(text + '\n')
+            with open(os.path.join(self.out, 'eval.json'), 'w') as f:
+                json.dump(rows, f, indent=1)
+        return rows
+
+    def export(self, rows=None):
+        """Write the backbone checkpoint (head dropped) with its metadata (rank 0)."""
+        if not self.info.is_main:
+            return None
+        a = self.args
+        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
+        acc = {f'w{r["width"]}_r{r["resolution"]}' if r.get('width') is not None else f'r{r["resolution"]}':
+               round(r['top1'], 3) for r in (rows or [])}
+        meta = dict(recipe=a.recipe, method=a.method, epochs=a.epochs, global_step=self.global_step,
+                    dataset=os.path.abspath(a.data_path), num_classes_pretrain=len(self.classes),
+                    top1=acc or None, best_top1=self.best_top1, trained_widths=list(self.method.width_range)
+                    if hasattr(self.method, 'width_range') else None,
+                    trained_resolutions=getattr(self.method, 'resolutions', None), ema=bool(a.export_ema and self.ema),
+                    bn_calibrated=False)
+        path = save_backbone_checkpoint(model, os.path.join(self.out, a.export_name), **meta)
+        LOG.info(f'exported backbone checkpoint {path}')
+        return path
+
+    def close(self):
+        self.tb.close()

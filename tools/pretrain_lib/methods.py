@@ -1,0 +1,528 @@
+"""One training step and one evaluation protocol per ``--method``.
+
+The method maths (sandwich rule, inplace distillation, post-statistics BN, MRED, ponder cost) lives in
+:mod:`backbones`; this module only schedules the forward/backward passes around it:
+
+* ``standard``: cross-entropy (Elastic and the plain baselines; Wang et al. 2019).
+* ``usnet``: sandwich rule (max, min and n-2 random widths), inplace distillation from the max width
+  (Yu & Huang 2019, Sec. 3.3-3.4); every sub-network does its own forward and backward on the same
+  batch, the gradients accumulate, one optimizer step.
+* ``mutualnet``: as ``usnet`` with each non-teacher sub-network's input resolution drawn from the
+  resolution list; the full width always sees the full resolution; the other resolutions are the same
+  crop resized with bilinear ``align_corners=True`` (Yang et al. 2020, Sec. 3.2; reference 3.2).
+* ``rsnet``: all resolutions in parallel through ``forward_parallel`` (private BN per resolution),
+  MRED loss with learned ensemble weights alpha (Wang et al. 2020, Sec. 3.2-3.3).
+* ``sact``: cross-entropy (label smoothing) + tau * ponder cost (Figurnov et al. 2017, eq. 8).
+
+Evaluation: top-1/top-5 at every requested width x resolution; slimmable models get post-statistics
+BN calibration (``backbones.slimmable.calibrate_bn``) per point first; SACT also reports the mean/std
+of its data-dependent MACs and the ponder cost.
+"""
+import contextlib
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import backbones
+from backbones.complexity import complexity
+
+from . import dist as pdist
+
+METHODS = ('standard', 'usnet', 'mutualnet', 'rsnet', 'sact')
+_FAMILY_OF_METHOD = {'usnet': ('slimmable',), 'mutualnet': ('slimmable',), 'rsnet': ('rsnet',), 'sact': ('sact',)}
+
+
+def check_method_family(method, family, model_name):
+    """Raise ValueError when ``method`` cannot train a model of ``family``.
+
+    ``standard`` trains any family except RS-Net (whose private BNs need the parallel multi-resolution
+    step: use ``--method rsnet``); ``usnet``/``mutualnet`` need a slimmable model, ``rsnet`` an RS-Net,
+    ``sact`` an ACT/SACT model.
+    """
+    if method not in METHODS:
+        raise ValueError(f'--method must be one of {METHODS}, got {method!r}')
+    allowed = _FAMILY_OF_METHOD.get(method)
+    if allowed and family not in allowed:
+        names = ', '.join(n for f in allowed for n in backbones.list_models(family=f))
+        raise ValueError(f'--method {method} needs a {"/".join(allowed)} model ({names}); {model_name!r} is '
+                         f'{family!r}')
+    if method == 'standard' and family == 'rsnet':
+        raise ValueError(f'{model_name!r} has one private BN per resolution: train it with --method rsnet')
+
+
+def resize_to(x, resolution):
+    """Bilinear (``align_corners=True``) resize of a ``[N,3,H,W]`` batch to ``resolution`` (MutualNet's
+    ``InputList``, reference 3.2); identity when the size already matches or ``resolution`` is None."""
+    if resolution is None or (x.shape[-2] == resolution and x.shape[-1] == resolution):
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=True)
+
+
+class TrainNet(nn.Module):
+    """The trainable whole: backbone ``model`` plus the method's loss parameters (RS-Net's MRED
+    ``alpha``), with one ``forward`` so that DDP sees every call.
+
+    ``forward(x, width=None, call='logits', target=None)``:
+      * ``'logits'``: ``[N,3,H,W] -> [N,K]`` at ``width`` (slimmable) or as built;
+      * ``'ponder'``: ``(logits, ponder maps)`` (SACT ``forward_with_ponder``);
+      * ``'mred'``: list of ``[N,3,s,s]`` -> ``(loss, parts, logits list)`` (RS-Net
+        ``forward_parallel`` + ``MREDLoss``).
+    """
+
+    def __init__(self, model, criterion=None):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, x, width=None, call='logits', target=None):
+        if call == 'logits':
+            if width is None:
+                return self.model(x)
+            with self.model.width_context(width):
+                return self.model(x)
+        if call == 'ponder':
+            return self.model.forward_with_ponder(x)
+        if call == 'mred':
+            logits = self.model.forward_parallel(list(x))
+            loss, parts = self.criterion(logits, target)
+            return loss, parts, logits
+        raise ValueError(f"call must be 'logits', 'ponder' or 'mred', got {call!r}")
+
+
+class StepContext:
+    """What a method's ``train_step`` needs from the engine.
+
+    * ``pass_context(last)``: DDP ``no_sync`` for every forward/backward pass except the one that
+      must all-reduce (the last pass of the last micro-batch of an optimizer step).
+    * ``autocast()``: the AMP context.
+    * ``backward(loss)``: ``scaler.scale(loss / micro_batches_in_step).backward()``.
+    """
+
+    def __init__(self, ddp, sync, autocast, backward, step_index):
+        self._ddp, self._sync, self._autocast, self._backward = ddp, sync, autocast, backward
+        self.step_index = step_index
+
+    def pass_context(self, last_pass):
+        if self._ddp is not None and not (self._sync and last_pass):
+            return self._ddp.no_sync()
+        return contextlib.nullcontext()
+
+    def autocast(self):
+        return self._autocast()
+
+    def backward(self, loss):
+        self._backward(loss)
+
+
+def _correct(logits, target, k=1):
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, 1).indices
+    return (top == target.view(-1, 1)).any(1).sum().item()
+
+
+class Method:
+    """Base: builds the criterion, runs one training micro-batch, describes evaluation points."""
+
+    name = 'standard'
+    train_multires = False  # the training loader yields one tensor per resolution
+
+    def __init__(self, args, model):
+        self.args = args
+        self.model = model
+        self.ce = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    # ------------------------------------------------------------------ setup
+    def criterion(self):
+        """``nn.Module`` with trainable loss parameters (or None)."""
+        return None
+
+    def train_resolutions(self):
+        """Resolutions the training loader must produce per image (None: one crop of train_crop_size)."""
+        return None
+
+    # ------------------------------------------------------------------ training
+    def net_input(self, images):
+        return images
+
+    def train_step(self, net, images, target, ctx):
+        """One micro-batch: forward(s) + backward(s).
+
+        Returns:
+            dict: ``loss`` (float, summed over passes), ``correct`` (top-1 hits of the primary output),
+            ``n`` (images), plus method-specific floats.
+        """
+        with ctx.pass_context(True), ctx.autocast():
+            out = net(images)
+            loss = self.ce(out, target)
+        ctx.backward(loss)
+        return {'loss': loss.item(), 'correct': _correct(out, target), 'n': target.shape[0]}
+
+    # ------------------------------------------------------------------ evaluation
+    def val_resolutions(self):
+        """Resolutions evaluated (None: the val crop only)."""
+        return None
+
+    def eval_points(self, final):
+        """List of ``(width, resolution)``; ``final`` is the full grid, otherwise the cheap per-epoch points
+        (the first point is the one ``best.pth`` is selected on)."""
+        return [(None, None)]
+
+    def logits_at(self, model, images, width, resolution):
+        return model(self._pick(images, resolution))
+
+    def _pick(self, images, resolution):
+        """The input for ``resolution``: the matching element of a multi-resolution list, or the single
+        crop resized on the device."""
+        if isinstance(images, (list, tuple)):
+            res = self.val_resolutions()
+            return images[res.index(resolution)] if resolution in res else images[0]
+        return resize_to(images, resolution)
+
+    def point_context(self, model, width, resolution, calibrated=False):
+        """Context selecting the configuration of one evaluation point (width, BN statistics)."""
+        return contextlib.nullcontext()
+
+    def macs(self, model, width, resolution):
+        """MACs per image of one evaluation point (``backbones.complexity``)."""
+        size = resolution or self.args.val_crop_size
+        return complexity(model, input_size=size)['macs']
+
+
+class StandardMethod(Method):
+    """Cross-entropy (with optional label smoothing)."""
+
+
+class SlimmableMethod(Method):
+    """US-Nets (``usnet``) and MutualNet (``mutualnet``): sandwich rule + inplace distillation."""
+
+    name = 'usnet'
+
+    def __init__(self, args, model):
+        super().__init__(args, model)
+        from backbones import slimmable
+        self.slim = slimmable
+        lo, hi = model.width_range
+        if args.widths:
+            lo, hi = args.widths
+            mlo, mhi = model.width_range
+            if not (mlo <= lo < hi <= mhi):
+                raise ValueError(f'--widths {lo} {hi} must lie within the model width range {model.width_range} '
+                                 f'with min < max')
+        self.width_range = (float(lo), float(hi))
+        # per-epoch validation evaluates the range ends with their training-time (width-only) statistics
+        for w in self.width_range:
+            model.add_bn_config(w)
+        self.resolutions = sorted(args.resolutions, reverse=True) if (self.name == 'mutualnet' and args.resolutions) else None
+        if self.name == 'mutualnet' and not self.resolutions:
+            raise ValueError('--method mutualnet needs --resolutions (e.g. 224 192 160 128)')
+        if self.name == 'usnet' and args.resolutions:
+            raise ValueError('--method usnet trains at one resolution; --resolutions is for mutualnet/rsnet')
+
+    def train_step(self, net, images, target, ctx):
+        a = self.args
+        max_res = max(self.resolutions) if self.resolutions else None
+        rule = self.slim.SandwichRule(self.width_range, num_subnets=a.num_subnets, resolutions=self.resolutions,
+                                      max_resolution=max_res, seed=a.seed * 1_000_003 + ctx.step_index)
+        configs = rule.sample()
+        teacher, total, out = None, 0.0, {}
+        for k, cfg in enumerate(configs):
+            with ctx.pass_context(k == len(configs) - 1), ctx.autocast():
+                logits = net(resize_to(images, cfg.resolution), width=cfg.width)
+                if cfg.is_teacher:
+                    loss = self.ce(logits, target)
+                    teacher = logits.detach()
+                    out['correct'] = _correct(logits, target)
+                    out['loss_max'] = loss.item()
+                elif a.inplace_distill and teacher is not None:
+                    loss = self.slim.inplace_distillation_loss(logits, teacher)
+                else:
+                    loss = self.ce(logits, target)
+            ctx.backward(loss)
+            total += loss.item()
+            if k == 1:
+                out['loss_min'] = loss.item()
+        out.update(loss=total, n=target.shape[0])
+        return out
+
+    def val_resolutions(self):
+        if self.args.eval_resolutions:
+            return sorted(self.args.eval_resolutions, reverse=True)
+        return self.resolutions or None
+
+    def eval_widths(self):
+        if self.args.eval_widths:
+            ws = sorted(self.args.eval_widths, reverse=True)
+        else:
+            lo, hi = self.width_range
+            ws = sorted({hi, lo, round(lo + (hi - lo) / 2, 4)}, reverse=True)
+        lo, hi = self.model.width_range
+        bad = [w for w in ws if not lo <= w <= hi]
+        if bad:
+            raise ValueError(f'--eval-widths {bad} lie outside the model width range {self.model.width_range}')
+        return ws
+
+    def eval_points(self, final):
+        res = self.val_resolutions() or [None]
+        if final:
+            return [(w, r) for w in self.eval_widths() for r in res]
+        lo, hi = self.width_range
+        return [(hi, res[0]), (lo, res[0])]
+
+    def point_context(self, model, width, resolution, calibrated=False):
+        # calibrated: the statistics of the (width, resolution) pair calibrate_bn just computed; otherwise the
+        # width-only statistics trained with the network (range ends)
+        return model.width_context(width, resolution if calibrated else None)
+
+    def logits_at(self, model, images, width, resolution):
+        return model(self._pick(images, resolution))
+
+    def macs(self, model, width, resolution):
+        return complexity(model, input_size=resolution or self.args.val_crop_size, width=width)['macs']
+
+
+class MutualNetMethod(SlimmableMethod):
+    name = 'mutualnet'
+
+
+class RSNetMethod(Method):
+    """Parallel multi-resolution training with private BNs and MRED (RS-Nets)."""
+
+    name = 'rsnet'
+    train_multires = True
+
+    def __init__(self, args, model):
+        super().__init__(args, model)
+        self.resolutions = list(model.resolutions)
+        if args.resolutions and sorted(args.resolutions, reverse=True) != self.resolutions:
+            raise ValueError(f'--resolutions {args.resolutions} differ from the model\'s {self.resolutions}; '
+                             f'build the model with them: --model-kwargs \'{{"resolutions": {sorted(args.resolutions, reverse=True)}}}\'')
+
+    def criterion(self):
+        from backbones.rsnet import MREDLoss
+        kd = None if self.args.kd_type == 'none' else self.args.kd_type
+        return MREDLoss(len(self.resolutions), kd=kd)
+
+    def train_resolutions(self):
+        return self.resolutions
+
+    def train_step(self, net, images, target, ctx):
+        with ctx.pass_context(True), ctx.autocast():
+            loss, parts, logits = net(images, call='mred', target=target)
+        ctx.backward(loss)
+        out = {'loss': loss.item(), 'correct': _correct(logits[0], target), 'n': target.shape[0]}
+        # log the ensemble CE, the distillation sum and the learned ensemble weights softmax(alpha)_j
+        for k, v in (parts or {}).items():
+            if (k in ('ce_ens', 'kd') or k.startswith('w_')) and torch.is_tensor(v) and v.numel() == 1:
+                out[k] = v.item()
+        return out
+
+    def val_resolutions(self):
+        res = sorted(self.args.eval_resolutions or self.resolutions, reverse=True)
+        bad = [r for r in res if r not in self.resolutions]
+        if bad and getattr(self.model, 'resolution_rule', 'explicit') == 'explicit':
+            raise ValueError(f'--eval-resolutions {bad} are not trained resolutions {self.resolutions} and the model\'s '
+                             f"resolution_rule is 'explicit'")
+        return res
+
+    def eval_points(self, final):
+        return [(None, r) for r in self.val_resolutions()]
+
+    def point_context(self, model, width, resolution, calibrated=False):
+        if resolution in self.resolutions:
+            return model.resolution_context(resolution)
+        return contextlib.nullcontext()
+
+    def macs(self, model, width, resolution):
+        if resolution in self.resolutions:
+            return complexity(model, resolution=resolution)['macs']
+        return complexity(model, input_size=resolution)['macs']
+
+
+class SACTMethod(Method):
+    """Cross-entropy + tau * ponder cost (ACT/SACT)."""
+
+    name = 'sact'
+
+    def __init__(self, args, model):
+        super().__init__(args, model)
+        self.tau = args.tau if args.tau is not None else getattr(model, 'tau', 0.01)
+
+    def train_step(self, net, images, target, ctx):
+        from backbones.sact import ponder_loss
+        with ctx.pass_context(True), ctx.autocast():
+            logits, ponder = net(images, call='ponder')
+            ce = self.ce(logits, target)
+            pl = ponder_loss(ponder, self.tau)
+            loss = ce + pl
+        ctx.backward(loss)
+        rho = sum(p.detach().float().mean() for p in ponder).item()
+        return {'loss': loss.item(), 'correct': _correct(logits, target), 'n': target.shape[0], 'ce': ce.item(),
+                'ponder_cost': rho}
+
+
+METHOD_CLASSES = {'standard': StandardMethod, 'usnet': SlimmableMethod, 'mutualnet': MutualNetMethod,
+                  'rsnet': RSNetMethod, 'sact': SACTMethod}
+
+
+def build_method(args, model):
+    """The :class:`Method` for ``args.method`` (after :func:`check_method_family`)."""
+    check_method_family(args.method, getattr(model, 'family', None), args.model)
+    return METHOD_CLASSES[args.method](args, model)
+
+
+# ---------------------------------------------------------------------- evaluation
+def _to_device(images, device, channels_last):
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(images, (list, tuple)):
+        return [x.to(device, non_blocking=True, memory_format=mf) for x in images]
+    return images.to(device, non_blocking=True, memory_format=mf)
+
+
+@torch.no_grad()
+def evaluate(method, model, loader, info, points, autocast, channels_last=False, sact_macs=False, calibrated=False):
+    """Top-1/top-5 (%) of ``model`` at every ``(width, resolution)`` of ``points`` in ONE pass over
+    ``loader`` (no BN calibration: the caller calibrates first when needed).
+
+    Returns:
+        list[dict]: per point ``width``, ``resolution``, ``top1``, ``top5``, ``n`` and, for SACT with
+        ``sact_macs``, ``macs``/``macs_std``/``ponder_cost`` (data-dependent, per image, over the set).
+    """
+    was = model.training
+    model.eval()
+    acc = [[0.0, 0.0] for _ in points]
+    n = 0.0
+    mstat = [0.0, 0.0, 0.0]  # sum of per-image macs, sum of squares, sum of ponder cost * images
+    try:
+        for batch in loader:
+            if batch is None:
+                continue
+            images, target = batch
+            images = _to_device(images, info.device, channels_last)
+            target = target.to(info.device, non_blocking=True)
+            for j, (w, r) in enumerate(points):
+                with method.point_context(model, w, r, calibrated), autocast():
+                    logits = method.logits_at(model, images, w, r)
+                acc[j][0] += _correct(logits.float(), target, 1)
+                acc[j][1] += _correct(logits.float(), target, 5)
+            if sact_macs:
+                b = target.shape[0]
+                d = model.data_dependent_macs(images)
+                m, s = float(d['macs']), float(d.get('macs_std', 0.0))
+                mstat[0] += m * b
+                mstat[1] += (s * s + m * m) * b
+                pc = d.get('ponder_cost')
+                mstat[2] += (float('nan') if pc is None else float(pc)) * b
+            n += target.shape[0]
+    finally:
+        model.train(was)
+    flat = [v for a in acc for v in a] + [n] + mstat
+    flat = pdist.all_reduce_sum(flat, info)
+    n = flat[2 * len(points)]
+    res = []
+    for j, (w, r) in enumerate(points):
+        row = {'width': w, 'resolution': r, 'top1': 100.0 * flat[2 * j] / max(n, 1),
+               'top5': 100.0 * flat[2 * j + 1] / max(n, 1), 'n': int(n)}
+        if sact_macs and n:
+            s0, s1, s2 = flat[-3:]
+            mean = s0 / n
+            row.update(macs=mean, macs_std=math.sqrt(max(s1 / n - mean * mean, 0.0)), ponder_cost=s2 / n)
+        res.append(row)
+    return res
+
+
+def calibration_batches(loader, num_batches, info, channels_last=False):
+    """The first ``num_batches`` training batches (train augmentation), on the device, images only."""
+    out = []
+    for batch in loader:
+        if batch is None:
+            continue
+        out.append(_to_device(batch[0], info.device, channels_last))
+        if len(out) >= num_batches:
+            break
+    return out
+
+
+def final_evaluation(method, model, val_loader, calib_loader, info, autocast, args, log):
+    """Full grid evaluation (on a copy of ``model``: calibration must not touch the exported weights).
+
+    Slimmable: per point, ``calibrate_bn`` on ``args.calib_batches`` training batches (post-statistics BN,
+    Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's ``ComputePostBN``),
+    buffers broadcast from rank 0, then one val pass. Others: one val pass for all points.
+
+    Returns:
+        list[dict]: rows with ``width``, ``resolution``, ``macs``, ``top1``, ``top5`` (+ SACT statistics).
+    """
+    points = method.eval_points(final=True)
+    is_slim = isinstance(method, SlimmableMethod)
+    is_sact = isinstance(method, SACTMethod)
+    rows = []
+    if is_slim:
+        m = copy.deepcopy(model)
+        batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
+        if not batches:
+            raise RuntimeError('no readable training batch for BN calibration')
+        for (w, r) in points:
+            method.slim.calibrate_bn(m, batches, width=w, resolution=r)
+            pdist.broadcast_buffers(m, info)
+            row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
+            row['calibrated'] = True
+            rows.append(row)
+            log(f'  evaluated width {w} @ {r or args.val_crop_size}px: top-1 {row["top1"]:.2f}')
+    else:
+        rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact)
+    for row in rows:
+        if 'macs' not in row:
+            row['macs'] = method.macs(model, row['width'], row['resolution'])
+        if row['resolution'] is None:
+            row['resolution'] = args.val_crop_size
+    return rows
+
+
+def format_table(rows, title):
+    """Plain-text table of evaluation rows (width, resolution, MMACs, top-1, top-5, SACT extras)."""
+    has_w = any(r.get('width') is not None for r in rows)
+    has_sact = any('ponder_cost' in r for r in rows)
+    head = (['width'] if has_w else []) + ['resolution', 'MMACs'] + (['MMACs std', 'ponder cost'] if has_sact else []) \
+        + ['top-1', 'top-5']
+    lines = []
+    for r in rows:
+        cells = ([f'{r["width"]:.3g}'] if has_w else []) + [str(r['resolution']), f'{r["macs"] / 1e6:.1f}']
+        if has_sact:
+            cells += [f'{r.get("macs_std", float("nan")) / 1e6:.1f}', f'{r.get("ponder_cost", float("nan")):.3f}']
+        cells += [f'{r["top1"]:.2f}', f'{r["top5"]:.2f}']
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = '  '.join('{:>%d}' % w for w in widths)
+    out = [title, fmt.format(*head), fmt.format(*('-' * w for w in widths))]
+    out += [fmt.format(*c) for c in lines]
+    return '\n'.join(out)
+
+
+def budget_table(rows, budgets=None):
+    """MutualNet's query "best configuration under a MACs budget".
+
+    Args:
+        rows: evaluation rows with ``width``, ``resolution``, ``macs``, ``top1``.
+        budgets (list[float] | None): budgets in MMACs; default: every point's MACs.
+
+    Returns:
+        str: one line per budget with the best (width, resolution), its MACs and top-1.
+    """
+    if budgets:
+        bs = sorted(float(b) * 1e6 for b in budgets)
+    else:
+        bs = sorted({r['macs'] for r in rows})
+    lines = ['best configuration under a MACs budget (MutualNet query)',
+             f'{"budget MMACs":>12}  {"width":>6}  {"resolution":>10}  {"MMACs":>8}  {"top-1":>6}']
+    for b in bs:
+        ok = [r for r in rows if r['macs'] <= b * (1 + 1e-9)]
+        if not ok:
+            lines.append(f'{b / 1e6:>12.1f}  {"-":>6}  {"-":>10}  {"-":>8}  {"-":>6}  (no configuration fits)')
+            continue
+        best = max(ok, key=lambda r: (r['top1'], -r['macs']))
+        lines.append(f'{b / 1e6:>12.1f}  {best["width"]:>6.3g}  {best["resolution"]:>10}  {best["macs"] / 1e6:>8.1f}  '
+                     f'{best["top1"]:>6.2f}')
+    return '\n'.join(lines)
