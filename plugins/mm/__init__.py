@@ -9,7 +9,8 @@ Importing this package registers everything (a config only needs
 * segmentors (``plugins.mm.segmentors``): ``SACTEncoderDecoder``, ``RSNetEncoderDecoder``,
   ``SlimmableEncoderDecoder``;
 * datasets (``plugins.mm.datasets``): ``NYUDv2Dataset``, ``VOCSegDataset``;
-* hooks (``plugins.mm.hooks``): ``SlimmableBNCalibrationHook``, ``PonderMapSaveHook``.
+* hooks (``plugins.mm.hooks``): ``SlimmableBNCalibrationHook``, ``PonderMapSaveHook``;
+* ``plugins.mm.cli``: argument/config plumbing of ``tools/train_seg.py`` and ``tools/test_seg.py``.
 
 The environment is checked first (:func:`plugins._compat.check_mm_environment`), so a missing or
 mismatched mmcv/mmseg/mmdet fails here with the fix named, not deep inside a registry lookup.
@@ -18,6 +19,12 @@ from .._compat import check_mm_environment
 
 MM_VERSIONS = check_mm_environment()
 
-from . import backbones  # noqa: E402,F401  (registration side effects)
+# registration side effects (order: backbones first, the others import register_mm_module from it)
+from . import backbones, datasets, heads, hooks, refinenet_head, segmentors  # noqa: E402,F401
 from .backbones import (DynscaleBackbone, ElasticResNeXt, RSNet, SACTResNet, SlimmableNet,  # noqa: E402,F401
                         unwrap_backbone)
+from .datasets import NYUDv2Dataset, VOCSegDataset, make_synthetic_voc  # noqa: E402,F401
+from .heads import DeepLabV3Head  # noqa: E402,F401
+from .hooks import PonderMapSaveHook, SlimmableBNCalibrationHook  # noqa: E402,F401
+from .refinenet_head import RefineNetHead  # noqa: E402,F401
+from .segmentors import RSNetEncoderDecoder, SACTEncoderDecoder, SlimmableEncoderDecoder  # noqa: E402,F401
