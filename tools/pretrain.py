@@ -258,6 +258,7 @@ def main(argv=None):
         engine.LOG.info(f'done: {trainer.global_step} optimizer steps')
         return rows if info.is_main else None
     finally:
+        engine.close_logging()
         pdist.cleanup(info)
 
 

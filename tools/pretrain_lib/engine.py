@@ -68,6 +68,14 @@ def setup_logging(output_dir, info):
         LOG.addHandler(h)
 
 
+def close_logging():
+    """Close and drop the handlers installed by :func:`setup_logging` (in-process reuse, tests)."""
+    for lg in (LOG, LOG_FILE):
+        for h in list(lg.handlers):
+            h.close()
+            lg.removeHandler(h)
+
+
 class CSVLog:
     """Append rows (dicts) to a CSV file; the header is the first row's keys plus any later new key
     (the file is rewritten when the header grows)."""
@@ -154,7 +162,7 @@ def param_groups(module, weight_decay, policy):
                 use = not is_norm and name != 'bias' and p.ndim > 1
             else:
                 is_conv = isinstance(mod, nn.modules.conv._ConvNd)
-                depthwise = is_conv and mod.groups > 1 and mod.groups == mod.in_channels
+                depthwise = is_conv and (getattr(mod, 'depthwise', False) or 1 < mod.groups == mod.in_channels)
                 use = name == 'weight' and ((is_conv and not depthwise) or isinstance(mod, nn.Linear))
             (decay if use else no_decay).append(p)
     groups = [{'params': decay, 'weight_decay': weight_decay}]
@@ -236,6 +244,7 @@ def build_model(args, num_classes):
     if family == 'rsnet' and args.resolutions:
         kw.setdefault('resolutions', tuple(sorted(args.resolutions, reverse=True)))
     model = backbones.create(args.model, num_classes=num_classes, **kw)
+    model.build_kwargs = kw  # recorded in the exported checkpoint's metadata (rebuild the same variant)
     if args.init_checkpoint:
         rep = load_backbone_state(model, args.init_checkpoint, strict=False, logger=LOG)
         LOG.info(f'initialised from {args.init_checkpoint}: {len(rep["missing"])} missing '
@@ -583,7 +592,8 @@ class Trainer:
         model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
         acc = {f'w{r["width"]}_r{r["resolution"]}' if r.get('width') is not None else f'r{r["resolution"]}':
                round(r['top1'], 3) for r in (rows or [])}
-        meta = dict(recipe=a.recipe, method=a.method, epochs=a.epochs, global_step=self.global_step,
+        meta = dict(model_kwargs=getattr(self.model, 'build_kwargs', None) or None, recipe=a.recipe,
+                    method=a.method, epochs=a.epochs, global_step=self.global_step,
                     dataset=os.path.abspath(a.data_path), num_classes_pretrain=len(self.classes),
                     top1=acc or None, best_top1=self.best_top1, trained_widths=list(self.method.width_range)
                     if hasattr(self.method, 'width_range') else None,

@@ -1,0 +1,370 @@
+"""tools/pretrain.py: every method trains and exports, exact resume after SIGKILL, unreadable images,
+2-process gloo DDP, recipes/optimizer/schedule helpers, and a slice of the real Imagenette data.
+
+Runs are tiny (32-64 px images, 1-2 epochs of a few iterations) on a temporary ImageFolder whose classes
+differ by colour.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import backbones
+from backbones.checkpoint import load_backbone_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, 'tools')
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+import pretrain  # noqa: E402
+from pretrain_lib import data as pdata  # noqa: E402
+from pretrain_lib import engine, methods, recipes  # noqa: E402
+
+SCRIPT = os.path.join(TOOLS, 'pretrain.py')
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+
+
+def _make_folder(root, n_train=6, n_val=3, size=40, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for c, col in enumerate(COLOURS):
+            d = os.path.join(root, split, f'c{c}')
+            os.makedirs(d, exist_ok=True)
+            for i in range(n):
+                a = np.clip(rng.normal(col, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(os.path.join(d, f'{i}.jpg'))
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """4 classes x (6 train, 3 val) 40x40 JPEGs."""
+    return _make_folder(tmp_path_factory.mktemp('tiny'))
+
+
+BASE = ['--epochs', '1', '--batch-size', '4', '--train-crop-size', '32', '--val-resize-size', '36',
+        '--val-crop-size', '32', '--workers', '0', '--log-interval', '1', '--lr', '0.05', '--no-tensorboard']
+SMALL_ELASTIC = ['--model', 'resnext50_elastic', '--model-kwargs', '{"cardinality": 4, "base_width": 4}']
+
+
+def _run(tiny, out, *extra):
+    return pretrain.main(['--data-path', tiny, '--output-dir', str(out), *BASE, *extra])
+
+
+def _create_from_meta(meta):
+    """Build the exported variant without a head, with the widths/resolutions its metadata records."""
+    kw = dict(meta.get('model_kwargs') or {})
+    if meta['family'] == 'slimmable':
+        kw['width_range'] = tuple(meta['widths'])
+    if meta['family'] == 'rsnet':
+        kw['resolutions'] = tuple(meta['resolutions'])
+    return backbones.create(meta['variant'], num_classes=0, **kw)
+
+
+def _check_outputs(out, steps):
+    for name in ('last.pth', 'best.pth', 'backbone.pth', 'args.json', 'log.txt', 'train_log.csv', 'summary.csv',
+                 'eval.txt', 'eval.json'):
+        assert os.path.isfile(os.path.join(out, name)), name
+    ck = torch.load(os.path.join(out, 'last.pth'), map_location='cpu', weights_only=False)
+    assert ck['global_step'] == steps and ck['epoch'] == 1 and ck['consumed'] == 0
+    assert {'optimizer', 'lr_scheduler', 'scaler', 'rng', 'model'} <= set(ck)
+    bb = torch.load(os.path.join(out, 'backbone.pth'), map_location='cpu', weights_only=False)
+    meta = bb['meta']
+    model = _create_from_meta(meta)
+    rep = load_backbone_state(model, os.path.join(out, 'backbone.pth'), strict=True)
+    assert rep['missing'] == [] and rep['unexpected'] == [] and rep['shape_mismatch'] == []
+    # the exported tensors are the trained ones (not the fresh initialisation)
+    trained = {k[len('model.'):]: v for k, v in ck['model'].items() if k.startswith('model.')}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    for key in ('family', 'variant', 'input_format', 'pixel_mean', 'pixel_std', 'method'):
+        assert meta.get(key) is not None, key
+    with open(os.path.join(out, 'args.json')) as f:
+        assert json.load(f)['output_dir'] == str(out)
+    return ck, meta
+
+
+def test_standard_elastic(tiny, tmp_path):
+    rows = _run(tiny, tmp_path, *SMALL_ELASTIC, '--max-train-samples', '8')
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    assert meta['family'] == 'elastic' and meta['method'] == 'standard'
+    assert len(rows) == 1 and rows[0]['n'] == 12 and rows[0]['macs'] > 0 and 0 <= rows[0]['top1'] <= 100
+
+
+def test_usnet(tiny, tmp_path):
+    rows = _run(tiny, tmp_path, '--model', 'us_mobilenet_v1', '--method', 'usnet', '--max-train-samples', '8',
+                '--eval-widths', '1.0', '0.5', '0.25', '--calib-batches', '2')
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    assert [r['width'] for r in rows] == [1.0, 0.5, 0.25]
+    macs = [r['macs'] for r in rows]
+    assert macs[0] > macs[1] > macs[2] > 0
+    assert all(r['calibrated'] for r in rows)
+    assert meta['widths'] == [0.25, 1.0] and meta['channel_divisor'] == 8
+    log = open(os.path.join(tmp_path, 'train_log.csv')).read()
+    assert 'loss_min' in log.splitlines()[0]
+
+
+def test_mutualnet_budget_table(tiny, tmp_path):
+    rows = _run(tiny, tmp_path, '--model', 'us_mobilenet_v2', '--method', 'mutualnet', '--widths', '0.7', '1.0',
+                '--resolutions', '32', '28', '24', '--max-train-samples', '8', '--eval-widths', '1.0', '0.7',
+                '--calib-batches', '1')
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.7) for r in (32, 28, 24)}
+    by = {(r['width'], r['resolution']): r['macs'] for r in rows}
+    assert by[(1.0, 32)] > by[(1.0, 24)] and by[(1.0, 32)] > by[(0.7, 32)]
+    text = open(os.path.join(tmp_path, 'eval.txt')).read()
+    assert 'best configuration under a MACs budget' in text
+    assert meta['widths'] == [0.7, 1.0] and meta['trained_resolutions'] == [32, 28, 24]
+
+
+def test_rsnet(tiny, tmp_path):
+    rows = _run(tiny, tmp_path, '--model', 'rs_resnet18', '--method', 'rsnet', '--resolutions', '48', '32',
+                '--max-train-samples', '8')
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    assert [r['resolution'] for r in rows] == [48, 32]
+    assert rows[0]['macs'] > rows[1]['macs']
+    assert meta['resolutions'] == [48, 32]
+    # the MRED ensemble weights alpha are trained and saved with the run (not with the backbone)
+    assert 'criterion.alpha' in ck['model'] and not torch.equal(ck['model']['criterion.alpha'], torch.ones(2))
+    assert not any('alpha' in k for k in torch.load(os.path.join(tmp_path, 'backbone.pth'),
+                                                    weights_only=False)['state_dict'])
+
+
+def test_sact(tiny, tmp_path):
+    rows = _run(tiny, tmp_path, '--model', 'sact_resnet50', '--method', 'sact', '--max-train-samples', '8',
+                '--tau', '0.01', '--label-smoothing', '0.1')
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    r = rows[0]
+    assert r['macs'] > 0 and r['macs_std'] >= 0 and r['ponder_cost'] > 0
+    assert 'ponder_cost' in open(os.path.join(tmp_path, 'train_log.csv')).readline()
+
+
+def test_method_family_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match='slimmable'):
+        methods.check_method_family('mutualnet', 'elastic', 'resnext50_elastic')
+    with pytest.raises(ValueError, match='--method rsnet'):
+        methods.check_method_family('standard', 'rsnet', 'rs_resnet18')
+    with pytest.raises(ValueError, match='standard'):
+        methods.check_method_family('sandwich', 'slimmable', 'us_mobilenet_v1')
+
+
+# ---------------------------------------------------------------------- resume after SIGKILL
+def _subprocess_args(tiny, out, *extra):
+    return [sys.executable, SCRIPT, '--data-path', tiny, '--output-dir', str(out), *BASE, *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    common = ['--model', 'us_mobilenet_v1', '--method', 'usnet', '--epochs', '2', '--max-train-samples', '16',
+              '--ckpt-interval', '2', '--no-final-eval']
+    ref_dir, run_dir = tmp_path / 'ref', tmp_path / 'run'
+    ref = subprocess.run(_subprocess_args(tiny, ref_dir, *common), env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = subprocess.Popen(_subprocess_args(tiny, run_dir, *common, '--iter-delay', '0.4'), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck_path = run_dir / 'last.pth'
+    killed_at = None
+    deadline = time.time() + 300
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if ck_path.exists():
+                st = torch.load(ck_path, map_location='cpu', weights_only=False)
+                if st['consumed'] > 0 and st['epoch'] == 1:  # mid-epoch checkpoint of the second epoch
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = (st['epoch'], st['consumed'], st['global_step'])
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+    assert killed_at is not None, 'the run ended before a mid-epoch checkpoint could be interrupted'
+    assert proc.returncode == -signal.SIGKILL
+    res = subprocess.run(_subprocess_args(tiny, run_dir, *common, '--resume', 'auto'), env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f'micro-batch {killed_at[1]}/4' in res.stdout
+    a = torch.load(ref_dir / 'last.pth', map_location='cpu', weights_only=False)
+    b = torch.load(ck_path, map_location='cpu', weights_only=False)
+    assert a['global_step'] == b['global_step'] == 2 * 4
+    assert b['global_step'] > killed_at[2]
+    for k in a['model']:
+        torch.testing.assert_close(b['model'][k], a['model'][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_mid_epoch_resume_with_other_batch_size_is_refused(tiny, tmp_path):
+    _run(tiny, tmp_path, *SMALL_ELASTIC, '--epochs', '1', '--max-train-samples', '16', '--ckpt-interval', '2',
+         '--no-final-eval')
+    ck = torch.load(tmp_path / 'last.pth', weights_only=False)
+    ck['consumed'], ck['epoch'] = 2, 0
+    torch.save(ck, tmp_path / 'mid.pth')
+    with pytest.raises(ValueError, match='same settings'):
+        _run(tiny, tmp_path / 'b', *SMALL_ELASTIC, '--epochs', '1', '--max-train-samples', '16',
+             '--resume', str(tmp_path / 'mid.pth'), '--batch-size', '2')
+
+
+# ---------------------------------------------------------------------- unreadable images
+@pytest.fixture()
+def broken(tmp_path):
+    root = _make_folder(tmp_path / 'data', n_train=3, n_val=2)
+    bad = os.path.join(root, 'train', 'c1', 'zz_truncated.jpg')
+    with open(os.path.join(root, 'train', 'c1', '0.jpg'), 'rb') as f:
+        head = f.read(200)
+    with open(bad, 'wb') as f:
+        f.write(head)
+    return root, bad
+
+
+def test_unreadable_image_skip_reports_path(broken, tmp_path, capfd):
+    root, bad = broken
+    # one batch holds all 13 files (12 readable + the truncated one)
+    _run(root, tmp_path / 'out', *SMALL_ELASTIC, '--bad-images', 'skip', '--no-final-eval', '--batch-size', '13')
+    err = capfd.readouterr().err
+    assert bad in err and 'skipped' in err
+    ck = torch.load(tmp_path / 'out' / 'last.pth', weights_only=False)
+    assert ck['global_step'] == 1
+    log = open(tmp_path / 'out' / 'log.txt').read()
+    assert 'step 1 loss' in log
+
+
+def test_unreadable_image_fail_names_path(broken, tmp_path):
+    root, bad = broken
+    with pytest.raises(pdata.UnreadableImageError, match='zz_truncated.jpg') as ei:
+        _run(root, tmp_path / 'out', *SMALL_ELASTIC, '--bad-images', 'fail', '--batch-size', '13')
+    assert '--bad-images skip' in str(ei.value) and bad in str(ei.value)
+    # the command line reports it as an error with exit status 2 (also through data-loader workers)
+    res = subprocess.run([sys.executable, SCRIPT, '--data-path', root, '--output-dir', str(tmp_path / 'cli'), *BASE,
+                          *SMALL_ELASTIC, '--bad-images', 'fail', '--workers', '1', '--batch-size', '13'],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 2 and bad in res.stderr
+
+
+# ---------------------------------------------------------------------- DDP
+def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', SCRIPT,
+           '--data-path', tiny, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v1', '--method',
+           'mutualnet', '--resolutions', '32', '24', '--max-train-samples', '16', '--eval-widths', '1.0', '0.25',
+           '--eval-resolutions', '32', '--calib-batches', '1', '--device', 'cpu']
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    text = res.stdout + res.stderr
+    saves = [ln for ln in text.splitlines() if 'saved checkpoint' in ln]
+    assert saves and all('[r0]' in ln for ln in saves)
+    assert sorted(os.listdir(out)) == sorted(['args.json', 'log.txt', 'train_log.csv', 'summary.csv', 'last.pth',
+                                              'best.pth', 'eval.txt', 'eval.json', 'backbone.pth'])
+    ck = torch.load(out / 'last.pth', weights_only=False)
+    # 16 images / 2 processes / batch 4 = 2 steps; every rank's RNG state is kept for resume
+    assert ck['world_size'] == 2 and ck['global_step'] == 2 and len(ck['rng']) == 2
+    assert not any(k.startswith('module.') for k in ck['model'])
+    rows = json.load(open(out / 'eval.json'))
+    assert [(r['width'], r['resolution']) for r in rows] == [(1.0, 32), (0.25, 32)]
+    assert rows[0]['n'] == 12  # every validation image counted once over the two shards
+
+
+# ---------------------------------------------------------------------- helpers
+def test_recipes_parse_and_explicit_flags_win(tmp_path):
+    for name in recipes.RECIPES:
+        args = pretrain.parse_args(['--recipe', name, '--data-path', str(tmp_path)])
+        assert args.model in backbones.list_models()
+        methods.check_method_family(args.method, backbones.model_family(args.model), args.model)
+    args = pretrain.parse_args(['--recipe', 'mutualnet-mobilenetv2', '--data-path', str(tmp_path), '--lr', '0.2',
+                                '--batch-size', '64'])
+    assert args.lr == 0.2 and args.batch_size == 64 and args.epochs == 250 and args.nesterov
+    assert args.widths == [0.7, 1.0] and args.resolutions == [224, 192, 160, 128] and args.wd_policy == 'conv-fc'
+    assert args.lr_schedule == 'cosine' and 'lr' in args.explicit_args and 'epochs' in args.recipe_args
+    args = pretrain.parse_args(['--recipe', 'usnet-mobilenetv1', '--data-path', str(tmp_path), '--no-nesterov'])
+    assert not args.nesterov and args.lr_schedule == 'linear' and args.batch_size == 1024
+    args = pretrain.parse_args(['--recipe', 'rsnet-resnet50', '--data-path', str(tmp_path), '--accum-steps', '4'],
+                               world_size=8)
+    assert args.batch_size == 8 and args.effective_batch_size == 256 and args.wd_policy == 'all'
+    with pytest.raises(ValueError, match='elastic-resnext50'):
+        pretrain.parse_args(['--recipe', 'elastic-resnet50', '--data-path', str(tmp_path)])
+
+
+def test_weight_decay_policies():
+    model = backbones.create('us_mobilenet_v1', num_classes=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(policy):
+        g = engine.param_groups(model, 1e-4, policy)
+        return {names[id(p)] for p in g[0]['params']}
+
+    conv_fc = decayed('conv-fc')
+    dw = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    assert conv_fc and not any(n.rsplit('.', 1)[0] in dw for n in conv_fc)
+    assert all(n.endswith('weight') for n in conv_fc)
+    assert not any(n.endswith('bias') for n in conv_fc) and 'head.2.weight' in conv_fc
+    assert decayed('all') == set(names.values())
+    nnb = decayed('no-norm-bias')
+    assert not any(n.endswith('bias') for n in nnb) and conv_fc < nnb  # depthwise weights decay here
+    with pytest.raises(ValueError, match='conv-fc'):
+        engine.param_groups(model, 1e-4, 'bn')
+
+
+def test_lr_schedules():
+    f = engine.lr_factor_fn('cosine', 100, 10, warmup_steps=10, warmup_factor=0.1)
+    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-12)
+    f = engine.lr_factor_fn('linear', 100, 10)
+    assert f(25) == pytest.approx(0.75) and f(100) == pytest.approx(0.0)
+    f = engine.lr_factor_fn('step', 100, 10, step_epochs=3, gamma=0.1)
+    assert f(29) == pytest.approx(1.0) and f(30) == pytest.approx(0.1) and f(60) == pytest.approx(0.01)
+    f = engine.lr_factor_fn('step', 100, 10, milestones=[2, 5], gamma=0.5)
+    assert f(19) == 1.0 and f(20) == 0.5 and f(55) == 0.25
+    with pytest.raises(ValueError, match='cosine'):
+        engine.lr_factor_fn('poly', 10, 1)
+
+
+def test_shared_crop_and_deterministic_augmentation(tiny):
+    class A:
+        crop_scale_min, interpolation, hflip, color_jitter, lighting, train_crop_size = 0.3, 'bilinear', 0.0, 0, 0, 32
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    tf = pdata.build_train_transform(A, mean, std, resolutions=[64, 32])
+    ds = pdata.RobustImageFolder(os.path.join(tiny, 'train'), tf, seed=7)
+    (x64, x32), _ = ds[(3, 0)]
+    assert x64.shape == (3, 64, 64) and x32.shape == (3, 32, 32)
+    # the 32 px input is the same crop as the 64 px one (not a second random crop)
+    down = torch.nn.functional.interpolate(x64[None], size=32, mode='bilinear', antialias=True)[0]
+    other = ds[(3, 5)][0][1]
+    assert (down - x32).abs().mean() < 0.5 * (other - x32).abs().mean()
+    again = ds[(3, 0)][0]
+    assert torch.equal(again[0], x64)  # a sample's augmentation is a function of (seed, epoch, index)
+    state = torch.get_rng_state()
+    ds[(4, 1)]
+    assert torch.equal(torch.get_rng_state(), state)  # ...and leaves the caller's RNG alone
+
+
+def test_resumable_sampler_shards_and_skips(tiny):
+    ds = pdata.RobustImageFolder(os.path.join(tiny, 'train'), None)
+    full = pdata.ResumableSampler(ds, seed=3)
+    full.set_epoch(2)
+    order = [i for i, _ in full]
+    assert sorted(order) == list(range(len(ds)))
+    full.set_epoch(2, start=10)
+    assert [i for i, e in full] == order[10:] and len(full) == len(ds) - 10
+    r0, r1 = (pdata.ResumableSampler(ds, 2, r, seed=3) for r in (0, 1))
+    for s in (r0, r1):
+        s.set_epoch(1)
+    a, b = [i for i, _ in r0], [i for i, _ in r1]
+    assert not set(a) & set(b) and len(a) == len(b) == len(ds) // 2
+
+
+def test_imagenette_slice(shared_dir, tmp_path):
+    root = os.path.join(shared_dir, 'datasets', 'imagenette')
+    if not os.path.isdir(os.path.join(root, 'train')):
+        pytest.skip(f'imagenette is not in {root}')
+    rows = pretrain.main(['--data-path', root, '--output-dir', str(tmp_path), '--model', 'rs_resnet18', '--method',
+                          'rsnet', '--resolutions', '64', '48', '--train-crop-size', '64', '--val-resize-size', '73',
+                          '--val-crop-size', '64', '--epochs', '1', '--batch-size', '8', '--max-train-samples', '16',
+                          '--max-val-samples', '16', '--workers', '1', '--no-tensorboard', '--log-interval', '1'])
+    assert [r['resolution'] for r in rows] == [64, 48] and rows[0]['n'] == 16
+    ck, meta = _check_outputs(tmp_path, steps=2)
+    assert meta['num_classes_pretrain'] == 10
