@@ -230,6 +230,13 @@ def main(argv=None):
     from pretrain_lib import dist as pdist
     from pretrain_lib import engine
 
+    resume = args.resume
+    last = os.path.join(args.output_dir, 'last.pth')
+    if resume == 'auto':
+        resume = last if os.path.exists(last) else None
+    elif not resume and not args.evaluate and os.path.exists(last):
+        raise ValueError(f'{last} exists: pass --resume auto to continue that run, or choose another '
+                         f'--output-dir (a new run would overwrite its checkpoints)')
     info = pdist.init_distributed(args.device, args.dist_backend)
     try:
         if info.is_main:
@@ -242,10 +249,6 @@ def main(argv=None):
             engine.LOG.info(f'recipe {args.recipe}; overridden by explicit flags: '
                             f'{[a for a in args.explicit_args if a in recipes.get_recipe(args.recipe)] or "none"}')
         trainer = engine.Trainer(args, info)
-        resume = args.resume
-        if resume == 'auto':
-            cand = os.path.join(args.output_dir, 'last.pth')
-            resume = cand if os.path.exists(cand) else None
         if resume:
             trainer.resume(resume)
         rows = None

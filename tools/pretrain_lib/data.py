@@ -106,9 +106,9 @@ class MultiResolutionVal:
 
     def __init__(self, resolutions, crop_pct, interpolation, mean, std):
         interp = _interp(interpolation)
-        self.tfs = [transforms.Compose([transforms.Resize(int(round(r / crop_pct)), interpolation=interp, antialias=True),
-                                        transforms.CenterCrop(r), transforms.ToTensor(),
-                                        transforms.Normalize(mean, std)]) for r in resolutions]
+        self.tfs = [transforms.Compose([
+            transforms.Resize(int(round(r / crop_pct)), interpolation=interp, antialias=True),
+            transforms.CenterCrop(r), transforms.ToTensor(), transforms.Normalize(mean, std)]) for r in resolutions]
 
     def __call__(self, img):
         return [t(img) for t in self.tfs]
@@ -196,6 +196,13 @@ class RobustImageFolder(Dataset):
 
     def __len__(self):
         return len(self.samples)
+
+    def select(self, indices):
+        """Keep only the samples at ``indices`` (None keeps all); returns self."""
+        if indices is not None:
+            self.samples = [self.samples[i] for i in indices]
+            self.targets = [t for _, t in self.samples]
+        return self
 
     def load(self, path):
         """Open ``path`` as an RGB PIL image; applies the unreadable-file policy."""

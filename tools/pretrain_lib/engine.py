@@ -253,8 +253,9 @@ def build_model(args, num_classes):
 
 
 def _check_sync_bn(model):
+    plain = (nn.BatchNorm2d, nn.SyncBatchNorm)
     bad = sorted({type(m).__name__ for m in model.modules()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (nn.BatchNorm2d, nn.SyncBatchNorm)})
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in plain})
     if bad:
         raise ValueError(f'--sync-bn converts plain nn.BatchNorm2d only; this model uses {bad} (width-sliced or '
                          f'private BN). Run without --sync-bn.')
@@ -275,31 +276,28 @@ class Trainer:
             if not os.path.isdir(root):
                 raise FileNotFoundError(f'{root} not found: --data-path must hold {a.train_dir}/<class>/ and '
                                         f'{a.val_dir}/<class>/ (ImageFolder layout)')
-        probe = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
-        self.classes = probe.classes
+        self.train_set = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
+        self.classes = self.train_set.classes
         num_classes = a.num_classes or len(self.classes)
         self.model = build_model(a, num_classes)
         self.method = pm.build_method(a, self.model)
         mean, std = getattr(self.model, 'pixel_mean'), getattr(self.model, 'pixel_std')
 
         # data
-        tr_idx = pdata.subset_indices(len(probe), a.max_train_samples, a.seed)
-        self.train_set = pdata.RobustImageFolder(
-            train_root, pdata.build_train_transform(a, mean, std, self.method.train_resolutions()),
-            a.bad_images, a.seed, tr_idx)
+        self.train_set.transform = pdata.build_train_transform(a, mean, std, self.method.train_resolutions())
+        self.train_set.select(pdata.subset_indices(len(self.train_set), a.max_train_samples, a.seed))
         vres = self.method.val_resolutions()
         multires_val = bool(vres) and (self.method.name == 'rsnet' or a.val_resize_mode == 'crop')
-        probe_val = pdata.RobustImageFolder(val_root, None, a.bad_images, a.seed)
-        if probe_val.classes != self.classes:
-            raise ValueError(f'{val_root} and {train_root} hold different class folders')
-        va_idx = pdata.subset_indices(len(probe_val), a.max_val_samples, a.seed)
         self.val_set = pdata.RobustImageFolder(
-            val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images,
-            a.seed, va_idx)
+            val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images, a.seed)
+        if self.val_set.classes != self.classes:
+            raise ValueError(f'{val_root} and {train_root} hold different class folders')
+        self.val_set.select(pdata.subset_indices(len(self.val_set), a.max_val_samples, a.seed))
         self.sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=a.seed)
         kw = dict(num_workers=a.workers, pin_memory=a.pin_mem and info.device.type == 'cuda',
                   collate_fn=pdata.collate_skip_none, persistent_workers=False)
-        self.train_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.sampler, drop_last=True, **kw)
+        self.train_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.sampler, drop_last=True,
+                                       **kw)
         self.val_loader = DataLoader(self.val_set, batch_size=a.val_batch_size or a.batch_size,
                                      sampler=pdata.ShardSampler(len(self.val_set), info.world_size, info.rank), **kw)
         self.calib_sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True,
@@ -312,6 +310,11 @@ class Trainer:
 
         # model, optimizer, schedule, AMP, EMA, DDP
         self.net = pm.TrainNet(self.model, self.method.criterion())
+        if a.sync_bn and info.device.type != 'cuda':
+            raise ValueError('--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm has no CPU implementation); '
+                             'drop --sync-bn for CPU runs')
+        if a.sync_bn and not info.distributed:
+            LOG.info('--sync-bn has no effect in a single process')
         if a.sync_bn and info.distributed:
             _check_sync_bn(self.model)
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -333,8 +336,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(dev_type, enabled=bool(a.amp and self.amp_dtype == torch.float16))
         self.ema = None
         if a.model_ema:
-            self.ema = AveragedModel(self.model, device=info.device, multi_avg_fn=get_ema_multi_avg_fn(a.model_ema_decay),
-                                     use_buffers=True)
+            self.ema = AveragedModel(self.model, device=info.device, use_buffers=True,
+                                     multi_avg_fn=get_ema_multi_avg_fn(a.model_ema_decay))
         self.ddp = None
         if info.distributed:
             self.ddp = DDP(self.net, device_ids=[info.local_rank] if dev_type == 'cuda' else None,
@@ -346,8 +349,9 @@ class Trainer:
         self.csv = CSVLog(os.path.join(self.out, 'train_log.csv')) if info.is_main else None
         self.summary = CSVLog(os.path.join(self.out, 'summary.csv')) if info.is_main else None
         self.tb = TBLog(os.path.join(self.out, 'tb'), a.tensorboard and info.is_main)
-        LOG.info(f'model {a.model} ({self.model.family}), method {a.method}, {backbones.count_params(self.model) / 1e6:.2f} M '
-                 f'params, {len(self.train_set)} train / {len(self.val_set)} val images, {len(self.classes)} classes, '
+        LOG.info(f'model {a.model} ({self.model.family}), method {a.method}, '
+                 f'{backbones.count_params(self.model) / 1e6:.2f} M params, {len(self.train_set)} train / '
+                 f'{len(self.val_set)} val images, {len(self.classes)} classes, '
                  f'{info.world_size} process(es) on {info.device}, batch {a.batch_size} x {info.world_size} x '
                  f'accum {a.accum_steps} = {a.batch_size * info.world_size * a.accum_steps}, '
                  f'{self.steps_per_epoch} steps/epoch, {self.total_steps} steps')
@@ -484,28 +488,36 @@ class Trainer:
                 self.consumed = i
                 if a.ckpt_interval and self.global_step % a.ckpt_interval == 0 and i < self.micro_per_epoch:
                     self.save()
-            if info.is_main and (i % a.log_interval == 0 or i == self.micro_per_epoch) and meters:
-                dt = max(time.time() - t_log, 1e-9)
-                row = self._meter_row(meters)
-                row.update(epoch=self.epoch, iter=i, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
-                           img_s=n_log * info.world_size / dt)
-                extra = ' '.join(f'{k} {v:.4g}' for k, v in row.items()
-                                 if k not in ('epoch', 'iter', 'step', 'lr', 'img_s', 'loss', 'acc1'))
-                line_log(f'epoch {self.epoch + 1}/{a.epochs} iter {i}/{self.micro_per_epoch} step {self.global_step} '
-                         f'loss {row["loss"]:.4f} acc@1 {row["acc1"]:.2f} lr {row["lr"]:.5f} '
-                         f'img/s {row["img_s"]:.1f} {extra}')
-                if bar is not None:
-                    bar.set_postfix(loss=f'{row["loss"]:.3f}', acc1=f'{row["acc1"]:.1f}', lr=f'{row["lr"]:.4g}',
-                                    img_s=f'{row["img_s"]:.1f}')
-                self.csv.write(row)
-                self.tb.scalars({k: v for k, v in row.items() if k not in ('epoch', 'iter', 'step')},
-                                self.global_step, 'train')
+            if (i % a.log_interval == 0 or i == self.micro_per_epoch) and meters:
+                self._log_train(meters, n_log, time.time() - t_log, i, bar, line_log)
                 meters, t_log, n_log = {}, time.time(), 0
         if bar is not None:
             bar.close()
         self.consumed = 0
         self.epoch += 1
         return n_epoch * info.world_size / max(time.time() - t_epoch, 1e-9)
+
+    def _log_train(self, meters, n_log, dt, i, bar, line_log):
+        """One progress line (log/CSV/TensorBoard/bar) with the meters averaged over every process (one
+        all-reduce, so DDP curves are comparable with single-process ones)."""
+        a, info = self.args, self.info
+        keys = sorted(meters)
+        flat = pdist.all_reduce_sum([meters[k][0] for k in keys] + [meters[k][1] for k in keys] + [n_log], info)
+        if not info.is_main:
+            return
+        row = self._meter_row({k: (flat[j], flat[len(keys) + j]) for j, k in enumerate(keys)})
+        row.update(epoch=self.epoch, iter=i, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
+                   img_s=flat[-1] / max(dt, 1e-9))
+        extra = ' '.join(f'{k} {v:.4g}' for k, v in row.items()
+                         if k not in ('epoch', 'iter', 'step', 'lr', 'img_s', 'loss', 'acc1'))
+        line_log(f'epoch {self.epoch + 1}/{a.epochs} iter {i}/{self.micro_per_epoch} step {self.global_step} '
+                 f'loss {row["loss"]:.4f} acc@1 {row["acc1"]:.2f} lr {row["lr"]:.5f} img/s {row["img_s"]:.1f} {extra}')
+        if bar is not None:
+            bar.set_postfix(loss=f'{row["loss"]:.3f}', acc1=f'{row["acc1"]:.1f}', lr=f'{row["lr"]:.4g}',
+                            img_s=f'{row["img_s"]:.1f}')
+        self.csv.write(row)
+        self.tb.scalars({k: v for k, v in row.items() if k not in ('epoch', 'iter', 'step')}, self.global_step,
+                        'train')
 
     @staticmethod
     def _meter_row(meters):
@@ -523,7 +535,7 @@ class Trainer:
         """Per-epoch validation at the method's cheap points (no calibration); returns rows."""
         pts = self.method.eval_points(final=False)
         rows = pm.evaluate(self.method, self.model, self.val_loader, self.info, pts, self.autocast,
-                           self.args.channels_last)
+                           self.args.channels_last, sact_macs=isinstance(self.method, pm.SACTMethod))
         if self.ema is not None:
             erows = pm.evaluate(self.method, self.ema.module, self.val_loader, self.info, pts[:1], self.autocast,
                                 self.args.channels_last)
@@ -547,14 +559,18 @@ class Trainer:
                                                     f'r{r["resolution"]}' if r['resolution'] else None) if x)
                     row[f'top1{"_" + tag if tag else ""}'] = r['top1']
                     row[f'top5{"_" + tag if tag else ""}'] = r['top5']
-                if 'ema_top1' in rows[0]:
-                    row['ema_top1'] = rows[0]['ema_top1']
+                for k in ('ema_top1', 'macs', 'macs_std', 'ponder_cost'):  # EMA; SACT data-dependent MACs
+                    if k in rows[0]:
+                        row[k] = rows[0][k]
                 best = top1 > self.best_top1
                 if best:
                     self.best_top1, self.best_epoch = top1, self.epoch
-                LOG.info(f'epoch {self.epoch}/{a.epochs} val ' + ' '.join(
-                    f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema'))) +
-                    f' (best {self.best_top1:.2f} @ epoch {self.best_epoch}) train img/s {img_s:.1f}')
+                parts = [f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema'))]
+                if 'macs' in row:
+                    parts.append(f'MMACs {row["macs"] / 1e6:.1f} (std {row["macs_std"] / 1e6:.1f}) '
+                                 f'ponder cost {row["ponder_cost"]:.3f}')
+                LOG.info(f'epoch {self.epoch}/{a.epochs} val ' + ' '.join(parts) +
+                         f' (best {self.best_top1:.2f} @ epoch {self.best_epoch}) train img/s {img_s:.1f}')
             else:
                 best = False
             if self.info.is_main:
@@ -566,7 +582,8 @@ class Trainer:
     def final_eval(self):
         """Full evaluation table (+ MutualNet budget query, SACT MACs statistics); returns the rows."""
         a = self.args
-        LOG.info('final evaluation' + (' (BN calibration per point)' if isinstance(self.method, pm.SlimmableMethod) else ''))
+        slim = isinstance(self.method, pm.SlimmableMethod)
+        LOG.info('final evaluation' + (' (BN calibration per point)' if slim else ''))
         model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
         rows = pm.final_evaluation(self.method, model, self.val_loader, self.calib_loader, self.info, self.autocast, a,
                                    LOG.info)

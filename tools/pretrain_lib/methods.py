@@ -215,7 +215,8 @@ class SlimmableMethod(Method):
         # per-epoch validation evaluates the range ends with their training-time (width-only) statistics
         for w in self.width_range:
             model.add_bn_config(w)
-        self.resolutions = sorted(args.resolutions, reverse=True) if (self.name == 'mutualnet' and args.resolutions) else None
+        mutual = self.name == 'mutualnet' and args.resolutions
+        self.resolutions = sorted(args.resolutions, reverse=True) if mutual else None
         if self.name == 'mutualnet' and not self.resolutions:
             raise ValueError('--method mutualnet needs --resolutions (e.g. 224 192 160 128)')
         if self.name == 'usnet' and args.resolutions:
@@ -296,9 +297,10 @@ class RSNetMethod(Method):
     def __init__(self, args, model):
         super().__init__(args, model)
         self.resolutions = list(model.resolutions)
-        if args.resolutions and sorted(args.resolutions, reverse=True) != self.resolutions:
-            raise ValueError(f'--resolutions {args.resolutions} differ from the model\'s {self.resolutions}; '
-                             f'build the model with them: --model-kwargs \'{{"resolutions": {sorted(args.resolutions, reverse=True)}}}\'')
+        want = sorted(args.resolutions or [], reverse=True)
+        if want and want != self.resolutions:
+            raise ValueError(f'--resolutions {args.resolutions} differ from the model\'s {self.resolutions} (set by '
+                             f'--model-kwargs); give the same list to both')
 
     def criterion(self):
         from backbones.rsnet import MREDLoss
@@ -323,8 +325,8 @@ class RSNetMethod(Method):
         res = sorted(self.args.eval_resolutions or self.resolutions, reverse=True)
         bad = [r for r in res if r not in self.resolutions]
         if bad and getattr(self.model, 'resolution_rule', 'explicit') == 'explicit':
-            raise ValueError(f'--eval-resolutions {bad} are not trained resolutions {self.resolutions} and the model\'s '
-                             f"resolution_rule is 'explicit'")
+            raise ValueError(f'--eval-resolutions {bad} are not trained resolutions {self.resolutions} and the '
+                             f"model's resolution_rule is 'explicit'")
         return res
 
     def eval_points(self, final):
@@ -434,15 +436,17 @@ def evaluate(method, model, loader, info, points, autocast, channels_last=False,
 
 
 def calibration_batches(loader, num_batches, info, channels_last=False):
-    """The first ``num_batches`` training batches (train augmentation), on the device, images only."""
-    out = []
+    """Iterator over the images of the first ``num_batches`` readable training batches (train augmentation), on
+    the device.  A fresh iterator re-reads the same images (the calibration sampler's epoch is fixed and the
+    augmentation is a function of (seed, epoch, index)), so nothing is kept in memory between points."""
+    seen = 0
     for batch in loader:
         if batch is None:
             continue
-        out.append(_to_device(batch[0], info.device, channels_last))
-        if len(out) >= num_batches:
+        yield _to_device(batch[0], info.device, channels_last)
+        seen += 1
+        if seen >= num_batches:
             break
-    return out
 
 
 def final_evaluation(method, model, val_loader, calib_loader, info, autocast, args, log):
@@ -461,11 +465,9 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
     rows = []
     if is_slim:
         m = copy.deepcopy(model)
-        batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
-        if not batches:
-            raise RuntimeError('no readable training batch for BN calibration')
         for (w, r) in points:
-            method.slim.calibrate_bn(m, batches, width=w, resolution=r)
+            batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
+            method.slim.calibrate_bn(m, batches, width=w, resolution=r, num_batches=args.calib_batches)
             pdist.broadcast_buffers(m, info)
             row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
             row['calibrated'] = True
