@@ -22,7 +22,7 @@ from plugins.mm.backbones import DynscaleBackbone  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'seg_configs', '*.py')))
-CI_CONFIG = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-160x160.py')
+CI_CONFIG = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
 
 init_default_scope('mmseg')
 
@@ -212,30 +212,30 @@ def test_sact_segmentor_ponder_loss_and_maps():
 
 def test_rsnet_segmentor_multires_training_and_test_resolution():
     model = _build(dict(type='RSNetEncoderDecoder', data_preprocessor=_pre(),
-                        backbone=dict(type='RSNet', arch='rs_resnet18', resolutions=(96, 64, 32)),
+                        backbone=dict(type='RSNet', arch='rs_resnet18', resolutions=(64, 48, 32)),
                         decode_head=dict(type='RefineNetHead', in_channels=[64, 128, 256, 512], in_index=[0, 1, 2, 3],
                                          channels=16, top_channels=24, num_classes=4),
-                        train_cfg=dict(resolutions=(96, 64, 32)),
-                        test_cfg=dict(mode='whole', resolution=64)))
+                        train_cfg=dict(resolutions=(64, 48, 32)),
+                        test_cfg=dict(mode='whole', resolution=48)))
     seen, net = [], model.backbone.model
     net.stem.register_forward_pre_hook(lambda m, a: seen.append((tuple(a[0].shape[-2:]), net.resolution)))
-    x = torch.randn(2, 3, 96, 96)
-    losses = model.loss(x, _samples(2, 96, 96, 4))
-    assert seen == [((96, 96), 96), ((64, 64), 64), ((32, 32), 32)]  # each copy with its own private BN
+    x = torch.randn(2, 3, 64, 64)
+    losses = model.loss(x, _samples(2, 64, 64, 4))
+    assert seen == [((64, 64), 64), ((48, 48), 48), ((32, 32), 32)]  # each copy with its own private BN
     assert {'loss_mred', 'mred_ce_0', 'mred_ce_ens', 'mred_kd', 'acc_seg_r32'} <= set(losses)
     losses['loss_mred'].backward()
     assert model.mred.alpha.grad is not None and model.mred.alpha.grad.abs().sum() > 0
     model.eval()
     seen.clear()
-    out = model.predict(torch.randn(1, 3, 80, 120), None)
-    assert out[0].seg_logits.data.shape == (4, 80, 120)
-    assert seen[-1] == ((64, 64), 64)
-    model.test_cfg['resolution'] = 48  # not trained: the 'nearest' rule picks 32 or 64, 'explicit' refuses
-    model.predict(torch.randn(1, 3, 80, 120), None)
-    assert seen[-1][0] == (48, 48)
+    out = model.predict(torch.randn(1, 3, 40, 60), None)
+    assert out[0].seg_logits.data.shape == (4, 40, 60)  # logits back at the image size
+    assert seen[-1] == ((48, 48), 48)  # computed at the test resolution with its BN
+    model.test_cfg['resolution'] = 40  # not trained: the 'nearest' rule picks 32 or 48, 'explicit' refuses
+    model.predict(torch.randn(1, 3, 40, 60), None)
+    assert seen[-1][0] == (40, 40)
     model.backbone.model.resolution_rule = 'explicit'
     with pytest.raises(ValueError, match='not a trained resolution'):
-        model.predict(torch.randn(1, 3, 80, 120), None)
+        model.predict(torch.randn(1, 3, 40, 60), None)
 
 
 def test_slimmable_segmentor_sandwich_step_and_calibration():

@@ -1,19 +1,20 @@
 # CI-sized DeepLabV3 ResNeXt50+Elastic on the VOC subset (or a synthetic set in the same layout): 40
-# iterations at batch 2 on 160x160 crops, validation on the val split resized to a 192-pixel long side.
-# Runs on CPU in a few minutes (tests/test_mm_seg.py::test_main_job_ci and tools/demo.sh).
+# iterations at batch 2 on 129x129 crops (16k+1: aligned with align_corners=True at output stride 16),
+# validation on the 64 val images resized to a 160-pixel long side.  Runs on CPU in a few minutes
+# (tests/test_mm_seg.py::test_main_job_ci).
 _base_ = './deeplabv3_elastic-resnext50-d16-mg124_1xb8-1k_voc12subset-321x321.py'
-crop_size = (160, 160)
+crop_size = (129, 129)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(192, 192), ratio_range=(0.75, 1.25), keep_ratio=True),
+    dict(type='RandomResize', scale=(160, 160), ratio_range=(0.75, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(192, 192), keep_ratio=True),
+    dict(type='Resize', scale=(160, 160), keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
@@ -29,4 +30,4 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=40, max_keep_ckpts=1),
     visualization=dict(type='SegVisualizationHook', draw=False))
 env_cfg = dict(cudnn_benchmark=False)
-model = dict(data_preprocessor=dict(size=(160, 160)))
+model = dict(data_preprocessor=dict(size=(129, 129)))
