@@ -95,7 +95,9 @@ class DynamicBackbone(nn.Module):
         return [StageSpec(f'stage{i + 1}', ch[i], self._stage_strides[i]) for i in self.out_indices]
 
     def check_input(self, x):
-        """Raise ValueError unless ``x`` is ``[N, 3, H, W]``."""
+        """Raise ValueError unless ``x`` is ``[N, 3, H, W]`` (skipped while tracing: shapes are symbolic)."""
+        if torch.jit.is_tracing():
+            return
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'{type(self).__name__} expects input of shape [N, 3, H, W] (RGB), got '
                              f'{tuple(x.shape)}; convert grayscale/RGBA images to 3 channels')
