@@ -51,6 +51,9 @@ def complexity(model, input_size=224, width=None, resolution=None, batch=None):
     was_training = model.training
     model.eval()
     ctx = contextlib.ExitStack()
+    if hasattr(model, 'probe_context'):
+        # slimmable: MACs do not depend on BN statistics, so uncalibrated widths are counted too
+        ctx.enter_context(model.probe_context())
     if width is not None:
         if not hasattr(model, 'width_context'):
             raise ValueError(f'{type(model).__name__} is not slimmable; width={width} is meaningless')
