@@ -1,5 +1,6 @@
-# DeepLabV3 ResNeXt50 (32x4d) baseline, PASCAL VOC 2012 train_aug -> val, the Elastic paper's full schedule (Sec. 4.3,
-# Table 5): OS 16, MG (1, 2, 4), ASPP (6, 12, 18) + image pooling, crop 513, batch 16, 50 epochs.
+# DeepLabV3 ResNeXt50 (32x4d) baseline, PASCAL VOC 2012 train_aug -> val, the Elastic paper's full
+# schedule (Sec. 4.3, Table 5): OS 16, MG (1, 2, 4), ASPP (6, 12, 18) + image pooling, crop 513,
+# batch 16, 50 epochs.
 _base_ = ['./_base_/models/deeplabv3_elastic-resnext50-d16.py', './_base_/datasets/voc12_aug.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_elastic-voc_33k.py']
 # Reference BN momenta (official_implementations.md Sec. 1.7): backbone 0.05, ASPP 0.0003.

@@ -1,4 +1,5 @@
-# DeepLabV3 ResNeXt50 (32x4d) baseline, short schedule on the VOC subset of ../shared/datasets (160 train / 64 val):
+# DeepLabV3 ResNeXt50 (32x4d) baseline, short schedule on the VOC subset of ../shared/datasets
+# (160 train / 64 val):
 # 1000 iterations at batch 8, crop 321 (the main-job configuration; see README).
 _base_ = ['./_base_/models/deeplabv3_elastic-resnext50-d16.py', './_base_/datasets/voc12.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_short_1k.py']

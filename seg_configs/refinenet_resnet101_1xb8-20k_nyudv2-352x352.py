@@ -1,7 +1,7 @@
 # RefineNet-4-cascaded on a plain ResNet-101 (the RS-Nets "I-Net" baseline): rs_resnet101 with a single
 # resolution (one BN, i.e. a standard ResNet-101) trained at 352 with the ordinary EncoderDecoder.
-_base_ = ['./_base_/models/refinenet_rs-resnet101.py', './_base_/datasets/nyudv2.py', './_base_/default_runtime.py',
-          './_base_/schedules/schedule_refinenet-nyu_20k.py']
+_base_ = ['./_base_/models/refinenet_rs-resnet101.py', './_base_/datasets/nyudv2.py',
+          './_base_/default_runtime.py', './_base_/schedules/schedule_refinenet-nyu_20k.py']
 model = dict(
     data_preprocessor=dict(size=(352, 352)),
     type='EncoderDecoder',

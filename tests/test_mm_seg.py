@@ -1,4 +1,4 @@
-"""MMSegmentation plugins: configs, backbone adapter, heads, segmentors, datasets, and a short real training run."""
+"""MMSegmentation plugins: configs, adapter, heads, segmentors, datasets and a short real training run."""
 import glob
 import os
 import os.path as osp
@@ -22,7 +22,8 @@ from plugins.mm.backbones import DynscaleBackbone  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'seg_configs', '*.py')))
-CI_CONFIG = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
+CI_CONFIG = osp.join(ROOT, 'seg_configs',
+                     'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
 
 init_default_scope('mmseg')
 
@@ -70,7 +71,8 @@ def test_config_builds_and_channels_match(path):
 
 def test_cli_data_root_override():
     from plugins.mm.cli import dataset_cfgs, set_data_root
-    cfg = Config.fromfile(osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb16-33k_voc12aug-513x513.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'seg_configs',
+                                   'deeplabv3_elastic-resnext50-d16-mg124_1xb16-33k_voc12aug-513x513.py'))
     set_data_root(cfg, '/data/x')
     roots = {d['data_root'] for d in dataset_cfgs(cfg) if 'data_root' in d}
     assert roots == {'/data/x/VOCdevkit/VOC2012'}
@@ -100,11 +102,13 @@ def test_adapter_out_indices_frozen_norm_eval(arch, kw):
 
 
 def test_adapter_strides_dilations_and_norm_cfg():
-    bb = DynscaleBackbone(arch='resnext50_32x4d', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), multi_grid=(1, 2, 4),
+    bb = DynscaleBackbone(arch='resnext50_32x4d', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                          multi_grid=(1, 2, 4),
                           norm_cfg=dict(type='GN', num_groups=16))
     assert bb.strides == [4, 8, 8, 8]
     assert isinstance(bb.model.stem.bn, torch.nn.GroupNorm)
-    bb = DynscaleBackbone(arch='resnext50_32x4d', norm_cfg=dict(type='BN', momentum=0.05, requires_grad=False))
+    bb = DynscaleBackbone(arch='resnext50_32x4d',
+                          norm_cfg=dict(type='BN', momentum=0.05, requires_grad=False))
     bn = bb.model.stages[0][0].bn1
     assert bn.momentum == 0.05 and not bn.weight.requires_grad
     with pytest.raises(ValueError, match='not a supported layout'):
@@ -133,7 +137,8 @@ def test_adapter_pretrained_loads_and_mismatch_fails_loudly(tmp_path):
     seg = str(tmp_path / 'seg.pth')
     torch.save({'state_dict': {'backbone.model.' + k: v for k, v in src.state_dict().items()
                                if not k.startswith('head.')}, 'meta': {}}, seg)
-    bb = DynscaleBackbone(arch='resnext50_32x4d', init_cfg=dict(type='Pretrained', checkpoint=seg, prefix='backbone.'))
+    bb = DynscaleBackbone(arch='resnext50_32x4d',
+                          init_cfg=dict(type='Pretrained', checkpoint=seg, prefix='backbone.'))
     bb.init_weights()
     assert torch.equal(bb.model.stem.conv.weight, src.stem.conv.weight)
     # wrong variant: every unmatched key class is listed
@@ -148,20 +153,22 @@ def test_adapter_pretrained_loads_and_mismatch_fails_loudly(tmp_path):
     # segmentor-level pretrained= is mapped to the backbone's Pretrained init_cfg
     model = _build(dict(type='EncoderDecoder', pretrained=path,
                         backbone=dict(type='ElasticResNeXt', arch='resnext50_32x4d', out_indices=(3,)),
-                        decode_head=dict(type='FCNHead', in_channels=2048, channels=8, num_convs=1, num_classes=3)))
+                        decode_head=dict(type='FCNHead', in_channels=2048, channels=8, num_convs=1,
+                                         num_classes=3)))
     model.init_weights()
     assert torch.equal(model.backbone.model.stem.conv.weight, src.stem.conv.weight)
 
 
 # ------------------------------------------------------------------------------------------------ heads
 def test_refinenet_head_shapes_and_loss():
-    head = MODELS.build(dict(type='RefineNetHead', in_channels=[16, 32, 64, 128], in_index=[0, 1, 2, 3], channels=24,
-                             top_channels=40, num_classes=5))
+    head = MODELS.build(dict(type='RefineNetHead', in_channels=[16, 32, 64, 128], in_index=[0, 1, 2, 3],
+                             channels=24, top_channels=40, num_classes=5))
     feats = [torch.randn(2, c, 32 // 2 ** i, 40 // 2 ** i) for i, c in enumerate([16, 32, 64, 128])]
     out = head(feats)
     assert out.shape == (2, 5, 32, 40)
     assert [b.fusion.convs is None for b in head.refine_blocks] == [True, False, False, False]
-    assert head.refine_blocks[1].fusion.convs[0].conv.in_channels == 40  # RefineNet-3 adapts the 512-wide path
+    # RefineNet-3 adapts the top_channels-wide output of RefineNet-4
+    assert head.refine_blocks[1].fusion.convs[0].conv.in_channels == 40
     losses = head.loss_by_feat(out, _samples(2, 64, 80, 5))
     losses['loss_ce'].backward()
     assert head.adapt[3].conv.weight.grad is not None
@@ -174,8 +181,9 @@ def test_refinenet_head_shapes_and_loss():
 
 
 def test_deeplabv3_head_input_sliced():
-    head = MODELS.build(dict(type='DeepLabV3Head', in_channels=64, in_index=0, channels=16, dilations=(1, 6, 12, 18),
-                             num_classes=3, input_sliced=True, norm_cfg=dict(type='BN')))
+    head = MODELS.build(dict(type='DeepLabV3Head', in_channels=64, in_index=0, channels=16,
+                             dilations=(1, 6, 12, 18), num_classes=3, input_sliced=True,
+                             norm_cfg=dict(type='BN')))
     assert head.bottleneck.conv.kernel_size == (1, 1)
     head.eval()
     full = head([torch.randn(2, 64, 9, 9)])
@@ -185,15 +193,16 @@ def test_deeplabv3_head_input_sliced():
 
 # ------------------------------------------------------------------------------------------------ segmentors
 def _pre():
-    return dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], size=(64, 64),
-                bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
+    return dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                size=(64, 64), bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
 
 
 def test_sact_segmentor_ponder_loss_and_maps():
     model = _build(dict(type='SACTEncoderDecoder', tau=0.01, data_preprocessor=_pre(),
                         backbone=dict(type='SACTResNet', arch='sact_resnet50', out_indices=(3,)),
-                        decode_head=dict(type='FCNHead', in_channels=2048, in_index=0, channels=8, num_convs=1,
-                                         num_classes=3), test_cfg=dict(mode='whole')))
+                        decode_head=dict(type='FCNHead', in_channels=2048, in_index=0, channels=8,
+                                         num_convs=1, num_classes=3),
+                        test_cfg=dict(mode='whole')))
     x = torch.randn(2, 3, 64, 64)
     losses = model.loss(x, _samples(2, 64, 64, 3))
     assert losses['loss_ponder'] > 0 and losses['ponder_cost'] >= 4  # rho >= 1 per stage, 4 stages
@@ -213,8 +222,8 @@ def test_sact_segmentor_ponder_loss_and_maps():
 def test_rsnet_segmentor_multires_training_and_test_resolution():
     model = _build(dict(type='RSNetEncoderDecoder', data_preprocessor=_pre(),
                         backbone=dict(type='RSNet', arch='rs_resnet18', resolutions=(64, 48, 32)),
-                        decode_head=dict(type='RefineNetHead', in_channels=[64, 128, 256, 512], in_index=[0, 1, 2, 3],
-                                         channels=16, top_channels=24, num_classes=4),
+                        decode_head=dict(type='RefineNetHead', in_channels=[64, 128, 256, 512],
+                                         in_index=[0, 1, 2, 3], channels=16, top_channels=24, num_classes=4),
                         train_cfg=dict(resolutions=(64, 48, 32)),
                         test_cfg=dict(mode='whole', resolution=48)))
     seen, net = [], model.backbone.model
@@ -270,7 +279,8 @@ def test_slimmable_segmentor_sandwich_step_and_calibration():
 def test_nyudv2_sample_loads(shared_dir):
     from mmseg.registry import DATASETS
     root = osp.join(shared_dir, 'datasets', 'nyudv2_sample')
-    ds = DATASETS.build(dict(type='NYUDv2Dataset', data_root=root, data_prefix=dict(img_path='', seg_map_path=''),
+    ds = DATASETS.build(dict(type='NYUDv2Dataset', data_root=root,
+                             data_prefix=dict(img_path='', seg_map_path=''),
                              pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
                                        dict(type='PackSegInputs')]))
     assert len(ds) == 1 and len(ds.metainfo['classes']) == 40
@@ -289,7 +299,8 @@ def test_voc_missing_path_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         DATASETS.build(dict(type='VOCSegDataset', data_root=str(tmp_path / 'nowhere'),
                             ann_file='ImageSets/Segmentation/train.txt'))
-    assert 'nowhere' in str(e.value) and 'SegmentationClass' in str(e.value) and 'make_synthetic_voc' in str(e.value)
+    msg = str(e.value)
+    assert 'nowhere' in msg and 'SegmentationClass' in msg and 'make_synthetic_voc' in msg
     with pytest.raises(FileNotFoundError, match='NYUDv2 image folder'):
         DATASETS.build(dict(type='NYUDv2Dataset', data_root=str(tmp_path)))
 
@@ -307,13 +318,15 @@ def test_synthetic_voc_layout(tmp_path):
     assert 0 in vals and 255 in vals and any(0 < v < 21 for v in vals)
 
 
-# ------------------------------------------------------------------------------------------------ main job (CI size)
+# ------------------------------------------------------------------------------------ main job (CI size)
 def _voc_root(tmp_path):
     shared = os.environ.get('DYNSCALE_SHARED', osp.join(osp.dirname(ROOT), 'shared'))
-    if osp.isfile(osp.join(shared, 'datasets', 'VOCdevkit', 'VOC2012', 'ImageSets', 'Segmentation', 'train.txt')):
+    split = osp.join(shared, 'datasets', 'VOCdevkit', 'VOC2012', 'ImageSets', 'Segmentation', 'train.txt')
+    if osp.isfile(split):
         return osp.join(shared, 'datasets'), 'real'
     from plugins.mm.datasets import make_synthetic_voc
-    make_synthetic_voc(str(tmp_path / 'datasets' / 'VOCdevkit' / 'VOC2012'), num_train=32, num_val=16, size=(192, 144))
+    make_synthetic_voc(str(tmp_path / 'datasets' / 'VOCdevkit' / 'VOC2012'), num_train=32, num_val=16,
+                       size=(192, 144))
     return str(tmp_path / 'datasets'), 'synthetic'
 
 

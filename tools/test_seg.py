@@ -20,9 +20,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a dynscale segmentor (MMSeg)')
     parser = add_common_args(parser)
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--width', type=float, default=None, help='slimmable models: width multiplier to test')
+    parser.add_argument('--width', type=float, default=None,
+                        help='slimmable models: width multiplier to test')
     parser.add_argument('--resolution', type=int, default=None,
-                        help='RS-Net: test resolution (one of the trained ones); slimmable: BN/input resolution')
+                        help='RS-Net: test resolution (one of the trained ones); '
+                             'slimmable: BN/input resolution')
     parser.add_argument('--show-dir', default=None, help='save painted predictions to this folder')
     return parser.parse_args(argv)
 

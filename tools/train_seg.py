@@ -19,7 +19,7 @@ from plugins.mm.cli import add_common_args, load_config  # noqa: E402
 def parse_args(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description='Train a dynscale segmentor (MMSeg)'))
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from the latest checkpoint in the work dir, or from the given checkpoint')
+                        help='resume from the latest checkpoint in the work dir, or from the given one')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (AmpOptimWrapper, GPU)')
     return parser.parse_args(argv)
 
@@ -29,7 +29,8 @@ def main(argv=None):
     cfg = load_config(args)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
-            raise ValueError(f'--amp needs optim_wrapper.type=OptimWrapper, the config has {cfg.optim_wrapper.type}')
+            raise ValueError(f'--amp needs optim_wrapper.type=OptimWrapper, '
+                             f'the config has {cfg.optim_wrapper.type}')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.resume == 'auto':

@@ -46,19 +46,22 @@ __all__ = ['DynscaleBackbone', 'ElasticResNeXt', 'SlimmableNet', 'SACTResNet', '
            'apply_bn_options']
 
 
-def register_mm_module(cls):
-    """Register ``cls`` in ``mmseg.registry.MODELS`` and ``mmdet.registry.MODELS`` (each if installed).
+def register_mm_module(cls=None, registry='MODELS', frameworks=('mmseg', 'mmdet')):
+    """Register ``cls`` in ``<framework>.registry.<registry>`` for each of ``frameworks`` that is installed.
 
-    Returns ``cls`` so it can be used as a class decorator.  A framework that is not installed is
-    skipped; one that is installed but broken raises (``plugins._compat.check_mm_environment`` has
-    already run when ``plugins.mm`` is imported).
+    Usable as ``@register_mm_module``, ``@register_mm_module(registry='HOOKS')`` or
+    ``register_mm_module(cls, 'DATASETS', ('mmseg',))``; returns ``cls``.  A framework that is not
+    installed is skipped; one that is installed but broken raises (``plugins._compat.check_mm_environment``
+    has already run when ``plugins.mm`` is imported).
     """
-    for mod in ('mmseg.registry', 'mmdet.registry'):
+    if cls is None:
+        return lambda c: register_mm_module(c, registry, frameworks)
+    for fw in frameworks:
         try:
-            registry = __import__(mod, fromlist=['MODELS']).MODELS
+            reg = getattr(__import__(f'{fw}.registry', fromlist=[registry]), registry)
         except ModuleNotFoundError:
             continue
-        registry.register_module(module=cls, force=False)
+        reg.register_module(module=cls, force=False)
     return cls
 
 
@@ -72,7 +75,8 @@ def norm_layer_from_cfg(norm_cfg):
     Plain BN (``type='BN'``) is *not* turned into a factory: the family builds its own BatchNorms
     (private per-width/per-resolution BNs included) and the BN options (``momentum``, ``eps``,
     ``requires_grad``) are applied afterwards by :func:`apply_bn_options`, which works for every family.
-    Any other type (``SyncBN``, ``GN``, ``IN``, ...) becomes ``lambda C: mmcv.cnn.build_norm_layer(cfg, C)[1]``.
+    Any other type (``SyncBN``, ``GN``, ``IN``, ...) becomes
+    ``lambda C: mmcv.cnn.build_norm_layer(cfg, C)[1]``.
 
     Args:
         norm_cfg (dict | None): e.g. ``dict(type='SyncBN', requires_grad=True)``,
@@ -93,7 +97,8 @@ def norm_layer_from_cfg(norm_cfg):
     if typ in _BN_TYPES:
         unknown = set(cfg) - {'type', 'momentum', 'eps', 'requires_grad'}
         if unknown:
-            raise ValueError(f'BN norm_cfg accepts momentum, eps, requires_grad; got unknown keys {sorted(unknown)}')
+            raise ValueError(f'BN norm_cfg accepts momentum, eps, requires_grad; got unknown keys '
+                             f'{sorted(unknown)}')
         return None, {k: cfg[k] for k in ('momentum', 'eps', 'requires_grad') if k in cfg}
     if typ == 'GN' and 'num_groups' not in cfg:
         raise ValueError("GN norm_cfg needs num_groups, e.g. dict(type='GN', num_groups=32)")
@@ -138,7 +143,8 @@ def strides_dilations_to_output_stride(strides, dilations):
         if (strides, dilations) == (tuple(s), tuple(d)):
             return os_
     allowed = '; '.join(f'OS {k}: strides={tuple(s)}, dilations={tuple(d)}' for k, (s, d) in table.items())
-    raise ValueError(f'strides={strides}, dilations={dilations} is not a supported layout. Allowed: {allowed} '
+    raise ValueError(f'strides={strides}, dilations={dilations} is not a supported layout. '
+                     f'Allowed: {allowed} '
                      f'(or pass output_stride=32|16|8)')
 
 
@@ -207,14 +213,16 @@ class DynscaleBackbone(BaseModule):
         fam = dyn.model_family(arch)  # ValueError with close matches for unknown names
         if self.family is not None and fam != self.family:
             choices = ', '.join(dyn.list_models(family=self.family)) or 'none registered'
+            alias = _ALIAS_OF_FAMILY.get(fam, 'DynscaleBackbone')
             raise ValueError(f'{type(self).__name__} wraps the {self.family!r} family ({choices}); '
-                             f'{arch!r} is a {fam!r} backbone: use type={_ALIAS_OF_FAMILY.get(fam, "DynscaleBackbone")!r}')
+                             f'{arch!r} is a {fam!r} backbone: use type={alias!r}')
         if (strides is None) != (dilations is None):
             raise ValueError('give strides and dilations together (or output_stride)')
         if strides is not None:
             os_ = strides_dilations_to_output_stride(strides, dilations)
             if output_stride is not None and output_stride != os_:
-                raise ValueError(f'strides/dilations mean output stride {os_}, but output_stride={output_stride}')
+                raise ValueError(f'strides/dilations mean output stride {os_}, '
+                                 f'but output_stride={output_stride}')
             output_stride = os_
         norm_layer, bn_options = norm_layer_from_cfg(norm_cfg)
         kwargs = dict(num_classes=0, out_indices=tuple(out_indices), frozen_stages=frozen_stages,
@@ -229,8 +237,8 @@ class DynscaleBackbone(BaseModule):
         try:
             model = dyn.create(arch, **kwargs)
         except TypeError as e:
-            given = sorted(k for k in kwargs if k not in ('num_classes', 'out_indices', 'frozen_stages',
-                                                           'norm_eval', 'output_stride'))
+            common = ('num_classes', 'out_indices', 'frozen_stages', 'norm_eval', 'output_stride')
+            given = sorted(k for k in kwargs if k not in common)
             raise ValueError(f'backbone {arch!r} ({fam} family) does not accept one of the options {given} '
                              f'({e}); remove it from the backbone config (with_cp, multi_grid and norm '
                              f'types other than BN are family-specific)') from e
@@ -280,8 +288,9 @@ class DynscaleBackbone(BaseModule):
 
     def _require(self, attr, what, family):
         if not hasattr(self.model, attr):
+            names = ', '.join(dyn.list_models(family=family)) or 'none registered'
             raise ValueError(f'{self.arch} ({self.model.family} family) has no {what}; it exists only in the '
-                             f'{family} family ({", ".join(dyn.list_models(family=family)) or "none registered"})')
+                             f'{family} family ({names})')
         return getattr(self.model, attr)
 
     # ------------------------------------------------------------------------------ switching
@@ -349,13 +358,15 @@ class DynscaleBackbone(BaseModule):
         from mmengine.runner.checkpoint import CheckpointLoader
         unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'strict', 'map_location'}
         if unknown:
-            raise ValueError(f'Pretrained init_cfg accepts checkpoint, prefix, strict, map_location; got {sorted(unknown)}')
+            raise ValueError(f'Pretrained init_cfg accepts checkpoint, prefix, strict, map_location; '
+                             f'got {sorted(unknown)}')
         ckpt = cfg.get('checkpoint')
         if not ckpt:
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or url>")
         strict = cfg.get('strict', True)
         logger = MMLogger.get_current_instance()
-        obj = CheckpointLoader.load_checkpoint(ckpt, map_location=cfg.get('map_location', 'cpu'), logger=logger)
+        obj = CheckpointLoader.load_checkpoint(ckpt, map_location=cfg.get('map_location', 'cpu'),
+                                               logger=logger)
         sd, meta = read_checkpoint(obj)
         prefix = cfg.get('prefix')
         if prefix:

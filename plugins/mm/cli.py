@@ -11,14 +11,16 @@ def add_common_args(parser):
     ``--local-rank``, ``--data-root``."""
     from mmengine.config import DictAction
     parser.add_argument('config', help='config file (seg_configs/...)')
-    parser.add_argument('--work-dir', help='folder for logs and checkpoints (default work_dirs/<config name>)')
+    parser.add_argument('--work-dir', help='logs and checkpoints folder (default work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                        help='override config keys, e.g. model.test_cfg.resolution=224 train_cfg.max_iters=100')
+                        help='override config keys, e.g. model.test_cfg.resolution=224 '
+                             'train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher: none (one process), pytorch (torchrun), slurm (srun)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument('--data-root', default=None,
-                        help='datasets root replacing ../shared/datasets (the folder holding VOCdevkit/, nyudv2/ ...)')
+                        help='datasets root replacing ../shared/datasets (the folder holding VOCdevkit/, '
+                             'nyudv2/ ...)')
     return parser
 
 

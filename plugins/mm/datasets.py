@@ -16,7 +16,8 @@ from mmseg.datasets import BaseSegDataset, PascalVOCDataset
 
 from .backbones import register_mm_module
 
-__all__ = ['NYUDv2Dataset', 'VOCSegDataset', 'NYU40_CLASSES', 'make_synthetic_voc', 'VOC_LAYOUT', 'NYU_LAYOUT']
+__all__ = ['NYUDv2Dataset', 'VOCSegDataset', 'NYU40_CLASSES', 'make_synthetic_voc', 'VOC_LAYOUT',
+           'NYU_LAYOUT']
 
 NYU40_CLASSES = ('wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
                  'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
@@ -62,10 +63,12 @@ class NYUDv2Dataset(BaseSegDataset):
     """
 
     METAINFO = dict(classes=NYU40_CLASSES,
-                    palette=[[(37 * i) % 256, (101 * i + 50) % 256, (173 * i + 100) % 256] for i in range(1, 41)])
+                    palette=[[(37 * i) % 256, (101 * i + 50) % 256, (173 * i + 100) % 256]
+                             for i in range(1, 41)])
 
     def __init__(self, layout='auto', frame_image='image.png', frame_label='label40.png', img_suffix='.png',
-                 seg_map_suffix='.png', data_prefix=dict(img_path='images/train', seg_map_path='labels40/train'),
+                 seg_map_suffix='.png',
+                 data_prefix=dict(img_path='images/train', seg_map_path='labels40/train'),
                  reduce_zero_label=True, **kwargs):
         if layout not in ('auto', 'split', 'frame'):
             raise ValueError(f"layout must be 'auto', 'split' or 'frame', got {layout!r}")
@@ -121,10 +124,11 @@ class VOCSegDataset(PascalVOCDataset):
             (``python tools/make_synthetic_voc.py <dir>``).
     """
 
-    def __init__(self, ann_file, data_root=None, data_prefix=dict(img_path='JPEGImages',
-                                                                  seg_map_path='SegmentationClass'), **kwargs):
-        hint = ('\nPoint data_root at a VOC2012 folder (e.g. --cfg-options data_root=/path/VOCdevkit/VOC2012) or '
-                'create a synthetic one with `python tools/make_synthetic_voc.py /tmp/VOCdevkit/VOC2012`.')
+    def __init__(self, ann_file, data_root=None,
+                 data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'), **kwargs):
+        hint = ('\nPoint the config at the folder that holds VOCdevkit/ '
+                '(tools/train_seg.py --data-root DIR or $DYNSCALE_DATASETS), or create a synthetic set with '
+                '`python tools/make_synthetic_voc.py DIR/VOCdevkit/VOC2012`.')
         root = data_root or ''
         if data_root is not None and not osp.isdir(data_root):
             raise _missing(data_root, 'VOC 2012 data_root', VOC_LAYOUT, hint)
@@ -189,18 +193,20 @@ def make_synthetic_voc(root, num_train=16, num_val=8, size=(160, 120), max_objec
                 m = np.asarray(mask) > 0
                 img[m] = class_rgb[cls] + rng.normal(0, 15, size=(int(m.sum()), 3))
                 label.paste(cls, mask=mask)
-                band = np.asarray(mask.filter(ImageFilter.MaxFilter(5))) ^ np.asarray(mask.filter(ImageFilter.MinFilter(5)))
+                grown = np.asarray(mask.filter(ImageFilter.MaxFilter(5)))
+                band = grown ^ np.asarray(mask.filter(ImageFilter.MinFilter(5)))
                 void.paste(255, mask=Image.fromarray((band > 0).astype(np.uint8) * 255))
             lab = np.asarray(label).copy()
             lab[np.asarray(void) > 0] = 255
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(osp.join(root, 'JPEGImages', name + '.jpg'),
-                                                                         quality=95)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                osp.join(root, 'JPEGImages', name + '.jpg'), quality=95)
             p = Image.frombytes('P', (w, h), np.ascontiguousarray(lab, dtype=np.uint8).tobytes())
             p.putpalette(pal)
             p.save(osp.join(root, 'SegmentationClass', name + '.png'))
             ids[split].append(name)
     seg = osp.join(root, 'ImageSets', 'Segmentation')
-    for split, names in (('train', ids['train']), ('val', ids['val']), ('trainval', ids['train'] + ids['val'])):
+    ids['trainval'] = ids['train'] + ids['val']
+    for split, names in ids.items():
         with open(osp.join(seg, split + '.txt'), 'w') as f:
             f.write('\n'.join(names) + '\n')
     return root

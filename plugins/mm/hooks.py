@@ -88,8 +88,8 @@ class SlimmableBNCalibrationHook(Hook):
         if getattr(self, '_built_loader', None) is None:
             cfg = runner.cfg.get('train_dataloader') if getattr(runner, 'cfg', None) is not None else None
             if not cfg:
-                raise ValueError('SlimmableBNCalibrationHook needs train_dataloader in the config: BN statistics '
-                                 'are calibrated on training batches')
+                raise ValueError('SlimmableBNCalibrationHook needs train_dataloader in the config: BN '
+                                 'statistics are calibrated on training batches')
             self._built_loader = runner.build_dataloader(cfg, seed=runner.seed)
         return self._built_loader
 
@@ -106,7 +106,8 @@ class SlimmableBNCalibrationHook(Hook):
         from backbones.slimmable import calibrate_bn
         model = _unwrap(runner.model)
         if not hasattr(model, 'calibration_config'):
-            raise ValueError(f'SlimmableBNCalibrationHook needs a SlimmableEncoderDecoder, got {type(model).__name__}')
+            raise ValueError(f'SlimmableBNCalibrationHook needs a SlimmableEncoderDecoder, '
+                             f'got {type(model).__name__}')
         width, res = model.calibration_config()
         batches = self._batches(runner, model)
         calibrate_bn(model, batches, width=width, resolution=res)
@@ -169,7 +170,8 @@ class PonderMapSaveHook(Hook):
             np.save(osp.join(self._dir, name + '.npy'), m.astype(np.float32))
             if self.save_png:
                 hi = self.png_max or max(float(m.max()), 1e-6)
-                Image.fromarray(np.clip(m / hi * 255.0, 0, 255).astype(np.uint8)).save(osp.join(self._dir, name + '.png'))
+                grey = np.clip(m / hi * 255.0, 0, 255).astype(np.uint8)
+                Image.fromarray(grey).save(osp.join(self._dir, name + '.png'))
             self._saved += 1
 
     def after_test_epoch(self, runner, metrics=None):

@@ -72,7 +72,8 @@ class MultiResolutionFusion(nn.Module):
         self.align_corners = align_corners
         if len(in_channels) == 1:
             if in_channels[0] != channels:
-                raise ValueError(f'a single-path fusion passes its input unchanged: in_channels {in_channels} '
+                raise ValueError(f'a single-path fusion passes its input unchanged: '
+                                 f'in_channels {in_channels} '
                                  f'must equal channels {channels}')
             self.convs = None
         else:
@@ -104,7 +105,8 @@ class ChainedResidualPooling(nn.Module):
         if num_blocks < 1:
             raise ValueError(f'chained residual pooling needs at least one pooling block, got {num_blocks}')
         self.pool = nn.MaxPool2d(5, stride=1, padding=2)
-        self.convs = nn.ModuleList(_conv(channels, channels, 3, norm_cfg, conv_cfg) for _ in range(num_blocks))
+        self.convs = nn.ModuleList(_conv(channels, channels, 3, norm_cfg, conv_cfg)
+                                   for _ in range(num_blocks))
 
     def forward(self, x):
         x = F.relu(x)
@@ -132,7 +134,8 @@ class RefineNetBlock(nn.Module):
                  align_corners=False):
         super().__init__()
         self.adaptive = nn.ModuleList(
-            nn.Sequential(*[ResidualConvUnit(c, norm_cfg, conv_cfg) for _ in range(num_rcu)]) for c in in_channels)
+            nn.Sequential(*[ResidualConvUnit(c, norm_cfg, conv_cfg) for _ in range(num_rcu)])
+            for c in in_channels)
         self.fusion = MultiResolutionFusion(in_channels, channels, norm_cfg, conv_cfg, align_corners)
         self.crp = ChainedResidualPooling(channels, crp_blocks, norm_cfg, conv_cfg)
         self.output_rcu = ResidualConvUnit(channels, norm_cfg, conv_cfg)
@@ -177,24 +180,27 @@ class RefineNetHead(BaseDecodeHead):
     def __init__(self, in_channels, channels=256, top_channels=512, num_rcu=2, crp_blocks=2, num_final_rcu=2,
                  input_sliced=False, input_transform='multiple_select', **kwargs):
         if input_transform != 'multiple_select':
-            raise ValueError(f"RefineNetHead needs input_transform='multiple_select', got {input_transform!r}")
-        if not isinstance(in_channels, (list, tuple)) or not isinstance(kwargs.get('in_index'), (list, tuple)) \
-                or len(in_channels) != len(kwargs['in_index']):
+            raise ValueError(f"RefineNetHead needs input_transform='multiple_select', "
+                             f'got {input_transform!r}')
+        in_index = kwargs.get('in_index')
+        if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)) \
+                or len(in_channels) != len(in_index):
             raise ValueError(f'RefineNetHead needs in_channels and in_index as sequences of the same length '
-                             f'(shallow to deep), got in_channels={in_channels}, in_index={kwargs.get("in_index")}')
+                             f'(shallow to deep), got in_channels={in_channels}, in_index={in_index}')
         super().__init__(in_channels, channels, input_transform='multiple_select', **kwargs)
         k = len(in_channels)
         widths = [channels] * (k - 1) + [top_channels]
         self.path_channels = widths
-        self.adapt = nn.ModuleList(_conv(c, w, 3, self.norm_cfg, self.conv_cfg) for c, w in zip(in_channels, widths))
+        norm, conv = self.norm_cfg, self.conv_cfg
+        self.adapt = nn.ModuleList(_conv(c, w, 3, norm, conv) for c, w in zip(in_channels, widths))
         # blocks[0] = RefineNet-k (deepest, single input), blocks[-1] = RefineNet-1
-        blocks = [RefineNetBlock([top_channels], top_channels, num_rcu, crp_blocks, self.norm_cfg, self.conv_cfg,
-                                 self.align_corners)]
+        ac = self.align_corners
+        blocks = [RefineNetBlock([top_channels], top_channels, num_rcu, crp_blocks, norm, conv, ac)]
         prev = top_channels
         for i in range(k - 2, -1, -1):
-            blocks.append(RefineNetBlock([prev, widths[i]], min(prev, widths[i]), num_rcu, crp_blocks, self.norm_cfg,
-                                         self.conv_cfg, self.align_corners))
-            prev = min(prev, widths[i])
+            out = min(prev, widths[i])
+            blocks.append(RefineNetBlock([prev, widths[i]], out, num_rcu, crp_blocks, norm, conv, ac))
+            prev = out
         if prev != channels:
             raise ValueError(f'the last RefineNet block outputs {prev} channels, but channels={channels}')
         self.refine_blocks = nn.ModuleList(blocks)

@@ -43,8 +43,10 @@ def _stack_gt(data_samples):
 
 def _check_backbone(seg, family, name):
     if not isinstance(seg.backbone, DynscaleBackbone) or seg.backbone.backbone_family != family:
-        got = seg.backbone.backbone_family if isinstance(seg.backbone, DynscaleBackbone) else type(seg.backbone).__name__
-        raise ValueError(f'{name} needs a {family!r} backbone (type=DynscaleBackbone with a {family} arch), got {got}')
+        bb = seg.backbone
+        got = bb.backbone_family if isinstance(bb, DynscaleBackbone) else type(bb).__name__
+        raise ValueError(f'{name} needs a {family!r} backbone (type=DynscaleBackbone with a {family} arch), '
+                         f'got {got}')
 
 
 # ------------------------------------------------------------------------------------------------ SACT
@@ -143,8 +145,8 @@ class RSNetEncoderDecoder(EncoderDecoder):
         res = tuple((self.train_cfg or {}).get('resolutions', trained))
         bad = [r for r in res if r not in trained]
         if bad or list(res) != sorted(res, reverse=True):
-            raise ValueError(f'train_cfg.resolutions must be trained resolutions of the backbone {trained} in '
-                             f'descending order, got {res}')
+            raise ValueError(f'train_cfg.resolutions must be trained resolutions of the backbone {trained} '
+                             f'in descending order, got {res}')
         self.resolutions = res
         self.mred = MREDLoss(len(res), kd=kd, ignore_index=self.decode_head.ignore_index)
         self.mred_weight = mred_weight
@@ -156,12 +158,14 @@ class RSNetEncoderDecoder(EncoderDecoder):
         logits_list, losses = [], dict()
         for r in self.resolutions:
             hw = scaled_size(size, r, self.resolutions[0])
-            x = inputs if hw == size else resize(inputs, size=hw, mode='bilinear', align_corners=self.align_corners)
+            x = inputs if hw == size else resize(inputs, size=hw, mode='bilinear',
+                                                 align_corners=self.align_corners)
             with self.backbone.resolution_context(r):
                 feats = self.extract_feat(x)
                 z = self.decode_head.forward(feats)
                 if self.with_auxiliary_head:
-                    losses.update(add_prefix(self._auxiliary_head_forward_train(feats, data_samples), f'r{r}'))
+                    aux = self._auxiliary_head_forward_train(feats, data_samples)
+                    losses.update(add_prefix(aux, f'r{r}'))
             z = resize(z, size=gt.shape[-2:], mode='bilinear', align_corners=self.align_corners)
             logits_list.append(z)
             losses[f'acc_seg_r{r}'] = accuracy(z.detach(), gt, ignore_index=self.decode_head.ignore_index)
@@ -186,15 +190,15 @@ class RSNetEncoderDecoder(EncoderDecoder):
         trained = self.backbone.model.resolutions
         ctx = self.backbone.resolution_context(r) if r in trained else self.backbone.maybe_resolution(None)
         if r not in trained and self.backbone.model.resolution_rule == 'explicit':
-            raise ValueError(f'test_cfg.resolution={r} is not a trained resolution {tuple(trained)} and the backbone '
-                             f"rule is 'explicit'; choose one of {tuple(trained)} or build it with "
+            raise ValueError(f'test_cfg.resolution={r} is not a trained resolution {tuple(trained)} and the '
+                             f"backbone rule is 'explicit'; choose one of {tuple(trained)} or build it with "
                              f"resolution_rule='nearest'")
         with ctx:
             z = self.decode_head.forward(self.extract_feat(x))
         return resize(z, size=(h, w), mode='bilinear', align_corners=self.align_corners)
 
 
-# ------------------------------------------------------------------------------------------------ US-Net / MutualNet
+# ----------------------------------------------------------------------------------------- US-Net / MutualNet
 @register_mm_module(frameworks=('mmseg',))
 class SlimmableEncoderDecoder(EncoderDecoder):
     """Sandwich-rule segmentor for US-Nets / MutualNet backbones (Yu & Huang 2019 Sec. 3.2-3.3; Yang et al.
@@ -234,17 +238,17 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         from backbones.slimmable import SandwichRule
         _check_backbone(self, 'slimmable', 'SlimmableEncoderDecoder')
         if self.with_auxiliary_head:
-            raise ValueError('SlimmableEncoderDecoder does not support auxiliary heads (their input width changes '
-                             'with the backbone width); remove auxiliary_head from the config')
+            raise ValueError('SlimmableEncoderDecoder does not support auxiliary heads (their input width '
+                             'changes with the backbone width); remove auxiliary_head from the config')
         if not getattr(self.decode_head, 'input_sliced', False):
-            raise ValueError('the decode head must accept every backbone width: use DeepLabV3Head or RefineNetHead '
-                             'with input_sliced=True')
+            raise ValueError('the decode head must accept every backbone width: use DeepLabV3Head or '
+                             'RefineNetHead with input_sliced=True')
         if distill not in ('inplace', None):
             raise ValueError(f"distill must be 'inplace' or None, got {distill!r}")
         tc = dict(self.train_cfg or {})
         self.train_resolutions = tuple(tc['resolutions']) if tc.get('resolutions') else None
-        self.max_resolution = tc.get('max_resolution') or (max(self.train_resolutions)
-                                                          if self.train_resolutions else None)
+        default_max = max(self.train_resolutions) if self.train_resolutions else None
+        self.max_resolution = tc.get('max_resolution') or default_max
         self.sandwich = SandwichRule(self.backbone.model.width_range, num_subnets, self.train_resolutions,
                                      self.max_resolution, seed)
         self.distill = distill
@@ -318,13 +322,13 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         return losses
 
     def encode_decode(self, inputs, batch_img_metas):
-        """Logits at the input size for ``test_cfg.width`` / ``test_cfg.resolution`` (statistics of that pair)."""
+        """Logits at the input size for ``test_cfg.width`` / ``test_cfg.resolution`` (their BN statistics)."""
         tc = self.test_cfg or {}
         width = tc.get('width', self.backbone.model.width_range[1])
         r = tc.get('resolution')
         if r is not None and self.max_resolution is None:
-            raise ValueError('test_cfg.resolution needs train_cfg.max_resolution (the train crop side) to scale the '
-                             'test images by resolution / max_resolution')
+            raise ValueError('test_cfg.resolution needs train_cfg.max_resolution (the train crop side) to '
+                             'scale the test images by resolution / max_resolution')
         x = self._scale(inputs, r)
         with self.backbone.model.width_context(width, r):
             z = self.decode_head.forward(self.extract_feat(x))
