@@ -47,7 +47,7 @@ PAIRS = {
               ('rs_resnet50 @224 private BN', {'name': 'rs_resnet50', 'resolution': 224})],
     'sact': [('preact_resnet50 (dense)', {'name': 'preact_resnet50'})] +
             [(f'sact_resnet50 halting bias {b:+g}', {'name': 'sact_resnet50', 'halting_bias': b, 'infer_only': True})
-             for b in (-3.0, 0.0, 1.0, 2.0, 5.0)],
+             for b in (-3.0, -1.0, -0.5, 0.0, 5.0)],
 }
 
 
