@@ -528,12 +528,14 @@ def test_detectron2_frozen_batchnorm():
     frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(copy.deepcopy(model))
     privates = private_stats(frozen)
     assert privates and all(isinstance(p, FrozenBatchNorm2d) for p in privates)
+    # FrozenBatchNorm2d computes x * scale + shift (not F.batch_norm): float32 rounding differs slightly
+    tol = dict(rtol=1e-3, atol=1e-3)
     for a, b in zip(_outputs(frozen.eval(), x), ref):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **tol)
     for a, b in zip(_outputs(frozen.train(), x), ref):  # frozen statistics are used in train mode too
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **tol)
     static = export_static(frozen, 0.5)
     with frozen.width_context(0.5):
-        torch.testing.assert_close(static(x), frozen.eval()(x))
+        torch.testing.assert_close(static(x), frozen.eval()(x), **tol)
     with pytest.raises(ValueError, match='frozen'):
         calibrate_bn(frozen, [x], width=0.5)
