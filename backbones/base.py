@@ -145,13 +145,22 @@ class DynamicBackbone(nn.Module):
         feats = self.forward_features(x)
         if self.head is None:
             return feats
-        return self.forward_head(self._last_stage_output)
+        return self.forward_head(self.__dict__.pop('_last_stage_output'))
 
     def reset_classifier(self, num_classes=0):
         """Drop (``num_classes=0``) the head so dense-prediction users have no unused parameters."""
         if num_classes != 0:
             raise ValueError('only num_classes=0 (drop the head) is supported; build a new model for a new head')
         self.head = None
+
+    #: per-forward caches (non-leaf tensors): never pickled or deep-copied (EMA copies, BN conversions)
+    _transient_attrs = ('_last_stage_output', 'ponder_costs')
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in self._transient_attrs:
+            state.pop(k, None)
+        return state
 
     # ----------------------------------------------------------------- train-time policy
     def _freeze_stages(self):

@@ -465,6 +465,12 @@ class ACTStage(nn.Module):
         self.input_hw = None
 
     # -------------------------------------------------------------------------------------------
+    def __getstate__(self):
+        # the last forward's ponder cost is a non-leaf tensor: not part of the module's state (deepcopy, pickle)
+        state = self.__dict__.copy()
+        state['ponder_cost'] = state['n_units'] = None
+        return state
+
     def forward(self, x, pre=None):
         """Run the stage; ``pre`` is an optional precomputed ``units[0].preact(x)``."""
         self.input_hw = tuple(x.shape[-2:])

@@ -205,13 +205,6 @@ class SlimmableBackbone(DynamicBackbone):
         _init_weights(self)
         self.set_width(hi)
 
-    def __getstate__(self):
-        # DynamicBackbone keeps the last stage output of a forward; a non-leaf tensor makes copy.deepcopy
-        # (EMA copies, export_static, BN conversions on a copy) fail, and pickling it would be waste.
-        state = super().__getstate__()
-        state.pop('_last_stage_output', None)
-        return state
-
     # ----------------------------------------------------------------- width / BN configuration
     def _check_width(self, width):
         w = normalize_width(width)

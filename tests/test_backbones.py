@@ -118,3 +118,15 @@ def test_frozen_stages_and_norm_eval(name):
     # re-applied after every .train() call (frameworks call it each epoch)
     model.train()
     assert not any(p.requires_grad for p in model.stages[0].parameters())
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_deepcopy_after_training_forward(name):
+    """EMA copies and BN conversions deep-copy a model that has just run a training forward."""
+    import copy
+    model = _build(name).train()
+    feats = model.forward_features(torch.randn(2, 3, 64, 64))
+    sum(f.mean() for f in feats.values()).backward()
+    clone = copy.deepcopy(model)
+    for (k, a), b in zip(model.state_dict().items(), clone.state_dict().values()):
+        assert torch.equal(a, b), k
