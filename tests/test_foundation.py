@@ -26,22 +26,27 @@ def test_import_backbones_needs_only_torch():
     assert int(r.stdout.strip()) >= 20
 
 
-def test_mm_adapter_without_mmcv_ops_names_the_fix():
-    # mmcv installed without compiled ops (mmcv-lite): a clear message, not a trace deep inside mmseg
-    code = ("import sys, types\n"
-            "import mmcv.utils.ext_loader as el\n"
+@pytest.mark.parametrize('error, expected', [
+    # mmcv-lite, or full mmcv built with MMCV_WITH_OPS=0
+    ("ModuleNotFoundError(\"No module named 'mmcv._ext'\")", 'no compiled ops'),
+    # ops compiled against another torch: the dynamic loader cannot resolve torch symbols
+    ("ImportError('mmcv/_ext.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')", 'compiled against another torch'),
+])
+def test_broken_mmcv_gives_a_message_that_names_the_fix(error, expected):
+    """A broken mmcv is reported with the fix, not with a stack trace deep inside mmseg."""
+    pytest.importorskip('mmcv', reason='mmcv not installed: run bash tools/setup_env.sh')
+    code = ("import mmcv.utils.ext_loader as el\n"
             "def boom(*a, **k):\n"
-            "    raise ModuleNotFoundError(\"No module named 'mmcv._ext'\")\n"
+            f"    raise {error}\n"
             "el.load_ext = boom\n"
             "from plugins._compat import check_mm_environment, MMEnvironmentError\n"
             "try:\n"
             "    check_mm_environment()\n"
             "except MMEnvironmentError as e:\n"
             "    print('MSG', e)\n")
-    pytest.importorskip('mmcv', reason='mmcv not installed: run bash tools/setup_env.sh')
     r = _run(code)
     assert r.returncode == 0, r.stderr
-    assert 'no compiled ops' in r.stdout and 'setup_env.sh' in r.stdout
+    assert expected in r.stdout and 'setup_env.sh' in r.stdout, r.stdout
 
 
 def test_mm_environment_check_passes():
