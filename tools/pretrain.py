@@ -57,7 +57,8 @@ def get_parser():
                    help='process-group backend under torchrun (auto: nccl on GPU, gloo on CPU)')
     g.add_argument('--find-unused-parameters', action='store_true', default=None,
                    help='DDP find_unused_parameters (default: on for sact, off otherwise)')
-    g.add_argument('--no-tensorboard', dest='tensorboard', action='store_false', help='no TensorBoard event files')
+    g.add_argument('--tensorboard', action=argparse.BooleanOptionalAction, default=True,
+                   help='TensorBoard event files in OUTPUT_DIR/tb (--no-tensorboard: none)')
     g.add_argument('--progress-bar', action='store_true', help='tqdm progress bar (rank 0) instead of periodic '
                    'lines on stdout (the lines still go to log.txt)')
     g.add_argument('--export-name', default='backbone.pth', help='file name of the exported backbone checkpoint')

@@ -575,7 +575,7 @@ class Trainer:
                 best = False
             if self.info.is_main:
                 self.summary.write(row)
-                self.tb.scalars(row, self.global_step, 'val')
+                self.tb.scalars({k: v for k, v in row.items() if k not in ('epoch', 'step')}, self.global_step, 'val')
             self.save(best=best)
 
     # ------------------------------------------------------------------ evaluation and export
