@@ -69,14 +69,19 @@ def _run(tiny, out, *extra):
     return pretrain.main(['--data-path', tiny, '--output-dir', str(out), *BASE, *extra])
 
 
-def _create_from_meta(meta):
-    """Build the exported variant without a head, with the widths/resolutions its metadata records."""
+def _meta_kwargs(meta):
+    """Factory arguments recorded in an exported checkpoint's metadata (widths, resolutions, model kwargs)."""
     kw = dict(meta.get('model_kwargs') or {})
     if meta['family'] == 'slimmable':
         kw['width_range'] = tuple(meta['widths'])
     if meta['family'] == 'rsnet':
         kw['resolutions'] = tuple(meta['resolutions'])
-    return backbones.create(meta['variant'], num_classes=0, **kw)
+    return kw
+
+
+def _create_from_meta(meta):
+    """Build the exported variant without a head, as its metadata describes it."""
+    return backbones.create(meta['variant'], num_classes=0, **_meta_kwargs(meta))
 
 
 def _check_outputs(out, steps):
@@ -97,6 +102,15 @@ def _check_outputs(out, steps):
         assert torch.equal(v, trained[k]), k
     for key in ('family', 'variant', 'input_format', 'pixel_mean', 'pixel_std', 'method'):
         assert meta.get(key) is not None, key
+    if _has('mmseg') or _has('mmdet'):
+        # the OpenMMLab adapter loads it strictly (it raises on any unmatched backbone key)
+        from plugins.mm.backbones import DynscaleBackbone
+        mm = DynscaleBackbone(arch=meta['variant'], **_meta_kwargs(meta),
+                              init_cfg=dict(type='Pretrained', checkpoint=os.path.join(out, 'backbone.pth')))
+        mm.init_weights()
+        sd = mm.state_dict()
+        for k, v in model.state_dict().items():
+            assert torch.equal(sd['model.' + k], v), k
     with open(os.path.join(out, 'args.json')) as f:
         assert json.load(f)['output_dir'] == str(out)
     return ck, meta
