@@ -28,3 +28,4 @@ from .heads import DeepLabV3Head  # noqa: E402,F401
 from .hooks import PonderMapSaveHook, SlimmableBNCalibrationHook  # noqa: E402,F401
 from .refinenet_head import RefineNetHead  # noqa: E402,F401
 from .segmentors import RSNetEncoderDecoder, SACTEncoderDecoder, SlimmableEncoderDecoder  # noqa: E402,F401
+from . import detectors  # noqa: E402,F401  (MMDetection detectors, SlicedFPN, hooks, CheckedCocoDataset)

@@ -1,0 +1,11 @@
+# Faster R-CNN + FPN with a universally slimmable MobileNet v2 (width [0.35, 1]) trained with
+# MutualNet's sandwich rule over widths and scales 1000 x {600, 480, 360, 240}; see
+# faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py for the method.
+_base_ = './faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
+pretrained = 'checkpoints/us_mobilenet_v2_mutualnet_imagenet.pth'
+model = dict(
+    backbone=dict(
+        arch='us_mobilenet_v2',
+        width_range=(0.35, 1.0),
+        init_cfg=dict(checkpoint=pretrained)),
+    neck=dict(in_channels=[24, 32, 96, 320]))

@@ -1,0 +1,8 @@
+# US-Net baseline of MutualNet's COCO comparison (Yang et al. 2020, Sec. 4.3): the same slimmable
+# VGG-16-BN Faster R-CNN + FPN trained with the sandwich rule over widths only, every sub-network at
+# 1000 x 600.
+_base_ = './faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
+pretrained = 'checkpoints/us_vgg16_bn_usnet_imagenet.pth'
+model = dict(
+    sandwich=dict(resolutions=None),
+    backbone=dict(init_cfg=dict(checkpoint=pretrained)))

@@ -1,0 +1,5 @@
+# Mask R-CNN + FPN with an SACT ResNet-101 backbone (the paper's COCO model); settings as in
+# mask-rcnn_sact-r50_fpn_1x_coco.py.
+_base_ = './mask-rcnn_sact-r50_fpn_1x_coco.py'
+pretrained = 'checkpoints/sact_resnet101_imagenet.pth'
+model = dict(backbone=dict(arch='sact_resnet101', init_cfg=dict(checkpoint=pretrained)))

@@ -1,0 +1,378 @@
+"""MMDetection side: every det config builds, channels match, MutualNet/RS-Net/SACT training steps do what
+the papers say, the width-sliced FPN serves every width, and a short Mask R-CNN run on the real COCO subset
+produces bbox/segm AP with the loss going down."""
+import glob
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip('mmdet', reason='mmdet not installed: run bash tools/setup_env.sh')
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.optim import OptimWrapper  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmdet.structures import DetDataSample  # noqa: E402
+from mmdet.structures.mask import BitmapMasks  # noqa: E402
+from mmengine.structures import InstanceData  # noqa: E402
+
+import plugins.mm  # noqa: E402,F401  (registration)
+from plugins.mm import detectors as det  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CFG_DIR = osp.join(ROOT, 'det_configs', 'mmdet')
+MUTUALNET = 'mutualnet/mask-rcnn_us-mbv2_sliced-fpn_mutualnet-short_coco-subset.py'
+CONFIGS = sorted(osp.relpath(p, CFG_DIR) for p in glob.glob(osp.join(CFG_DIR, '*', '*.py'))
+                 if not p.startswith(osp.join(CFG_DIR, '_base_')))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """One intra-op thread: on the shared 2-core CI machine two spinning OpenMP threads are much slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# fewer proposals / sampled RoIs than the configs, so that one CPU training step stays short
+_LIGHT = dict(train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=100),
+                             rcnn=dict(sampler=dict(num=32))))
+
+
+def _cfg(name):
+    init_default_scope('mmdet')
+    return Config.fromfile(osp.join(CFG_DIR, name))
+
+
+def _build(name, light=True, **model_overrides):
+    cfg = _cfg(name)
+    if light:
+        cfg.merge_from_dict(dict(model=_LIGHT))
+    cfg.merge_from_dict(dict(model=model_overrides))
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model), cfg
+
+
+def _batch(n=2, shape=(3, 240, 320), ori=(384, 512), num_boxes=3, seed=0):
+    """A packed mmdet batch as the subset configs' pipeline makes it: 384x512 originals resized to
+    scale (320, 256) -> 240x320 uint8 images, with boxes, labels and masks."""
+    rng = np.random.RandomState(seed)
+    inputs, samples = [], []
+    h, w = shape[1:]
+    for i in range(n):
+        inputs.append(torch.from_numpy(rng.randint(0, 255, size=shape, dtype=np.uint8)))
+        ds = DetDataSample(metainfo=dict(img_id=i, img_shape=(h, w), ori_shape=ori,
+                                         scale_factor=(w / ori[1], h / ori[0]), flip=False,
+                                         flip_direction=None))
+        x1 = rng.randint(0, w // 2, num_boxes)
+        y1 = rng.randint(0, h // 2, num_boxes)
+        bw = rng.randint(24, w // 2, num_boxes)
+        bh = rng.randint(24, h // 2, num_boxes)
+        boxes = np.stack([x1, y1, x1 + bw, y1 + bh], 1).astype(np.float32)
+        masks = np.zeros((num_boxes, h, w), np.uint8)
+        for k, (a, b, c, d) in enumerate(boxes.astype(int)):
+            masks[k, b:d, a:c] = 1
+        gt = InstanceData(bboxes=torch.from_numpy(boxes),
+                          labels=torch.from_numpy(rng.randint(0, 80, num_boxes)),
+                          masks=BitmapMasks(masks, h, w))
+        ds.gt_instances = gt
+        samples.append(ds)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_config_list_covers_every_method():
+    names = ' '.join(CONFIGS)
+    for key in ('faster-rcnn_elastic-x50', 'faster-rcnn_elastic-x101', 'mask-rcnn_elastic-x50',
+                'mask-rcnn_elastic-x101',
+                'us-vgg16-bn_sliced-fpn_mutualnet', 'us-mbv2_sliced-fpn_mutualnet', 'faster-rcnn_sact-r50',
+                'faster-rcnn_sact-r101', 'rs-r50', 'short_coco-subset'):
+        assert key in names, key
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_and_channels_match_neck(name):
+    cfg = _cfg(name)
+    assert cfg.custom_imports['imports'] == ['plugins.mm']
+    model = MODELS.build(cfg.model)
+    bb = model.backbone
+    if model.__class__.__name__ == 'SlimmableTwoStageDetector':
+        assert type(model.neck).__name__ == 'SlicedFPN'
+        bb.set_width(bb.model.width_range[1])  # the neck is built for the largest width
+    # declared channels == what the neck expects == what the backbone really emits
+    assert list(bb.out_channels) == list(cfg.model.neck.in_channels), name
+    bb.eval()
+    with torch.no_grad():
+        feats = bb(torch.randn(1, 3, 64, 96))
+    assert [f.shape[1] for f in feats] == list(cfg.model.neck.in_channels)
+    assert [64 // f.shape[2] for f in feats] == bb.strides
+    if 'mask-rcnn' in name:
+        assert model.roi_head.with_mask
+        assert 'segm' in cfg.val_evaluator.metric
+
+
+def test_sact_config_has_paper_detection_settings():
+    cfg = _cfg('sact/faster-rcnn_sact-r101_fpn_1x_coco.py')
+    m = MODELS.build(cfg.model)
+    gen = m.rpn_head.prior_generator
+    sizes, ratios = set(), set()
+    for level in gen.base_anchors:  # [A, 4] anchors (x1, y1, x2, y2) centred on one position
+        w, h = level[:, 2] - level[:, 0], level[:, 3] - level[:, 1]
+        sizes |= {int(round(v)) for v in (w * h).sqrt().tolist()}
+        ratios |= {round(v, 2) for v in (h / w).tolist()}
+    assert sorted(sizes) == [64, 128, 256, 512]
+    assert sorted(ratios) == [0.5, 1.0, 2.0]
+    assert len(gen.base_anchors) == 4 and gen.num_base_priors == [3, 3, 3, 3]
+    assert cfg.model.test_cfg.rpn.max_per_img == 300 and cfg.model.train_cfg.rpn_proposal.max_per_img == 300
+    assert cfg.model.test_cfg.rcnn.nms.iou_threshold == 0.6
+    assert m.backbone.arch == 'sact_resnet101'
+
+
+def test_unknown_backbone_and_bad_resolution_raise():
+    cfg = _cfg('rsnet/faster-rcnn_rs-r50_fpn_short_coco-subset.py')
+    bad = cfg.model.copy()
+    bad['test_resolution'] = 300
+    with pytest.raises(ValueError, match='no private BN'):
+        MODELS.build(bad)
+    cfg = _cfg('elastic/faster-rcnn_elastic-x50-32x4d_fpn_1x_coco.py')
+    cfg.model.backbone.arch = 'resnext50_elastc'
+    with pytest.raises(Exception, match='resnext50_elastic'):
+        MODELS.build(cfg.model)
+
+
+# ------------------------------------------------------------------------------------------ rescaling
+def test_rescale_batch_follows_mmdet_resize_rule():
+    model, _ = _build(MUTUALNET)
+    data = model.data_preprocessor(_batch(), True)
+    x, samples = data['inputs'], data['data_samples']
+    old_boxes = samples[0].gt_instances.bboxes.clone()
+    y, new = det.rescale_batch(x, samples, 128, max_size=320)
+    # ori 384x512 -> scale (320, 128): factor min(320/512, 128/384) = 1/3 -> 128x171
+    assert new[0].img_shape == (128, 171)
+    assert tuple(y.shape[-2:]) == (128, 192) and new[0].batch_input_shape == (128, 192)
+    np.testing.assert_allclose(new[0].scale_factor, (171 / 512, 128 / 384))
+    sx, sy = 171 / 320, 128 / 240
+    torch.testing.assert_close(new[0].gt_instances.bboxes, old_boxes * torch.tensor([sx, sy, sx, sy]))
+    m = new[0].gt_instances.masks
+    assert (m.height, m.width) == (128, 192)  # padded to the new batch shape like DetDataPreprocessor
+    # the box region of the first mask keeps its place after rescaling
+    b = new[0].gt_instances.bboxes[0].round().int().tolist()
+    assert m.masks[0][b[1] + 2:b[3] - 2, b[0] + 2:b[2] - 2].all()
+    assert samples[0].img_shape == (240, 320)  # inputs not modified
+    with pytest.raises(ValueError, match='short_side'):
+        det.rescale_batch(x, samples, 0)
+
+
+# ------------------------------------------------------------------------------------------ MutualNet
+def _record_backbone_forwards(model):
+    seen = []
+    net = model.backbone.model
+
+    def hook(mod, args):
+        seen.append((net.width, tuple(args[0].shape[-2:])))
+    return seen, model.backbone.register_forward_pre_hook(hook)
+
+
+def test_mutualnet_train_step_runs_sandwich_widths_and_scales():
+    model, _ = _build(MUTUALNET, sandwich=dict(seed=3))
+    model.train()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    seen, h = _record_backbone_forwards(model)
+    log = model.train_step(_batch(), optim)
+    h.remove()
+    lo, hi = model.backbone.model.width_range
+    widths = [w for w, _ in seen]
+    assert len(seen) == 4
+    assert widths[0] == hi and widths[1] == lo and all(lo <= w <= hi for w in widths)
+    assert len(set(widths)) >= 3  # the two random widths differ from the ends
+    assert seen[0][1] == (256, 320)  # the largest width runs at the pipeline's (largest) scale, unrescaled
+    subs = model.last_subnets
+    assert [s[0] for s in subs] == ['', 'min', 'rand1', 'rand2']
+    for (tag, w, res, hw), (w2, hw2) in zip(subs, seen):
+        assert hw == hw2
+        if res is not None:  # shorter side of a 384x512 original at that scale, padded to 32
+            assert hw[0] == -(-res // 32) * 32
+    for key in ('loss_rpn_cls', 'loss_cls', 'loss_mask', 'min_loss_cls', 'min_loss_mask', 'rand2_loss_bbox'):
+        assert key in log, key
+    total = sum(v for k, v in log.items() if 'loss' in k and k != 'loss')
+    torch.testing.assert_close(log['loss'], total)
+    # the neck and the heads are shared: one set of parameters got gradients from every width
+    assert model.backbone.model.width == hi  # width restored after the step
+
+
+def test_sandwich_rule_over_many_steps_covers_all_scales():
+    model, _ = _build(MUTUALNET, sandwich=dict(seed=0))
+    scales = set()
+    for _ in range(30):
+        subs = model.train_subnets()
+        assert subs[0][2] is None and subs[1][1] == model.backbone.model.width_range[0]
+        scales |= {s[2] for s in subs[1:]}
+    assert scales == {None, 208, 152, 104}  # None = the largest scale (256), no rescaling
+
+
+def test_sliced_fpn_accepts_every_width_and_equals_fpn_at_full_width():
+    model, cfg = _build(MUTUALNET)
+    model.eval()
+    bb, neck = model.backbone, model.neck
+    x = torch.randn(1, 3, 96, 128)
+    outs = {}
+    with torch.no_grad():
+        for w in (0.35, 0.5, 0.73, 1.0):
+            with bb.model.width_context(w):
+                with bb.model.probe_context():
+                    feats = bb(x)
+                assert [f.shape[1] for f in feats] == bb.out_channels
+                if w < 1.0:
+                    assert feats[-1].shape[1] < cfg.model.neck.in_channels[-1]
+                outs[w] = neck(feats)
+            assert all(o.shape[1] == 256 for o in outs[w])
+        # at full width SlicedFPN is exactly mmdet's FPN with the same weights
+        from mmdet.models.necks import FPN
+        ref = FPN(**{k: v for k, v in cfg.model.neck.items() if k != 'type'})
+        ref.load_state_dict(neck.state_dict())
+        ref.eval()
+        feats = bb(x)
+        for a, b in zip(neck(feats), ref(feats)):
+            torch.testing.assert_close(a, b)
+        too_wide = [torch.randn(1, c + 8, 8, 8) for c in cfg.model.neck.in_channels]
+        with pytest.raises(ValueError, match='largest width'):
+            neck(too_wide)
+
+
+def test_bn_calibration_and_evaluation_at_any_width_and_scale():
+    model, _ = _build(MUTUALNET, test_width=0.6,
+                      test_resolution=152)
+    model.eval()
+    data = model.data_preprocessor(_batch(n=1), False)
+    with pytest.raises(ValueError, match='calibrate_bn'):  # width 0.6 has no statistics yet
+        model.predict(data['inputs'], data['data_samples'])
+    n = model.calibrate_bn([_batch(n=2, seed=s) for s in range(2)])
+    assert n == 2
+    assert (0.6, 152) in model.backbone.model.bn_configs
+    seen, h = _record_backbone_forwards(model)
+    with torch.no_grad():
+        res = model.predict(data['inputs'], data['data_samples'])
+    h.remove()
+    assert seen == [(0.6, (160, 224))]  # 384x512 at shorter side 152 -> 152x203, padded to 32
+    assert res[0].pred_instances.bboxes.shape[1] == 4
+    if len(res[0].pred_instances):  # boxes come back in original-image coordinates
+        assert res[0].pred_instances.bboxes[:, 2].max() <= 512 + 1e-3
+        assert res[0].pred_instances.masks.shape[-2:] == (384, 512)
+
+
+# ------------------------------------------------------------------------------------------ RS-Net / SACT
+def test_rsnet_step_trains_every_scale_with_its_private_bn():
+    model, _ = _build('rsnet/faster-rcnn_rs-r50_fpn_short_coco-subset.py')
+    model.train()
+    net = model.backbone.model
+    picked = []
+    h = model.backbone.register_forward_pre_hook(
+        lambda m, a: picked.append((net.explicit_resolution, tuple(a[0].shape[-2:]))))
+    losses = model.loss(*_preprocessed(model))
+    h.remove()
+    # private BN of each scale selected explicitly; 384x512 originals: the pipeline's 240x320 (padded
+    # 256x320) for the largest scale, then shorter side 192 (192x256) and 128 (128x171, padded 128x192)
+    assert picked == [(256, (256, 320)), (192, (192, 256)), (128, (128, 192))]
+    assert net.explicit_resolution is None  # back to the resolution rule after the step
+    for key in ('loss_cls', 'r192_loss_cls', 'r128_loss_bbox', 'r128_loss_rpn_cls'):
+        assert key in losses
+
+
+def _preprocessed(model, **kw):
+    d = model.data_preprocessor(_batch(**kw), True)
+    return d['inputs'], d['data_samples']
+
+
+def test_sact_losses_include_ponder_cost():
+    model, cfg = _build('sact/faster-rcnn_sact-r50_fpn_short_coco-subset.py')
+    model.train()
+    losses = model.loss(*_preprocessed(model))
+    costs = model.backbone.ponder_costs
+    assert len(costs) == 4 and costs[0].dim() == 3  # SACT: one [N, h, w] map per stage
+    expected = cfg.model.ponder_tau * sum(c.mean() for c in costs)
+    torch.testing.assert_close(losses['loss_ponder'], expected)
+    torch.testing.assert_close(losses['ponder_cost'], sum(c.mean() for c in costs).detach())
+    assert losses['ponder_cost'].item() >= 4.0  # at least one unit per stage and position
+    parsed, log = model.parse_losses(losses)
+    assert 'loss_ponder' in log and 'ponder_cost' in log
+    halting = [p for n, p in model.backbone.named_parameters() if 'halt' in n]
+    assert halting
+    model.zero_grad()
+    losses['loss_ponder'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in halting)
+
+
+# ------------------------------------------------------------------------------------------ data errors
+def test_missing_coco_names_path_and_layout(tmp_path):
+    init_default_scope('mmdet')
+    from mmdet.registry import DATASETS
+    with pytest.raises(FileNotFoundError) as e:
+        DATASETS.build(dict(type='CheckedCocoDataset', data_root=str(tmp_path / 'coco'),
+                            ann_file='annotations/instances_train2017.json',
+                            data_prefix=dict(img='train2017/'), pipeline=[]))
+    msg = str(e.value)
+    assert str(tmp_path / 'coco' / 'annotations' / 'instances_train2017.json') in msg
+    assert 'expected COCO 2017 layout' in msg and 'val2017/' in msg
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def _scalars(work_dir):
+    files = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    assert len(files) == 1, files
+    with open(files[0]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _val_subset(coco, n, out):
+    """Annotation file of the first ``n`` val images of the subset (CocoMetric scores every image of its
+    annotation file, so evaluating fewer images needs a matching file)."""
+    with open(osp.join(coco, 'annotations', 'instances_val2017.json')) as f:
+        d = json.load(f)
+    images = sorted(d['images'], key=lambda im: im['id'])[:n]
+    ids = {im['id'] for im in images}
+    d['images'] = images
+    d['annotations'] = [a for a in d['annotations'] if a['image_id'] in ids]
+    with open(out, 'w') as f:
+        json.dump(d, f)
+    return out
+
+
+def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkeypatch):
+    """Mask R-CNN + Elastic-ResNeXt50-FPN: tens of CPU iterations on the real 80-image COCO subset
+    (images <= 320 x 256), then bbox and segm AP through pycocotools on val images of the subset."""
+    coco = osp.join(shared_dir, 'datasets', 'coco')
+    if not osp.isdir(coco):
+        pytest.skip(f'COCO subset missing: expected {coco} with annotations/, train2017/, val2017/')
+    monkeypatch.setenv('DYNSCALE_DATA', osp.join(shared_dir, 'datasets'))
+    from tools import train_det_mm
+    iters = int(os.environ.get('DYNSCALE_E2E_ITERS', 20))
+    n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 24))
+    ann = _val_subset(coco, n_val, str(tmp_path / 'instances_val_subset.json'))
+    work = str(tmp_path / 'work')
+    runner = train_det_mm.main([
+        osp.join(CFG_DIR, 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py'),
+        '--work-dir', work,
+        '--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=2',
+        'log_processor.window_size=2', 'randomness.seed=0', f'val_dataloader.dataset.ann_file={ann}',
+        f'val_evaluator.ann_file={ann}'])
+    assert runner.iter == iters
+    rows = _scalars(work)
+    train = [r for r in rows if 'loss' in r]
+    assert len(train) == iters // 2
+    first = np.mean([r['loss'] for r in train[:2]])
+    last = np.mean([r['loss'] for r in train[-2:]])
+    val = [r for r in rows if 'coco/bbox_mAP' in r]
+    assert val, 'no COCO metrics were logged'
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert key in val[-1] and 0.0 <= val[-1][key] <= 1.0
+    print(f'\n[e2e mask-rcnn elastic-x50 fpn, COCO subset] iters={iters} '
+          f'time/iter={np.mean([r["time"] for r in train[1:]]):.2f}s loss {first:.3f} -> {last:.3f}; '
+          f'{n_val} val images: bbox mAP {val[-1]["coco/bbox_mAP"]:.4f} '
+          f'segm mAP {val[-1]["coco/segm_mAP"]:.4f}')
+    assert last < first, f'loss did not go down: {first:.3f} -> {last:.3f}'
