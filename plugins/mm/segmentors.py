@@ -211,7 +211,10 @@ class SlimmableEncoderDecoder(EncoderDecoder):
     (US-Nets, no ``resolutions``).  The teacher is trained with the ground truth; each student with
     inplace distillation from the teacher's detached logits (``distill='inplace'``) and/or the ground
     truth (``student_gt_weight``).  Each sub-network's loss is back-propagated right away (one graph in
-    memory at a time), gradients accumulate, then one optimiser step.  The decode head is shared by all
+    memory at a time), gradients accumulate, then one optimiser step.  Under distributed training
+    (``MMDistributedDataParallel``) mmengine calls the wrapper's ``train_step``, which runs :meth:`loss`
+    through DDP's forward: the same sandwich sample and losses summed in one graph (same gradients, more
+    memory; DDP's gradient hooks need its forward).  The decode head is shared by all
     widths: its first convolutions must slice their input channels (``DeepLabV3Head(input_sliced=True)``
     or ``RefineNetHead(input_sliced=True)``).
 
