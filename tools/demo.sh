@@ -4,7 +4,7 @@
 #      reporting mIoU on its val split;
 #   2. MMDet Mask R-CNN FPN with Elastic-ResNeXt50 on the COCO 2017 subset, reporting bbox and segm AP
 #      through pycocotools.
-# Longer than the CI-sized runs in the tests (DEMO_SEG_ITERS / DEMO_DET_ITERS, defaults 200 / 200).
+# Longer than the CI-sized runs in the tests (DEMO_SEG_ITERS / DEMO_DET_ITERS, defaults 300 / 200).
 # Where ../shared/datasets (or DYNSCALE_DATA) lacks a dataset, a small synthetic one in the same layout is
 # generated under the work dir, so the demo runs anywhere.
 set -euo pipefail
@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${DYNSCALE_VENV:-$ROOT/.venv}/bin/python"
 DATA="${DYNSCALE_DATA:-$ROOT/../shared/datasets}"
 WORK="${DEMO_WORK_DIR:-$ROOT/work_dirs/demo}"
-SEG_ITERS="${DEMO_SEG_ITERS:-200}"
+SEG_ITERS="${DEMO_SEG_ITERS:-300}"
 DET_ITERS="${DEMO_DET_ITERS:-200}"
 mkdir -p "$WORK"
 
@@ -31,16 +31,16 @@ fi
 
 echo "[demo] 1/2 DeepLabV3 Elastic-ResNeXt50 on VOC ($SEG_ITERS iterations)"
 "$PY" "$ROOT/tools/train_seg.py" \
-  "$ROOT/seg_configs/deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-160x160.py" \
+  "$ROOT/seg_configs/deeplabv3_elastic-resnext50-d16-mg124_1xb4-300it_voc12subset-193x193.py" \
   --work-dir "$WORK/seg" --data-root "$SEG_DATA" \
   --cfg-options train_cfg.max_iters="$SEG_ITERS" train_cfg.val_interval="$SEG_ITERS" \
-  param_scheduler.0.end="$SEG_ITERS" default_hooks.logger.interval=10 \
-  default_hooks.checkpoint.interval="$SEG_ITERS"
+  param_scheduler.0.end="$SEG_ITERS" default_hooks.checkpoint.interval="$SEG_ITERS"
 
 echo "[demo] 2/2 Mask R-CNN Elastic-ResNeXt50-FPN on COCO ($DET_ITERS iterations)"
 DYNSCALE_DATA="$DET_DATA" "$PY" "$ROOT/tools/train_det_mm.py" \
   "$ROOT/det_configs/mmdet/mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py" \
   --work-dir "$WORK/det" \
-  --cfg-options train_cfg.max_iters="$DET_ITERS" train_cfg.val_interval="$DET_ITERS"
+  --cfg-options train_cfg.max_iters="$DET_ITERS" train_cfg.val_interval="$DET_ITERS" \
+  default_hooks.logger.interval=10
 
 echo "[demo] done: logs, checkpoints and metrics under $WORK/{seg,det}"
