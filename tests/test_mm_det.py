@@ -307,6 +307,54 @@ def test_sact_losses_include_ponder_cost():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in halting)
 
 
+def test_sact_predict_keeps_ponder_maps_for_the_saver_hook(tmp_path):
+    model, _ = _build('sact/faster-rcnn_sact-r50_fpn_short_coco-subset.py')
+    model.eval()
+    d = model.data_preprocessor(_batch(n=2), False)
+    with torch.no_grad():
+        res = model.predict(d['inputs'], d['data_samples'])
+    assert all('ponder_map' not in r for r in res)  # only on request
+    hook = det.DetPonderMapSaveHook(out_dir=str(tmp_path / 'maps'))
+
+    class _Runner:  # what the hook reads from mmengine's Runner
+        model = None
+        work_dir = str(tmp_path)
+    runner = _Runner()
+    runner.model = model
+    hook.before_test(runner)
+    with torch.no_grad():
+        res = model.predict(d['inputs'], d['data_samples'])
+    hook.after_test_iter(runner, 0, None, res)
+    for r in res:
+        m = r.ponder_map
+        assert tuple(m.shape) == tuple(r.img_shape)  # cropped to the image, at the network input's size
+        assert m.min() >= 4.0  # sum over 4 stages of rho = N + R >= 1
+        saved = np.load(tmp_path / 'maps' / f'{r.img_id}.npy')
+        np.testing.assert_allclose(saved, m.numpy())
+
+
+def test_test_tool_maps_width_scale_and_rejects_wrong_detectors(tmp_path):
+    from tools import test_det_mm
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    cfg = test_det_mm.build_cfg(test_det_mm.parse_args(
+        [osp.join(CFG_DIR, MUTUALNET), str(ckpt), '--width', '0.5', '--scale', '152',
+         '--calib-batches', '3']))
+    assert cfg.model.test_width == 0.5 and cfg.model.test_resolution == 152
+    hooks = [h for h in cfg.custom_hooks if h['type'] == 'SlimmableDetBNCalibrationHook']
+    assert len(hooks) == 1 and hooks[0]['num_batches'] == 3
+    elastic = osp.join(CFG_DIR, 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py')
+    cfg = test_det_mm.build_cfg(test_det_mm.parse_args([elastic, str(ckpt), '--scale', '200']))
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] == 'Resize']
+    assert tuple(resize[0]['scale']) == (320, 200)
+    with pytest.raises(ValueError, match='SlimmableTwoStageDetector'):
+        test_det_mm.build_cfg(test_det_mm.parse_args([elastic, str(ckpt), '--width', '0.5']))
+    with pytest.raises(ValueError, match='SACTTwoStageDetector'):
+        test_det_mm.build_cfg(test_det_mm.parse_args([elastic, str(ckpt), '--save-ponder-maps']))
+    with pytest.raises(FileNotFoundError, match='checkpoint not found'):
+        test_det_mm.build_cfg(test_det_mm.parse_args([elastic, str(tmp_path / 'missing.pth')]))
+
+
 # ------------------------------------------------------------------------------------------ data errors
 def test_missing_coco_names_path_and_layout(tmp_path):
     init_default_scope('mmdet')
@@ -351,7 +399,7 @@ def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkey
     monkeypatch.setenv('DYNSCALE_DATA', osp.join(shared_dir, 'datasets'))
     from tools import train_det_mm
     iters = int(os.environ.get('DYNSCALE_E2E_ITERS', 20))
-    n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 24))
+    n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 16))
     ann = _val_subset(coco, n_val, str(tmp_path / 'instances_val_subset.json'))
     work = str(tmp_path / 'work')
     runner = train_det_mm.main([

@@ -199,8 +199,7 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
     Args:
         max_size (int | None): longer-side cap of the scale rule (1000 in MutualNet's detection
             setting ``1000 x {600, 480, 360, 240}``).
-        test_width (float | None): width multiplier for ``predict`` (None = the backbone's current
-            width).
+        test_width (float | None): width multiplier for ``predict`` (None = the subclass default).
         test_resolution (int | None): shorter side for ``predict`` (None = the test pipeline's scale).
         **kwargs: :class:`TwoStageDetector` arguments.
     """
@@ -274,8 +273,8 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
     """US-Net / MutualNet detector: sandwich-rule training over widths and input scales.
 
     Each training step samples the sub-networks with :class:`backbones.slimmable.SandwichRule`
-    (Yu & Huang 2019, Sec. 3.3; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at the
-    largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
+    (US-Nets, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at
+    the largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
     uniformly from ``resolutions`` (MutualNet) or all at the pipeline's scale (US-Net,
     ``resolutions=None``).  As in MutualNet's COCO experiment (Sec. 4.3) the FPN neck and the heads
     are shared and every sub-network is trained with the ground truth (no inplace distillation).  The
@@ -286,7 +285,8 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
 
     Args:
         sandwich (dict): ``num_subnets`` (>= 2, default 4), ``resolutions`` (shorter sides, e.g.
-            ``(600, 480, 360, 240)``, or None), ``seed`` (None = torch/global randomness).  The
+            ``(600, 480, 360, 240)``, or None), ``seed`` (None: drawn from torch's generator at
+            construction, so mmengine's ``randomness.seed`` makes the sampling reproducible).  The
             width range is the backbone's ``width_range``; the largest resolution must equal the
             training pipeline's shorter side.
         max_size (int): longer-side cap (1000 in the paper).
@@ -312,9 +312,9 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
         res = tuple(cfg['resolutions']) if cfg['resolutions'] else None
         self.resolutions = res
         self.max_resolution = max(res) if res else None
+        seed = cfg['seed'] if cfg['seed'] is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.sandwich = _slim.SandwichRule(bb.model.width_range, num_subnets=cfg['num_subnets'],
-                                           resolutions=res, max_resolution=self.max_resolution,
-                                           seed=cfg['seed'])
+                                           resolutions=res, max_resolution=self.max_resolution, seed=seed)
         lo, hi = bb.model.width_range
         if self.test_width is not None and not lo <= self.test_width <= hi:
             raise ValueError(f'test_width={self.test_width} is outside the width range [{lo}, {hi}] '
@@ -352,7 +352,7 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
         return net.width_context(width, key)
 
     def calibrate_bn(self, data_batches, width=None, resolution=None):
-        """Post-statistics BN (US-Net Sec. 3.4) of the backbone for one (width, scale).
+        """Post-statistics BN (US-Nets, Yu & Huang 2019, Sec. 3.3) of the backbone for one (width, scale).
 
         Args:
             data_batches (Iterable[dict]): dataloader batches (``inputs``/``data_samples``), preprocessed
@@ -520,7 +520,7 @@ def _unwrap(model):
 
 @HOOKS.register_module()
 class SlimmableDetBNCalibrationHook(Hook):
-    """Post-statistics BN before evaluation (US-Net, Yu & Huang 2019, Sec. 3.4): before each val/test
+    """Post-statistics BN before evaluation (US-Nets, Yu & Huang 2019, Sec. 3.3): before each val/test
     loop, reset the backbone's BN statistics for (``width``, ``resolution``) and re-estimate them with
     cumulative averaging over ``num_batches`` training batches
     (:meth:`SlimmableTwoStageDetector.calibrate_bn` -> :func:`backbones.slimmable.calibrate_bn`).

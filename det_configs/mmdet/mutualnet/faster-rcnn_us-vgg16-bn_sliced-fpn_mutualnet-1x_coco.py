@@ -9,6 +9,10 @@
 #   (post-statistics BN); evaluate another sub-network with
 #   tools/test_det_mm.py <config> <checkpoint> --width 0.5 --scale 480
 # Backbone: ImageNet-pretrained with MutualNet (width [0.25, 1], resolutions {224, 192, 160, 128}).
+# A checkpoint that carries calibrated BN statistics for more (width, resolution) pairs than the
+# model's width_list fails the strict key check (the keys are listed): add the pairs to
+# backbone.width_list, or set init_cfg.strict=False (those ImageNet statistics are re-estimated
+# anyway: BN trains at every width and is calibrated before evaluation).
 # The slimmable BN trains at every width (batch statistics), so no stage is frozen and norm_eval is
 # False: a frozen (eval-mode) BN at a width without private statistics cannot normalise.
 _base_ = [
