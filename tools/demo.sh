@@ -38,7 +38,7 @@ echo "[demo] 1/2 DeepLabV3 Elastic-ResNeXt50 on VOC ($SEG_ITERS iterations)"
 
 echo "[demo] 2/2 Mask R-CNN Elastic-ResNeXt50-FPN on COCO ($DET_ITERS iterations)"
 DYNSCALE_DATA="$DET_DATA" "$PY" "$ROOT/tools/train_det_mm.py" \
-  "$ROOT/det_configs/mmdet/mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py" \
+  "$ROOT/det_configs/mmdet/elastic/mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py" \
   --work-dir "$WORK/det" \
   --cfg-options train_cfg.max_iters="$DET_ITERS" train_cfg.val_interval="$DET_ITERS" \
   default_hooks.logger.interval=10
