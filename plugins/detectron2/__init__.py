@@ -1,0 +1,98 @@
+"""Detectron2 plugin of dynscale (layout of detectron2's ``projects/TridentNet``).
+
+Importing this package registers, by side effect (detectron2 registries):
+
+* backbones ``build_{elastic,slimmable,sact,rsnet}_backbone`` and ``build_{...}_fpn_backbone``
+  (:mod:`.backbone`);
+* the C4 box head ``DynscaleRes5ROIHeads`` for the SACT Faster R-CNN (:mod:`.roi_heads`).
+
+Entry points use :func:`setup` (or :func:`get_dynscale_cfg`), which adds the ``MODEL.DYNSCALE`` keys
+(:func:`add_dynscale_config`) before merging a yaml, and :class:`DynscaleTrainer` (ponder cost, sandwich
+rule, RS-Net scale buckets, DDP with dynamic graphs, evaluation at (width, scale) points with BN
+calibration). Configs: ``det_configs/detectron2/``; CLI: ``tools/train_det.py``; weight conversion:
+``tools/convert_to_d2.py``.
+
+Raises:
+    ImportError: detectron2 is not importable; the message says how to install it.
+"""
+
+_INSTALL = (
+    'detectron2 is not on the package registry: build it from its source into this Python environment '
+    '(CPU-only builds need no CUDA), following '
+    'https://detectron2.readthedocs.io/en/latest/tutorials/install.html , e.g. '
+    '`python -m pip install --no-build-isolation -e <path to a detectron2 checkout>` '
+    '(or `pip install "git+https://github.com/facebookresearch/detectron2.git"`), then import '
+    'plugins.detectron2 again. The rest of dynscale (backbones, plugins.mm) works without it.'
+)
+
+
+class Detectron2MissingError(ImportError):
+    """detectron2 cannot be imported; the message names how to install it."""
+
+
+try:
+    import detectron2  # noqa: F401
+    from detectron2.modeling import BACKBONE_REGISTRY  # noqa: F401
+except ImportError as e:  # ModuleNotFoundError, or a broken build (missing detectron2._C, wrong torch)
+    raise Detectron2MissingError(
+        f'plugins.detectron2 needs detectron2, which cannot be imported ({e}). ' + _INSTALL
+    ) from e
+
+from . import roi_heads as _roi_heads  # noqa: F401,E402  (registration: DynscaleRes5ROIHeads)
+from .backbone import (  # noqa: E402
+    DynscaleBackbone,
+    build_dynscale_backbone,
+    build_dynscale_fpn_backbone,
+    build_elastic_backbone,
+    build_elastic_fpn_backbone,
+    build_rsnet_backbone,
+    build_rsnet_fpn_backbone,
+    build_sact_backbone,
+    build_sact_fpn_backbone,
+    build_slimmable_backbone,
+    build_slimmable_fpn_backbone,
+    convert_norm,
+    find_dynscale_backbone,
+    slice_fpn_laterals,
+)
+from .config import add_dynscale_config, get_dynscale_cfg, setup  # noqa: E402
+from .roi_heads import DynscaleRes5ROIHeads, SACTRes5Head  # noqa: E402
+from .trainer import (  # noqa: E402
+    DynscaleCheckpointer,
+    DynscaleSimpleTrainer,
+    DynscaleTrainer,
+    SubnetPlan,
+    calibrate,
+    collect_ponder_costs,
+    rescale_batch,
+)
+
+__all__ = [
+    'add_dynscale_config',
+    'get_dynscale_cfg',
+    'setup',
+    'DynscaleBackbone',
+    'DynscaleTrainer',
+    'DynscaleSimpleTrainer',
+    'DynscaleCheckpointer',
+    'DynscaleRes5ROIHeads',
+    'SACTRes5Head',
+    'SubnetPlan',
+    'build_dynscale_backbone',
+    'build_dynscale_fpn_backbone',
+    'build_elastic_backbone',
+    'build_elastic_fpn_backbone',
+    'build_slimmable_backbone',
+    'build_slimmable_fpn_backbone',
+    'build_sact_backbone',
+    'build_sact_fpn_backbone',
+    'build_rsnet_backbone',
+    'build_rsnet_fpn_backbone',
+    'calibrate',
+    'collect_ponder_costs',
+    'convert_norm',
+    'find_dynscale_backbone',
+    'rescale_batch',
+    'slice_fpn_laterals',
+    'Detectron2MissingError',
+]

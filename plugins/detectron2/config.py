@@ -1,0 +1,198 @@
+"""Config keys of the dynscale Detectron2 plugin (``cfg.MODEL.DYNSCALE``) and the one ``setup()``.
+
+Every new key lives under ``MODEL.DYNSCALE`` (TridentNet's ``MODEL.TRIDENT`` pattern). Call
+:func:`add_dynscale_config` before ``merge_from_file``, or simply use :func:`setup` /
+:func:`get_dynscale_cfg`, which every entry point of this project uses (train, eval, converter, tests),
+so no script can forget it (detectron2 issues #3187, #5111: ``KeyError: Non-existent config key``).
+"""
+
+import os
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+NORMS = ('FrozenBN', 'BN', 'SyncBN', 'nnSyncBN', 'naiveSyncBN', 'GN')
+OUT_FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')
+RESOLUTION_RULES = ('nearest', 'explicit')
+RSNET_TRAIN_MODES = ('all', 'random')
+
+
+def add_dynscale_config(cfg):
+    """Declare every ``MODEL.DYNSCALE`` key (with its default) on a detectron2 ``CfgNode``.
+
+    Args:
+        cfg (CfgNode): usually ``detectron2.config.get_cfg()``; modified in place.
+
+    Returns:
+        CfgNode: ``cfg`` (for chaining).
+    """
+    _C = cfg
+    _C.MODEL.DYNSCALE = CN()
+    D = _C.MODEL.DYNSCALE
+    # Name in the dynscale backbone registry (``backbones.list_models()``), e.g. "resnext50_elastic",
+    # "us_vgg16_bn", "sact_resnet50", "rs_resnet50". Its family must match MODEL.BACKBONE.NAME's builder.
+    D.NAME = 'resnext50_elastic'
+    # Normalisation of the backbone, as MODEL.RESNETS.NORM: "FrozenBN" (ImageNet statistics and affine
+    # fixed), "BN", "SyncBN" (multi-GPU statistics) or "GN" where the family accepts a norm_layer.
+    # Private (RS-Net) and slimmable BNs keep their per-resolution / per-width behaviour under all of them.
+    D.NORM = 'FrozenBN'
+    # Feature maps returned, as MODEL.RESNETS.OUT_FEATURES: any of res2..res5 (strides 4, 8, 16, 32).
+    D.OUT_FEATURES = ['res2', 'res3', 'res4', 'res5']
+    # 32, 16 or 8 (dilated last stages, DeepLab style); FPN needs 32.
+    D.OUTPUT_STRIDE = 32
+
+    # ---- slimmable (US-Net / MutualNet) -------------------------------------------------------------
+    # Width multiplier used for evaluation and for training when the sandwich rule is off.
+    D.WIDTH = 1.0
+    # (w_min, w_max) of the width multiplier; [] keeps the backbone's default range.
+    D.WIDTH_RANGE = []
+    # Widths that keep private BN statistics (evaluated widths); [] keeps the backbone's default list.
+    D.WIDTH_LIST = []
+
+    D.SANDWICH = CN()
+    # Sandwich rule (Yu & Huang 2019): every iteration trains the max width, the min width and
+    # NUM_SUBNETS-2 random widths on the same images, gradients accumulated, one optimizer step.
+    D.SANDWICH.ENABLED = False
+    D.SANDWICH.NUM_SUBNETS = 4
+    # MutualNet (Yang et al. 2020, Sec. 4.3): non-teacher sub-networks get a shorter side drawn from
+    # TRAIN_SCALES (longer side capped at MAX_SIZE); the teacher (max width) sees max(TRAIN_SCALES).
+    # [] = US-Net: every sub-network sees the loader's images.
+    D.SANDWICH.TRAIN_SCALES = []
+    D.SANDWICH.MAX_SIZE = 1000
+    # Seed of the width/scale sampler; -1 draws it from the global RNG (which SEED controls).
+    D.SANDWICH.SEED = -1
+
+    # ---- RS-Net private BN per scale bucket ----------------------------------------------------------
+    # Backbone resolutions = private BN sets, descending ([] = backbone default 224, 192, 160, 128, 96).
+    D.RESOLUTIONS = []
+    # Detection shorter sides paired with RESOLUTIONS (same length, descending). Bucket i (private BN i)
+    # serves images whose shorter side is nearest to SCALES[i]. [] derives them as
+    # round(max(INPUT.MIN_SIZE_TRAIN) * r / max(RESOLUTIONS)).
+    D.SCALES = []
+    # "nearest": bucket of the scale nearest to the input's shorter side (trainer and evaluator set it
+    # explicitly from the unpadded image size; otherwise the padded tensor's shorter side is used);
+    # "explicit": raise unless a scale was set with DynscaleBackbone.scale_context().
+    D.RESOLUTION_RULE = 'nearest'
+    # "all": every iteration trains each bucket on the batch resized to its scale (RS-Net parallel
+    # training, ground-truth loss per bucket); "random": one bucket per iteration.
+    D.RSNET_TRAIN_MODE = 'all'
+
+    # ---- SACT ponder cost ----------------------------------------------------------------------------
+    # Loss weight of the ponder cost (Figurnov et al. 2017, eq. 8): loss_ponder = TAU * sum over
+    # blocks of the mean ponder cost (backbone blocks and, in the C4 model, the res5 box head).
+    D.TAU = 0.01
+    # C4 box head (DynscaleRes5ROIHeads): network whose stage 4 runs on the proposals; "" = NAME.
+    # e.g. "preact_resnet101" for a plain res5 head on a SACT feature extractor.
+    D.HEAD_NAME = ''
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    # (width, shorter side) points to evaluate, e.g. [[1.0, 600], [0.5, 480]]; [] = one point
+    # (WIDTH, INPUT.MIN_SIZE_TEST). Width is ignored by non-slimmable families.
+    D.EVAL_POINTS = []
+    D.CALIBRATION = CN()
+    # Post-statistics BN (Yu & Huang 2019, Sec. 3.3): before evaluating a slimmable backbone with
+    # trainable BN at a (width, scale) point, re-estimate its BN statistics on NUM_BATCHES training
+    # batches resized to that scale.
+    D.CALIBRATION.ENABLED = True
+    D.CALIBRATION.NUM_BATCHES = 8
+
+    # ---- DDP -----------------------------------------------------------------------------------------
+    # Force find_unused_parameters=True. It is switched on automatically where the graph is dynamic
+    # (SACT; RS-Net with trainable private BNs); slimmable widths slice shared tensors (all used).
+    D.FIND_UNUSED_PARAMETERS = False
+    # Missing or shape-mismatched backbone keys when loading MODEL.WEIGHTS raise ValueError (False: log an
+    # error and go on). FPN/head keys may be missing (ImageNet backbone checkpoints).
+    D.STRICT_BACKBONE_LOAD = True
+    return cfg
+
+
+def validate_dynscale_config(cfg):
+    """Check the ``MODEL.DYNSCALE`` values that do not depend on the backbone built.
+
+    Raises:
+        ValueError: naming the key, the bad value and the allowed values.
+    """
+    D = cfg.MODEL.DYNSCALE
+    if D.NORM not in NORMS:
+        raise ValueError(f'MODEL.DYNSCALE.NORM={D.NORM!r}; allowed: {", ".join(NORMS)}')
+    bad = [f for f in D.OUT_FEATURES if f not in OUT_FEATURE_NAMES]
+    if bad or not D.OUT_FEATURES:
+        raise ValueError(
+            f'MODEL.DYNSCALE.OUT_FEATURES={list(D.OUT_FEATURES)}; allowed: non-empty subset of '
+            f'{list(OUT_FEATURE_NAMES)}'
+        )
+    if D.OUTPUT_STRIDE not in (8, 16, 32):
+        raise ValueError(f'MODEL.DYNSCALE.OUTPUT_STRIDE={D.OUTPUT_STRIDE}; allowed: 8, 16, 32')
+    if D.RESOLUTION_RULE not in RESOLUTION_RULES:
+        raise ValueError(f'MODEL.DYNSCALE.RESOLUTION_RULE={D.RESOLUTION_RULE!r}; allowed: {RESOLUTION_RULES}')
+    if D.RSNET_TRAIN_MODE not in RSNET_TRAIN_MODES:
+        raise ValueError(
+            f'MODEL.DYNSCALE.RSNET_TRAIN_MODE={D.RSNET_TRAIN_MODE!r}; allowed: {RSNET_TRAIN_MODES}'
+        )
+    if len(D.WIDTH_RANGE) not in (0, 2):
+        raise ValueError(f'MODEL.DYNSCALE.WIDTH_RANGE={list(D.WIDTH_RANGE)}; give [] or [w_min, w_max]')
+    if D.RESOLUTIONS and D.SCALES and len(D.RESOLUTIONS) != len(D.SCALES):
+        raise ValueError(
+            f'MODEL.DYNSCALE.SCALES {list(D.SCALES)} must pair one-to-one with RESOLUTIONS '
+            f'{list(D.RESOLUTIONS)} (one private BN per scale bucket)'
+        )
+    if any(s <= 0 for s in list(D.SCALES) + list(D.SANDWICH.TRAIN_SCALES)):
+        raise ValueError(
+            'MODEL.DYNSCALE.SCALES and SANDWICH.TRAIN_SCALES must be positive shorter sides in pixels'
+        )
+    if D.SANDWICH.ENABLED and D.SANDWICH.NUM_SUBNETS < 2:
+        raise ValueError(
+            f'MODEL.DYNSCALE.SANDWICH.NUM_SUBNETS={D.SANDWICH.NUM_SUBNETS}; the sandwich rule '
+            f'needs at least 2 (max and min width)'
+        )
+    for p in D.EVAL_POINTS:
+        if len(p) != 2 or p[1] <= 0:
+            raise ValueError(f'MODEL.DYNSCALE.EVAL_POINTS entry {p!r}; each must be [width, shorter_side]')
+    if D.TAU < 0:
+        raise ValueError(f'MODEL.DYNSCALE.TAU={D.TAU}; the ponder-cost weight must be >= 0')
+    if D.CALIBRATION.NUM_BATCHES < 1:
+        raise ValueError('MODEL.DYNSCALE.CALIBRATION.NUM_BATCHES must be >= 1')
+    return cfg
+
+
+def get_dynscale_cfg(config_file=None, opts=()):
+    """A frozen-free config with the dynscale keys, merged from ``config_file`` and ``opts``.
+
+    Args:
+        config_file (str | None): a yaml under ``det_configs/detectron2/`` (``_BASE_`` resolved).
+        opts (list[str]): ``KEY VALUE`` pairs, as on the command line.
+
+    Returns:
+        CfgNode: validated, not frozen.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ValueError: a bad ``MODEL.DYNSCALE`` value (see :func:`validate_dynscale_config`).
+    """
+    cfg = get_cfg()
+    add_dynscale_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f'config file not found: {config_file}')
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return validate_dynscale_config(cfg)
+
+
+def setup(args):
+    """The single setup of every entry point: config with dynscale keys, merge, freeze, d2 default_setup.
+
+    Args:
+        args (argparse.Namespace): from ``detectron2.engine.default_argument_parser()``
+            (``config_file``, ``opts``, ``eval_only``, ...).
+
+    Returns:
+        CfgNode: frozen config.
+    """
+    from detectron2.engine import default_setup
+
+    cfg = get_dynscale_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg

@@ -1,0 +1,541 @@
+"""Training and evaluation of detectors with dynamic-scale backbones (detectron2 ``DefaultTrainer`` subclass).
+
+What :class:`DynscaleTrainer` adds to detectron2's default training loop:
+
+* **SACT ponder cost** (Figurnov et al. 2017, eq. 8): ``loss_ponder = TAU * sum_blocks mean(rho)`` over
+  the backbone's blocks and, for the C4 model, the res5 box head; it is part of the loss dict (so it is
+  logged and back-propagated), and the raw ponder cost ``sum_blocks mean(rho)`` is logged as
+  ``ponder_cost``.
+* **Sandwich rule over widths and input scales** (US-Net, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et
+  al. 2020, Sec. 4.3): every iteration trains the max width at the largest scale, the min width and
+  ``NUM_SUBNETS - 2`` random widths, the non-teacher sub-networks on the same images resized to a
+  shorter side drawn from ``SANDWICH.TRAIN_SCALES`` (longer side <= ``SANDWICH.MAX_SIZE``). Each
+  sub-network is supervised by the ground truth (no inplace distillation for detection, as in the
+  MutualNet detection experiments); FPN and heads are shared; the gradients of all sub-networks
+  accumulate before one optimizer step.
+* **RS-Net scale buckets**: each iteration trains every bucket (``RSNET_TRAIN_MODE "all"``: the batch
+  resized to each bucket's scale, that bucket's private BN, ground-truth loss) or one random bucket.
+* **DDP with dynamic graphs**: ``find_unused_parameters=True`` where parameters can go unused in a step
+  (SACT; RS-Net private BNs that are trained), CPU DDP (gloo) supported.
+* **Evaluation at (width, scale) points** (``MODEL.DYNSCALE.EVAL_POINTS``), with post-statistics BN
+  calibration of slimmable backbones on training images at that scale first (``CALIBRATION``), COCO AP by
+  detectron2's ``COCOEvaluator``.
+* **Loud checkpoint loading**: unmatched backbone keys raise (or warn, ``STRICT_BACKBONE_LOAD False``).
+"""
+
+import contextlib
+import logging
+import random
+import time
+import weakref
+from collections import OrderedDict, namedtuple
+
+import detectron2.utils.comm as comm
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+import backbones
+
+from .backbone import _unwrap, find_dynscale_backbone
+
+logger = logging.getLogger(__name__)
+
+#: one sub-network of an iteration: width multiplier (None = unchanged), shorter side (None = as loaded)
+SubnetSpec = namedtuple('SubnetSpec', ['width', 'scale', 'tag'])
+
+
+# ------------------------------------------------------------------------------------------- resizing
+def _resize_instances(inst, new_hw, sx, sy):
+    out = Instances(new_hw)
+    for name, val in inst.get_fields().items():
+        if isinstance(val, Boxes):
+            b = Boxes(val.tensor.clone())
+            b.scale(sx, sy)
+            b.clip(new_hw)
+            val = b
+        elif isinstance(val, PolygonMasks):
+            val = PolygonMasks(
+                [[p * np.array([sx, sy] * (len(p) // 2), dtype=p.dtype) for p in obj] for obj in val.polygons]
+            )
+        elif isinstance(val, BitMasks):
+            t = val.tensor
+            t = (
+                F.interpolate(t[:, None].float(), size=new_hw, mode='nearest')[:, 0]
+                if len(t)
+                else t.new_zeros((0,) + tuple(new_hw))
+            )
+            val = BitMasks(t > 0.5)
+        elif isinstance(val, Keypoints):
+            k = val.tensor.clone()
+            k[..., 0] *= sx
+            k[..., 1] *= sy
+            val = Keypoints(k)
+        elif name not in ('gt_classes',) and torch.is_tensor(val) and val.dim() > 1:
+            raise ValueError(
+                f'cannot rescale instance field {name!r} ({type(val).__name__}); supported: '
+                f'Boxes, PolygonMasks, BitMasks, Keypoints and per-instance scalars'
+            )
+        out.set(name, val)
+    return out
+
+
+def rescale_batch(batched_inputs, short, max_size):
+    """Resize a detectron2 training batch so each image's shorter side is ``short`` (longer <= ``max_size``).
+
+    Images are resized bilinearly (antialiased when shrinking), boxes / polygons / keypoints scaled by
+    the same factors, bit masks resized nearest. Images already at the target size are returned as is.
+
+    Args:
+        batched_inputs (list[dict]): detectron2 dicts with ``image`` ``[3, H, W]`` (uint8 or float) and
+            optionally ``instances``.
+        short (int): target shorter side in pixels.
+        max_size (int): cap of the longer side.
+
+    Returns:
+        list[dict]: new dicts (inputs are not modified); images become float32.
+    """
+    out = []
+    for d in batched_inputs:
+        img = d['image']
+        h, w = img.shape[-2:]
+        nh, nw = ResizeShortestEdge.get_output_shape(h, w, short, max_size)
+        if (nh, nw) == (h, w):
+            out.append(d)
+            continue
+        nd = dict(d)
+        nd['image'] = F.interpolate(
+            img[None].float(), size=(nh, nw), mode='bilinear', align_corners=False, antialias=nh < h
+        )[0]
+        if 'instances' in d:
+            nd['instances'] = _resize_instances(d['instances'], (nh, nw), nw / w, nh / h)
+        out.append(nd)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- plans
+class SubnetPlan:
+    """Which sub-networks (width, scale) one training iteration runs, from ``cfg.MODEL.DYNSCALE``.
+
+    * slimmable + ``SANDWICH.ENABLED``: ``backbones.slimmable.SandwichRule`` (max width at the largest
+      scale = teacher, min width, random widths; scales from ``SANDWICH.TRAIN_SCALES``);
+    * slimmable otherwise: ``[WIDTH]`` at the loader's scale;
+    * RS-Net: every scale bucket (``RSNET_TRAIN_MODE "all"``) or one random bucket;
+    * other families: one pass, as loaded.
+    """
+
+    def __init__(self, cfg, backbone):
+        D = cfg.MODEL.DYNSCALE
+        self.backbone = backbone
+        self.max_size = D.SANDWICH.MAX_SIZE
+        self.rule = None
+        self._rng = random.Random(None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED)
+        if D.SANDWICH.ENABLED:
+            if not backbone.is_slimmable:
+                raise ValueError(
+                    f'MODEL.DYNSCALE.SANDWICH.ENABLED needs a slimmable backbone; {backbone.name} is '
+                    f'{backbone.family!r}'
+                )
+            from backbones.slimmable import SandwichRule
+
+            frozen = [n for n, p in backbone.net.named_parameters() if not p.requires_grad]
+            if frozen or cfg.MODEL.DYNSCALE.NORM == 'FrozenBN':
+                raise ValueError(
+                    'the sandwich rule trains random widths, which have no frozen BN statistics: set '
+                    'MODEL.BACKBONE.FREEZE_AT 0 and MODEL.DYNSCALE.NORM "BN" or "SyncBN" (post-statistics '
+                    'BN calibrates each evaluated width afterwards)'
+                )
+            scales = tuple(int(s) for s in D.SANDWICH.TRAIN_SCALES) or None
+            self.rule = SandwichRule(
+                backbone.width_range,
+                num_subnets=D.SANDWICH.NUM_SUBNETS,
+                resolutions=scales,
+                max_resolution=max(scales) if scales else None,
+                seed=None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED,
+            )
+        self.rs_mode = D.RSNET_TRAIN_MODE
+        self.max_size_rs = cfg.INPUT.MAX_SIZE_TRAIN
+
+    def sample(self):
+        """List of :class:`SubnetSpec` for the next iteration."""
+        bb = self.backbone
+        if self.rule is not None:
+            return [
+                SubnetSpec(
+                    c.width,
+                    c.resolution,
+                    f'w{c.width:.3f}_s{c.resolution}' if c.resolution else f'w{c.width:.3f}',
+                )
+                for c in self.rule.sample()
+            ]
+        if bb.is_resolution_switchable:
+            scales = list(bb.scales) if self.rs_mode == 'all' else [self._rng.choice(bb.scales)]
+            return [SubnetSpec(None, s, f's{s}') for s in scales]
+        return [SubnetSpec(None, None, '')]
+
+    def max_size_for(self, spec):
+        """Longer-side cap used when resizing the batch for ``spec``."""
+        return self.max_size if self.rule is not None else self.max_size_rs
+
+
+def collect_ponder_costs(model):
+    """Ponder-cost maps of the last forward of every SACT module in ``model`` (backbone, C4 res5 head)."""
+    costs = []
+    for m in _unwrap(model).modules():
+        pc = getattr(m, 'ponder_costs', None)
+        if pc and not isinstance(m, backbones.DynamicBackbone):
+            costs.extend(pc)
+    return costs
+
+
+# ------------------------------------------------------------------------------------------- loop
+class DynscaleSimpleTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose step runs the sub-networks of a :class:`SubnetPlan` and adds the ponder cost.
+
+    Args:
+        model, data_loader, optimizer: as ``SimpleTrainer``.
+        plan (SubnetPlan): sub-networks per iteration.
+        tau (float): ponder-cost weight (0 disables ``loss_ponder``).
+        amp (bool): mixed precision (``torch.autocast`` + ``GradScaler``) as detectron2's ``AMPTrainer``.
+    """
+
+    def __init__(self, model, data_loader, optimizer, plan, tau=0.01, amp=False):
+        super().__init__(model, data_loader, optimizer)
+        self.plan = plan
+        self.tau = tau
+        self.amp = amp
+        dev = next(_unwrap(model).parameters()).device
+        self._device_type = dev.type
+        self.grad_scaler = torch.amp.GradScaler(dev.type) if amp else None
+
+    def _forward(self, batch, spec):
+        bb = self.plan.backbone
+        ctx = contextlib.ExitStack()
+        ctx.enter_context(
+            bb.width_context(spec.width) if spec.width is not None else contextlib.nullcontext()
+        )
+        ctx.enter_context(
+            bb.scale_context(spec.scale) if spec.scale is not None else contextlib.nullcontext()
+        )
+        if self.amp:
+            ctx.enter_context(
+                torch.autocast(
+                    self._device_type, dtype=torch.float16 if self._device_type == 'cuda' else torch.bfloat16
+                )
+            )
+        with ctx:
+            loss_dict = self.model(batch)
+            if isinstance(loss_dict, torch.Tensor):
+                loss_dict = {'total_loss': loss_dict}
+            costs = collect_ponder_costs(self.model)
+            ponder = None
+            if costs:
+                ponder = sum(c.float().mean() for c in costs)
+                if self.tau > 0:
+                    loss_dict['loss_ponder'] = self.tau * ponder
+        return loss_dict, ponder
+
+    def run_step(self):
+        """One iteration: every sub-network forward + backward on the (resized) batch, one optimizer step."""
+        assert self.model.training, '[DynscaleSimpleTrainer] model was changed to eval mode!'
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self.optimizer.zero_grad()
+        specs = self.plan.sample()
+        summed, ponders, per_subnet = {}, [], {}
+        for spec in specs:
+            batch = (
+                data if spec.scale is None else rescale_batch(data, spec.scale, self.plan.max_size_for(spec))
+            )
+            loss_dict, ponder = self._forward(batch, spec)
+            losses = sum(loss_dict.values())
+            if self.grad_scaler is not None:
+                self.grad_scaler.scale(losses).backward()
+            else:
+                losses.backward()
+            for k, v in loss_dict.items():
+                summed[k] = summed[k] + v.detach() if k in summed else v.detach()
+            if ponder is not None:
+                ponders.append(ponder.detach())
+            if len(specs) > 1:
+                per_subnet[spec.tag] = losses.detach()
+        self.after_backward()
+        self._write_metrics(summed, data_time)
+        if comm.is_main_process():
+            storage = get_event_storage()
+            if ponders:
+                storage.put_scalar('ponder_cost', float(torch.stack(ponders).mean()), smoothing_hint=True)
+            if per_subnet:
+                storage.put_scalar('num_subnets', float(len(specs)), smoothing_hint=False)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self.last_subnet_losses = {k: float(v) for k, v in per_subnet.items()}
+        self.last_ponder_cost = float(torch.stack(ponders).mean()) if ponders else None
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret['grad_scaler'] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and 'grad_scaler' in state_dict:
+            self.grad_scaler.load_state_dict(state_dict['grad_scaler'])
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+class DynscaleCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that reports unmatched *backbone* keys loudly.
+
+    FPN and heads are expected to be missing from an ImageNet backbone checkpoint; backbone keys are not.
+    Missing or shape-mismatched keys of the dynscale backbone (and of the C4 res5 head) raise
+    ValueError when ``strict`` (``MODEL.DYNSCALE.STRICT_BACKBONE_LOAD``), else are logged as errors.
+    """
+
+    def __init__(self, model, save_dir='', *, strict=True, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+
+    def _backbone_prefixes(self):
+        model = _unwrap(self.model)
+        try:
+            bb = find_dynscale_backbone(model)
+        except ValueError:
+            return ()
+        names = [n for n, m in model.named_modules() if m is bb]
+        pre = [names[0] + '.net.'] if names else []
+        if any(n == 'roi_heads.res5' for n, _ in model.named_modules()):
+            pre.append('roi_heads.res5.')
+        return tuple(pre)
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        prefixes = self._backbone_prefixes()
+        if incompatible is None or not prefixes:
+            return incompatible
+        missing = [k for k in incompatible.missing_keys if k.startswith(prefixes)]
+        mismatch = [k for k, *_ in incompatible.incorrect_shapes if k.startswith(prefixes)]
+        if missing or mismatch:
+            msg = (
+                f'backbone weights do not match the model: {len(missing)} missing {missing[:10]}, '
+                f'{len(mismatch)} shape-mismatched {mismatch[:10]}. Convert dynscale backbone checkpoints '
+                'with '
+                f'`python tools/convert_to_d2.py --config-file <this config> <backbone.pth> <out.pkl>` and '
+                f'check that MODEL.DYNSCALE.NAME / WIDTH_RANGE / RESOLUTIONS match the checkpoint.'
+            )
+            if self.strict:
+                raise ValueError(msg)
+            logging.getLogger(__name__).error(msg)
+        return incompatible
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def _sync_bn_buffers(module):
+    """Average BN running statistics over processes (after per-rank calibration)."""
+    if comm.get_world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= comm.get_world_size()
+
+
+def calibration_batches(cfg, model, scale, num_batches):
+    """``num_batches`` normalised, padded training batches ``[N, 3, H, W]`` at shorter side ``scale``.
+
+    The images come from ``DATASETS.TRAIN`` through detectron2's train loader (train augmentation,
+    ``INPUT.MIN_SIZE_TRAIN = (scale,)``, longer side <= ``INPUT.MAX_SIZE_TEST``), then the detector's
+    own ``preprocess_image`` (pixel mean/std, padding to ``size_divisibility``).
+    """
+    c = cfg.clone()
+    c.defrost()
+    c.INPUT.MIN_SIZE_TRAIN = (int(scale),)
+    c.INPUT.MIN_SIZE_TRAIN_SAMPLING = 'choice'
+    c.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST
+    c.DATALOADER.NUM_WORKERS = 0
+    loader = build_detection_train_loader(c)
+    model = _unwrap(model)
+    out = []
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= num_batches:
+                break
+            out.append(model.preprocess_image(batch).tensor)
+    return out
+
+
+def calibrate(cfg, model, width, scale):
+    """Post-statistics BN of the slimmable backbone at ``(width, scale)`` (``slimmable.calibrate_bn``).
+
+    The statistics are stored as the backbone's private statistics of the configuration ``(width, scale)``
+    (MutualNet calibrates per width-resolution pair) and selected with
+    ``backbone.net.width_context(width, scale)``.
+
+    Returns:
+        bool: whether a calibration ran (only slimmable backbones with trainable BN statistics calibrate).
+    """
+    D = cfg.MODEL.DYNSCALE
+    bb = find_dynscale_backbone(model)
+    if not (D.CALIBRATION.ENABLED and bb.is_slimmable and D.NORM != 'FrozenBN'):
+        return False
+    from backbones.slimmable import calibrate_bn
+
+    batches = calibration_batches(cfg, model, scale, D.CALIBRATION.NUM_BATCHES)
+    with bb.net.width_context(width, int(scale)):
+        calibrate_bn(bb.net, batches)
+    _sync_bn_buffers(bb.net)
+    logger.info(f'calibrated BN statistics at width {width} scale {scale} on {len(batches)} batches')
+    return True
+
+
+class _PonderMeter:
+    """Forward hook averaging the ponder cost of a SACT detector over an evaluation run."""
+
+    def __init__(self, model):
+        self.model = model
+        self.values = []
+        self.handle = _unwrap(model).register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        costs = collect_ponder_costs(module)
+        if costs:
+            n = costs[0].shape[0]
+            per_img = sum(c.detach().float().reshape(c.shape[0], -1).mean(1).mean() for c in costs)
+            self.values.extend([float(per_img)] * max(1, n))
+
+    def close(self):
+        self.handle.remove()
+        return float(np.mean(self.values)) if self.values else None
+
+
+# ------------------------------------------------------------------------------------------- trainer
+class DynscaleTrainer(DefaultTrainer):
+    """``DefaultTrainer`` for dynscale backbones (see the module docstring for what it adds).
+
+    Use it exactly like detectron2's: ``trainer = DynscaleTrainer(cfg); trainer.resume_or_load(resume);
+    trainer.train()``; ``DynscaleTrainer.test(cfg, model)`` evaluates every ``MODEL.DYNSCALE.EVAL_POINTS``.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        d2_logger = logging.getLogger('detectron2')
+        if not d2_logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        backbone = find_dynscale_backbone(model)
+        plan = SubnetPlan(cfg, backbone)
+        model = self.wrap_ddp(cfg, model)
+        self._trainer = DynscaleSimpleTrainer(
+            model, data_loader, optimizer, plan, tau=cfg.MODEL.DYNSCALE.TAU, amp=cfg.SOLVER.AMP.ENABLED
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DynscaleCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def needs_find_unused_parameters(cfg, model):
+        """True when some parameters can receive no gradient in a step (DDP must then search for them).
+
+        SACT/ACT: halted units; RS-Net: the private BNs of the other buckets (when trainable); or
+        ``MODEL.DYNSCALE.FIND_UNUSED_PARAMETERS``.
+        """
+        if cfg.MODEL.DYNSCALE.FIND_UNUSED_PARAMETERS:
+            return True
+        bb = find_dynscale_backbone(model)
+        if bb.has_ponder_cost and getattr(bb.net, 'act', 'none') != 'none':
+            return True
+        if bb.is_resolution_switchable and len(bb.scales) > 1:
+            return any(p.requires_grad for n, p in bb.net.named_parameters() if '.bns.' in n)
+        return False
+
+    @classmethod
+    def wrap_ddp(cls, cfg, model):
+        """``create_ddp_model`` with ``broadcast_buffers=False`` (as detectron2), ``find_unused_parameters``
+        where needed, and ``device_ids=None`` for CPU models (gloo)."""
+        if comm.get_world_size() == 1:
+            return model
+        fu = cls.needs_find_unused_parameters(cfg, model)
+        dev = next(model.parameters()).device
+        kw = {'device_ids': None} if dev.type == 'cpu' else {}
+        logger.info(f'DDP: find_unused_parameters={fu}')
+        return create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=fu, **kw)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """detectron2's ``COCOEvaluator`` (bbox, and segm when the model predicts masks)."""
+        import os
+
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, 'inference', dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @staticmethod
+    def eval_points(cfg):
+        """``[(width, scale)]`` from ``MODEL.DYNSCALE.EVAL_POINTS`` or ``[(WIDTH, INPUT.MIN_SIZE_TEST)]``."""
+        D = cfg.MODEL.DYNSCALE
+        if D.EVAL_POINTS:
+            return [(float(w), int(s)) for w, s in D.EVAL_POINTS]
+        return [(float(D.WIDTH), int(cfg.INPUT.MIN_SIZE_TEST))]
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate at every (width, scale) point, calibrating slimmable BN first.
+
+        Returns:
+            dict: detectron2's result dict for a single point; otherwise ``{'w{width}_s{scale}': result}``.
+            SACT models also report ``{'ponder': {'cost': mean ponder cost per image}}``.
+        """
+        bb = find_dynscale_backbone(model)
+        results = OrderedDict()
+        points = cls.eval_points(cfg)
+        for width, scale in points:
+            if not bb.is_slimmable:
+                width = None
+            c = cfg.clone()
+            c.defrost()
+            c.INPUT.MIN_SIZE_TEST = scale
+            c.freeze()
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(bb.scale_context(scale if bb.is_resolution_switchable else None))
+                if bb.is_slimmable:
+                    calibrated = calibrate(cfg, model, width, scale)
+                    stack.enter_context(bb.net.width_context(width, int(scale) if calibrated else None))
+                meter = _PonderMeter(model) if bb.has_ponder_cost else None
+                try:
+                    res = super(DynscaleTrainer, cls).test(c, model, evaluators)
+                finally:
+                    ponder = meter.close() if meter else None
+            if ponder is not None and isinstance(res, dict):
+                res = OrderedDict(res)
+                res['ponder'] = {'cost': ponder}
+                logger.info(f'mean ponder cost per image at scale {scale}: {ponder:.4f}')
+            key = f'w{width if width is not None else 1.0:g}_s{scale}'
+            results[key] = res
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
