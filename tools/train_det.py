@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Train / evaluate a detectron2 detector with a dynscale backbone (detectron2's ``tools/train_net.py``).
+
+Examples::
+
+    # CPU smoke run on the 80-image COCO subset
+    DETECTRON2_DATASETS=../shared/datasets python tools/train_det.py \\
+        --config-file det_configs/detectron2/quick_schedules/mask_rcnn_resnext50_elastic_FPN_quick.yaml
+    # 8 GPUs, then 2 machines x 8 GPUs
+    python tools/train_det.py --num-gpus 8 \\
+        --config-file det_configs/detectron2/mask_rcnn_resnext50_elastic_FPN_1x.yaml
+    python tools/train_det.py --num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://host:port \\
+        --config-file ...
+    # evaluate a checkpoint at every MODEL.DYNSCALE.EVAL_POINTS (width, scale)
+    python tools/train_det.py --eval-only --config-file ... MODEL.WEIGHTS output/model_final.pth
+
+Options are detectron2's ``default_argument_parser`` (``--resume``, ``--eval-only``, ``--num-gpus``,
+``--num-machines``, ``--machine-rank``, ``--dist-url``, trailing ``KEY VALUE`` overrides).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+
+from plugins.detectron2 import DynscaleCheckpointer, DynscaleTrainer, setup  # noqa: E402
+
+
+def main(args):
+    """Train (or, with ``--eval-only``, evaluate) one config; returns detectron2's result dict."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = DynscaleTrainer.build_model(cfg)
+        DynscaleCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return DynscaleTrainer.test(cfg, model)
+    trainer = DynscaleTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == '__main__':
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
