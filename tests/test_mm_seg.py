@@ -338,10 +338,11 @@ def _load_tool(name):
     return mod
 
 
-def test_main_job_ci(tmp_path):
+def test_main_job_ci(tmp_path, monkeypatch):
     """DeepLabV3 ResNeXt50+Elastic trains 40 iterations on the VOC subset (synthetic VOC if absent), the loss
     goes down and val mIoU is produced."""
     torch.set_num_threads(1)  # one thread: robust on a shared 2-core CI box (OpenMP threads stall under load)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')  # what the tools set; undone after the test
     train_seg = _load_tool('train_seg')
     data_root, kind = _voc_root(tmp_path)
     runner = train_seg.main([CI_CONFIG, '--work-dir', str(tmp_path / 'work'), '--data-root', data_root,
@@ -352,7 +353,13 @@ def test_main_job_ci(tmp_path):
     assert last < first, f'loss did not go down on {kind} data: {first:.3f} -> {last:.3f}'
     miou = runner.message_hub.get_scalar('val/mIoU').current()
     assert 0.0 <= miou <= 100.0
-    assert osp.isfile(osp.join(str(tmp_path / 'work'), 'iter_40.pth'))
+    ckpt = osp.join(str(tmp_path / 'work'), 'iter_40.pth')
+    assert osp.isfile(ckpt)
+    # tools/test_seg.py evaluates the checkpoint (4 val images to keep it short)
+    test_seg = _load_tool('test_seg')
+    metrics = test_seg.main([CI_CONFIG, ckpt, '--work-dir', str(tmp_path / 'test'), '--data-root', data_root,
+                             '--cfg-options', 'test_dataloader.dataset.indices=4'])
+    assert 0.0 <= metrics['mIoU'] <= 100.0
 
 
 def test_ponder_map_save_hook(tmp_path):

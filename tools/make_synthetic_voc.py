@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
+    """Write the dataset (see the module docstring); ``argv`` None: ``sys.argv``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('root', help='the VOC2012 folder to create')
     p.add_argument('--train', type=int, default=160)

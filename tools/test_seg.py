@@ -15,8 +15,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plugins.mm.cli import add_common_args, load_config  # noqa: E402
 
+# mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6
+# refuses to unpickle with its default weights_only=True, and mmengine calls torch.load without the
+# argument: this documented switch restores the old default for --resume / load_from / testing.
+# Load only checkpoints you trust.
+os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
 
 def parse_args(argv=None):
+    """Command-line arguments (``argv`` None: ``sys.argv``)."""
     parser = argparse.ArgumentParser(description='Test a dynscale segmentor (MMSeg)')
     parser = add_common_args(parser)
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -30,6 +37,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Load the checkpoint into the config's model, run the test loop, print and return the metrics dict."""
     args = parse_args(argv)
     cfg = load_config(args)
     cfg.load_from = args.checkpoint

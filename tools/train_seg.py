@@ -15,8 +15,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plugins.mm.cli import add_common_args, load_config  # noqa: E402
 
+# mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6
+# refuses to unpickle with its default weights_only=True, and mmengine calls torch.load without the
+# argument: this documented switch restores the old default for --resume / load_from / testing.
+# Load only checkpoints you trust.
+os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
 
 def parse_args(argv=None):
+    """Command-line arguments (``argv`` None: ``sys.argv``)."""
     parser = add_common_args(argparse.ArgumentParser(description='Train a dynscale segmentor (MMSeg)'))
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from the latest checkpoint in the work dir, or from the given one')
@@ -25,6 +32,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Build the Runner from the config and train; returns the Runner (its message hub holds the
+    logged scalars).  Raises ValueError for ``--amp`` with a non-default optimiser wrapper."""
     args = parse_args(argv)
     cfg = load_config(args)
     if args.amp:
