@@ -29,6 +29,12 @@ Implementation notes (all exact re-arrangements of the same arithmetic; the MAC 
   bilinear map only at the ``H x W`` output positions that survive the crop (``scales_h = scales_w =
   2``).  No padded copy or cropped copy is made; ``tests/test_elastic.py`` checks the equivalence with
   the literal pad/crop formulation.
+* Speed on CPU: use ``channels_last`` (constructor flag, or ``model.to(memory_format=torch.channels_last)``).
+  PyTorch's CPU average pooling and bilinear upsampling (and training-mode BatchNorm) are roughly 10x
+  slower on NCHW tensors than on channels-last ones.  Measured on a shared 2-core CPU (2 threads,
+  batch 8, 224x224) against torchvision's resnext50_32x4d in the same layout, ResNeXt50+Elastic reaches
+  about 0.5-0.6x its throughput in NCHW and about 0.8-0.95x (inference) / 0.73-0.86x (training step)
+  in channels-last.
 """
 import contextlib
 import functools

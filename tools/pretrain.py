@@ -10,6 +10,9 @@ Several GPUs / machines (DDP; ``--batch-size`` is per process, total = processes
     torchrun --nproc_per_node=8 tools/pretrain.py --data-path /data/imagenet --recipe rsnet-resnet50 \\
         --output-dir runs/rs50 --sync-bn
 
+On a CPU shared with other jobs, set ``OMP_NUM_THREADS=1`` (``torchrun`` does so for several processes):
+spinning OpenMP threads made a MobileNet step about 10x slower in our measurements.
+
 ``--recipe NAME`` loads a paper's settings (``--list-recipes``); any flag given explicitly overrides it.
 The run directory receives ``args.json`` (resolved arguments), ``log.txt``, ``train_log.csv``,
 ``summary.csv``, ``tb/`` (TensorBoard), ``last.pth``/``best.pth`` (full training state, for
@@ -252,6 +255,8 @@ def main(argv=None):
         trainer = engine.Trainer(args, info)
         if resume:
             trainer.resume(resume)
+        elif args.evaluate and not args.init_checkpoint:
+            engine.LOG.warning('--evaluate without --resume or --init-checkpoint evaluates untrained weights')
         rows = None
         if not args.evaluate:
             trainer.fit()
