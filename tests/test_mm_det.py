@@ -31,6 +31,13 @@ CONFIGS = sorted(osp.relpath(p, CFG_DIR) for p in glob.glob(osp.join(CFG_DIR, '*
 
 
 @pytest.fixture(autouse=True)
+def _mmdet_scope():
+    """Every test builds in the mmdet scope, whatever scope an earlier test module (mmseg) left current."""
+    init_default_scope('mmdet')
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _torch_threads():
     """One intra-op thread: on the shared 2-core CI machine two spinning OpenMP threads are much slower."""
     saved = torch.get_num_threads()

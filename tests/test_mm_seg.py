@@ -25,7 +25,11 @@ CONFIGS = sorted(glob.glob(osp.join(ROOT, 'seg_configs', '*.py')))
 CI_CONFIG = osp.join(ROOT, 'seg_configs',
                      'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
 
-init_default_scope('mmseg')
+@pytest.fixture(autouse=True)
+def _mmseg_scope():
+    """Every test builds in the mmseg scope, whatever scope an earlier test module (mmdet) left current."""
+    init_default_scope('mmseg')
+    yield
 
 
 def _build(cfg_dict):
