@@ -30,9 +30,13 @@ sys.path.insert(0, ROOT)
 
 # pair name -> list of (label, spec); ratios are taken against the first entry of each pair
 PAIRS = {
-    'elastic': [('torchvision resnext50_32x4d', {'tv': 'resnext50_32x4d'}),
-                ('Elastic-ResNeXt50 (dynscale)', {'name': 'resnext50_elastic'}),
-                ('ResNeXt50 (dynscale, elastic off)', {'name': 'resnext50_32x4d'})],
+    # channels-last is the layout to use on CPU (see backbones/elastic.py); both models get the same layout
+    'elastic': [('torchvision resnext50_32x4d, channels-last', {'tv': 'resnext50_32x4d', 'channels_last': True}),
+                ('Elastic-ResNeXt50, channels-last', {'name': 'resnext50_elastic', 'channels_last': True}),
+                ('ResNeXt50 (dynscale, elastic off), channels-last',
+                 {'name': 'resnext50_32x4d', 'channels_last': True})],
+    'elastic_nchw': [('torchvision resnext50_32x4d, NCHW', {'tv': 'resnext50_32x4d'}),
+                     ('Elastic-ResNeXt50, NCHW', {'name': 'resnext50_elastic'})],
     'slimmable': [('us_mobilenet_v2 export_static @0.5', {'name': 'us_mobilenet_v2', 'width': 0.5, 'static': True}),
                   ('us_mobilenet_v2 slimmable @0.5', {'name': 'us_mobilenet_v2', 'width': 0.5}),
                   ('us_mobilenet_v2 slimmable @1.0', {'name': 'us_mobilenet_v2', 'width': 1.0}),
@@ -84,6 +88,8 @@ def run_one(spec, batch, size, iters, warmup, threads, device):
     if spec.get('channels_last'):
         model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device=device)
+    if spec.get('channels_last'):
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
     sync = (lambda: torch.cuda.synchronize()) if device == 'cuda' else (lambda: None)
     out = {'spec': spec, 'batch': batch, 'size': size}
