@@ -55,8 +55,8 @@ PAIRS = {
 }
 
 
-def build(spec):
-    """Build the model a spec describes; returns ``(model, extra_info_dict)``."""
+def build(spec, size=224):
+    """Build the model a spec describes (``size``: input side, for BN calibration); returns ``(model, info)``."""
     import torch
     torch.manual_seed(0)
     if 'tv' in spec:
@@ -66,6 +66,10 @@ def build(spec):
     model = backbones.create(spec['name'], num_classes=1000)
     info = {}
     if 'width' in spec:
+        from backbones.slimmable import calibrate_bn
+        # a width without stored statistics needs post-statistics BN first; random images suffice for timing
+        g = torch.Generator().manual_seed(0)
+        calibrate_bn(model, [torch.randn(4, 3, size, size, generator=g) for _ in range(2)], width=spec['width'])
         model.set_width(spec['width'])
         if spec.get('static'):
             from backbones.slimmable import export_static
@@ -83,7 +87,7 @@ def run_one(spec, batch, size, iters, warmup, threads, device):
     """Measure one spec in this process; returns a dict of results."""
     import torch
     torch.set_num_threads(threads)
-    model, info = build(spec)
+    model, info = build(spec, size)
     model.to(device)
     if spec.get('channels_last'):
         model = model.to(memory_format=torch.channels_last)
@@ -172,7 +176,7 @@ def main():
             tr = f"{r['train_img_s']:.1f}" if 'train_img_s' in r else '-'
             rt = f"{r['train_img_s'] / ref['train_img_s']:.2f}" if 'train_img_s' in r and 'train_img_s' in ref else '-'
             extra = ''
-            if 'ponder_cost' in r:
+            if r.get('ponder_cost') is not None:
                 extra = f"ponder {r['ponder_cost']:.2f}, {r['macs_G']:.2f} GMACs/img"
             print(f"| {pair} | {label} | {r['infer_img_s']:.1f} | {ri:.2f} | {tr} | {rt} | "
                   f"{r['peak_mem_MiB']:.0f} | {extra} |", flush=True)
