@@ -191,8 +191,13 @@ def setup(args):
         CfgNode: frozen config.
     """
     from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
 
     cfg = get_dynscale_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures the 'detectron2' and 'fvcore' loggers only; the plugin's own messages
+    # (BN calibration, ponder cost at evaluation, unmatched keys) go to the console and log.txt as well
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name='plugins')
     return cfg
