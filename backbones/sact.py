@@ -807,7 +807,7 @@ class PreActResNet(DynamicBackbone):
         for i, stage in enumerate(self.stages[:last + 1]):
             u0 = stage.units[0]
             hi, wi = stage.input_hw
-            s, d = u0.stride, u0.dilation
+            s = u0.stride
             ho, wo = (hi - 1) // s + 1, (wi - 1) // s + 1
             dense = u0.in_channels * u0.mid * hi * wi + 9 * u0.mid * u0.mid * ho * wo + u0.mid * u0.depth * ho * wo
             if u0.downsample is not None:

@@ -40,9 +40,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._registry import register_model
 from .base import DynamicBackbone, output_stride_dilations
-from .slimmable_ops import (InputSlicedConv2d, SlimmableBatchNorm2d, SlimmableConv2d, SlimmableLinear,
-                            WidthAware, active_channels, config_key, make_divisible, normalize_width,
-                            parse_config_key)
+from .slimmable_ops import (
+    InputSlicedConv2d,
+    SlimmableBatchNorm2d,
+    SlimmableConv2d,
+    SlimmableLinear,
+    WidthAware,
+    active_channels,
+    config_key,
+    make_divisible,
+    normalize_width,
+    parse_config_key,
+)
 
 __all__ = ['SlimmableBackbone', 'USMobileNetV1', 'USMobileNetV2', 'USVGG16BN', 'USResNet50',
            'us_mobilenet_v1', 'us_mobilenet_v2', 'us_vgg16_bn', 'us_resnet50',
@@ -374,8 +383,8 @@ class USMobileNetV1(SlimmableBackbone):
             stages.append(nn.Sequential(*units))
             inp = c
         self.stages = nn.ModuleList(stages)
-        self.head = None if num_classes == 0 else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-                                                                 SlimmableLinear(1024, num_classes))
+        self.head = None if num_classes == 0 else nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), SlimmableLinear(1024, num_classes))
         self._stage_channels = [128, 256, 512, 1024]
         self._stage_rules = [(c, 1.0) for c in self._stage_channels]
         self._stage_strides = _stage_strides(strides)
@@ -555,8 +564,8 @@ class USResNet50(SlimmableBackbone):
                 inp = c
             stages.append(nn.Sequential(*units))
         self.stages = nn.ModuleList(stages)
-        self.head = None if num_classes == 0 else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-                                                                 SlimmableLinear(2048, num_classes))
+        self.head = None if num_classes == 0 else nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), SlimmableLinear(2048, num_classes))
         self._stage_channels = [256, 512, 1024, 2048]
         self._stage_rules = [(c, 1.0) for c in self._stage_channels]
         self._stage_strides = _stage_strides(strides)
@@ -886,4 +895,3 @@ def inplace_distillation_loss(student_logits, teacher_logits):
         s = s.movedim(1, -1).reshape(-1, c)
         t = t.movedim(1, -1).reshape(-1, c)
     return F.kl_div(F.log_softmax(s, dim=1), F.softmax(t, dim=1), reduction='batchmean')
-

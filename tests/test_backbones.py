@@ -39,7 +39,8 @@ def test_forward_backward_strides_channels(name, size):
         f = feats[s.name]
         assert f.shape[1] == s.channels, (name, s)
         # 'same' padding everywhere: ceil division (within one pixel for pooling choices)
-        assert abs(f.shape[2] - size[0] / s.stride) <= 1 and abs(f.shape[3] - size[1] / s.stride) <= 1, (name, s, f.shape)
+        assert abs(f.shape[2] - size[0] / s.stride) <= 1, (name, s, f.shape)
+        assert abs(f.shape[3] - size[1] / s.stride) <= 1, (name, s, f.shape)
     loss = sum(f.float().mean() for f in feats.values())
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

@@ -69,3 +69,12 @@ def test_setup_cfg_declares_extras():
     extras = cfg['options.extras_require']
     assert 'mmsegmentation==1.2.2' in extras['mm'] and 'mmdet==3.3.0' in extras['mm']
     assert 'pytest' in extras['dev']
+
+
+@pytest.mark.parametrize('tool', [['flake8'], ['isort', '--check-only', '--diff']])
+def test_code_passes_the_linters_configured_in_setup_cfg(tool):
+    """flake8 and isort (settings in setup.cfg, installed by the dev extra) report nothing on the code."""
+    pytest.importorskip(tool[0], reason=f'{tool[0]} not installed: pip install -e .[dev]')
+    res = subprocess.run([sys.executable, '-m', *tool, 'backbones', 'plugins', 'tools', 'tests'], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

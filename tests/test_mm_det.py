@@ -12,12 +12,12 @@ import torch
 
 pytest.importorskip('mmdet', reason='mmdet not installed: run bash tools/setup_env.sh')
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.optim import OptimWrapper  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
 from mmdet.structures.mask import BitmapMasks  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.optim import OptimWrapper  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
 import plugins.mm  # noqa: E402,F401  (registration)

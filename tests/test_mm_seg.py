@@ -9,21 +9,22 @@ import torch
 
 pytest.importorskip('mmseg', reason='mmsegmentation not installed: run bash tools/setup_env.sh')
 
-import plugins.mm  # noqa: E402,F401  (registers everything)
 from mmengine.config import Config, ConfigDict  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
+from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 
-from backbones.checkpoint import CheckpointMismatchError, save_backbone_checkpoint  # noqa: E402
 import backbones as dyn  # noqa: E402
+import plugins.mm  # noqa: E402,F401  (registers everything)
+from backbones.checkpoint import CheckpointMismatchError, save_backbone_checkpoint  # noqa: E402
 from plugins.mm.backbones import DynscaleBackbone  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'seg_configs', '*.py')))
 CI_CONFIG = osp.join(ROOT, 'seg_configs',
                      'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
+
 
 @pytest.fixture(autouse=True)
 def _mmseg_scope():
@@ -311,6 +312,7 @@ def test_voc_missing_path_is_explained(tmp_path):
 
 def test_synthetic_voc_layout(tmp_path):
     from mmseg.registry import DATASETS
+
     from plugins.mm.datasets import make_synthetic_voc
     root = make_synthetic_voc(str(tmp_path / 'VOC2012'), num_train=3, num_val=2, size=(64, 48))
     ds = DATASETS.build(dict(type='VOCSegDataset', data_root=root, ann_file='ImageSets/Segmentation/val.txt',

@@ -8,8 +8,15 @@ from torch import nn
 
 import backbones
 from backbones import complexity, count_macs, count_params
-from backbones.rsnet import (DEFAULT_RESOLUTIONS, MREDLoss, PrivateBatchNorm, expand_private_bn_state_dict,
-                             mred_kd_weight, mred_loss, resize_logits)
+from backbones.rsnet import (
+    DEFAULT_RESOLUTIONS,
+    MREDLoss,
+    PrivateBatchNorm,
+    expand_private_bn_state_dict,
+    mred_kd_weight,
+    mred_loss,
+    resize_logits,
+)
 
 SMALL = (64, 56, 48, 40, 32)  # five small training resolutions keep the tests fast
 

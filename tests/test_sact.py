@@ -8,8 +8,16 @@ from torch import nn
 
 import backbones
 from backbones.complexity import count_macs
-from backbones.sact import (ACTHalting, ACTStage, PreActBottleneck, SACTHalting, halting_distribution,
-                            ponder_cost_map, ponder_loss, set_halting_bias)
+from backbones.sact import (
+    ACTHalting,
+    ACTStage,
+    PreActBottleneck,
+    SACTHalting,
+    halting_distribution,
+    ponder_cost_map,
+    ponder_loss,
+    set_halting_bias,
+)
 
 SIG_M3 = 1 / (1 + math.exp(3))  # sigma(-3), the initial halting score
 

@@ -11,10 +11,18 @@ from torch import nn
 
 import backbones
 from backbones import complexity
-from backbones.slimmable import (InputSlicedConv2d, SandwichRule, SlimmableBatchNorm2d, SlimmableConv2d,
-                                 SlimmableLinear, SubnetConfig, calibrate_bn, export_static,
-                                 inplace_distillation_loss, make_divisible)
-
+from backbones.slimmable import (
+    InputSlicedConv2d,
+    SandwichRule,
+    SlimmableBatchNorm2d,
+    SlimmableConv2d,
+    SlimmableLinear,
+    SubnetConfig,
+    calibrate_bn,
+    export_static,
+    inplace_distillation_loss,
+    make_divisible,
+)
 
 VARIANTS = ['us_mobilenet_v1', 'us_mobilenet_v2', 'us_vgg16_bn', 'us_resnet50']
 

@@ -20,12 +20,18 @@ from .._compat import check_mm_environment
 MM_VERSIONS = check_mm_environment()
 
 # registration side effects (order: backbones first, the others import register_mm_module from it)
+from . import detectors  # noqa: E402,F401  (MMDetection detectors, SlicedFPN, hooks, CheckedCocoDataset)
 from . import backbones, datasets, heads, hooks, refinenet_head, segmentors  # noqa: E402,F401
-from .backbones import (DynscaleBackbone, ElasticResNeXt, RSNet, SACTResNet, SlimmableNet,  # noqa: E402,F401
-                        unwrap_backbone)
+from .backbones import (  # noqa: E402,F401
+    DynscaleBackbone,
+    ElasticResNeXt,
+    RSNet,
+    SACTResNet,
+    SlimmableNet,
+    unwrap_backbone,
+)
 from .datasets import NYUDv2Dataset, VOCSegDataset, make_synthetic_voc  # noqa: E402,F401
 from .heads import DeepLabV3Head  # noqa: E402,F401
 from .hooks import PonderMapSaveHook, SlimmableBNCalibrationHook  # noqa: E402,F401
 from .refinenet_head import RefineNetHead  # noqa: E402,F401
 from .segmentors import RSNetEncoderDecoder, SACTEncoderDecoder, SlimmableEncoderDecoder  # noqa: E402,F401
-from . import detectors  # noqa: E402,F401  (MMDetection detectors, SlicedFPN, hooks, CheckedCocoDataset)

@@ -215,7 +215,7 @@ class RobustImageFolder(Dataset):
             msg = f'unreadable image {path}: {type(e).__name__}: {e}'
             if self.bad_images == 'fail':
                 raise UnreadableImageError(f'{msg}. Remove or replace the file, or pass --bad-images skip to skip '
-                                   f'unreadable images.') from e
+                                           f'unreadable images.') from e
             print(f'[pretrain] WARNING: {msg} -- skipped (--bad-images skip)', file=sys.stderr, flush=True)
             return None
 
