@@ -6,6 +6,7 @@ Usage::
     python tools/benchmark.py                       # every pair, markdown table with ratios
     python tools/benchmark.py --pairs elastic sact  # a subset
     python tools/benchmark.py --batch 16 --size 224 --iters 5 --threads 2 --json bench.json
+    python tools/benchmark.py --repeats 3            # interleaved rounds, best round per model (shared CPUs)
 
 Each measurement runs in its own subprocess so that its peak resident memory (``ru_maxrss``, MiB) is its
 own; on CUDA the peak is ``torch.cuda.max_memory_allocated``.  Inference is ``model.eval()`` under
