@@ -1,26 +1,6 @@
-# Runtime shared by every dynscale MMDetection config (MMDet 3.x conventions).
-# `custom_imports` registers the dynscale backbones, detectors, neck, hooks and dataset
-# (plugins/mm); without it MMDet reports "X is not in the mmdet::model registry".
+# Runtime shared by every dynscale MMDetection config: MMDetection 3.x's own default runtime
+# (mmdet::_base_/default_runtime.py: hooks, env, visualizer, log processor) plus `custom_imports`, which
+# registers the dynscale backbones, detectors, neck, hooks and dataset (plugins/mm); without it MMDet reports
+# "X is not in the mmdet::model registry".
+_base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['plugins.mm'], allow_failed_imports=False)
-default_scope = 'mmdet'
-
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
-
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'))
-
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
-
-log_level = 'INFO'
-load_from = None
-resume = False
