@@ -1,16 +1,5 @@
-# Runtime shared by every dynscale segmentation config (MMSegmentation 1.x conventions).
-# `custom_imports` registers the dynscale backbones, heads, segmentors, datasets and hooks (plugins/mm).
+# Runtime shared by every dynscale segmentation config: MMSegmentation 1.x's own default runtime
+# (mmseg::_base_/default_runtime.py: env, visualizer, log processor) plus `custom_imports`, which registers
+# the dynscale backbones, heads, segmentors, datasets and hooks (plugins/mm).
+_base_ = 'mmseg::_base_/default_runtime.py'
 custom_imports = dict(imports=['plugins.mm'], allow_failed_imports=False)
-default_scope = 'mmseg'
-env_cfg = dict(
-    cudnn_benchmark=True,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
-)
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
-tta_model = dict(type='SegTTAModel')
