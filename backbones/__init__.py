@@ -5,13 +5,15 @@
 * SACT / ACT ResNet (Figurnov et al., CVPR 2017): :mod:`backbones.sact`
 * RS-Net (Wang et al., ECCV 2020): :mod:`backbones.rsnet`
 
-Build any of them with :func:`create`; list them with :func:`list_models`.  Only torch and torchvision
+Build any of them with :func:`create` (``pretrained=PATH`` loads released or dynscale weights strictly, see
+:mod:`backbones.pretrained`); list them with :func:`list_models`.  Only torch and torchvision
 are needed to import this package.
 """
 from . import elastic, rsnet, sact, slimmable  # noqa: F401  (registration side effects)
 from ._registry import create, list_models, model_family, register_model
 from .base import DynamicBackbone, StageSpec
 from .complexity import complexity, count_macs, count_params
+from .pretrained import load_pretrained
 
 __all__ = ['create', 'list_models', 'model_family', 'register_model', 'DynamicBackbone', 'StageSpec',
-           'complexity', 'count_macs', 'count_params']
+           'complexity', 'count_macs', 'count_params', 'load_pretrained']

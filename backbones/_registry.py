@@ -47,11 +47,18 @@ def _check(name):
         raise ValueError(f'unknown backbone {name!r}.{hint} Registered: {", ".join(list_models())}')
 
 
-def create(name, **kwargs):
-    """Build a registered backbone.
+def create(name, pretrained=None, source=None, **kwargs):
+    """Build a registered backbone, optionally with pretrained weights.
 
     Args:
         name (str): a name from :func:`list_models`.
+        pretrained (str | os.PathLike | dict | None): weights to load strictly
+            (:func:`backbones.pretrained.load_pretrained`): a dynscale checkpoint, an official release of
+            allenai/elastic, slimmable_networks, MutualNet or RS-Nets, or a torchvision / timm state dict.
+            The factory then gets the arguments the weights need (width range and list, resolutions, the
+            file's ``num_classes``) unless ``kwargs`` set them; ``strict``, ``drop_head`` and
+            ``private_bn_map`` are passed to the loader.
+        source (str | None): the origin of ``pretrained`` when detection should be bypassed.
         **kwargs: passed to the factory (``num_classes``, ``out_indices``, ``frozen_stages``,
             ``norm_eval``, ``output_stride``, family-specific options).
 
@@ -60,6 +67,13 @@ def create(name, **kwargs):
 
     Raises:
         ValueError: unknown name; the message lists the closest registered names.
+        backbones.checkpoint.CheckpointMismatchError: ``pretrained`` does not fit ``name`` (the message names
+            the model it fits or the unmatched keys).
     """
     _check(name)
+    if pretrained is not None:
+        from .pretrained import create_pretrained
+        return create_pretrained(name, pretrained, source=source, **kwargs)
+    if source is not None:
+        raise ValueError('source= only applies together with pretrained=')
     return _MODELS[name](**kwargs)

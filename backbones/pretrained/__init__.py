@@ -1,0 +1,16 @@
+"""Pretrained weights: read, recognise, convert and load the authors' released files and torchvision / timm
+state dicts into dynscale backbones (strict both ways), plus the model zoo.
+
+Main entry points: :func:`load_pretrained` (also ``backbones.load_pretrained``), ``backbones.create(name,
+pretrained=PATH)``, :func:`convert` (used by ``tools/convert_weights.py``) and :data:`ZOO`.
+"""
+from .files import CheckpointFileError, SourceFile, read_source
+from .loader import SOURCES, LoadReport, convert, create_pretrained, identify, load_pretrained, load_state
+from .normalization import IMAGENET, UNIT_RANGE, InputNormalization
+from .release import PROTOCOLS, Release, UnsupportedCheckpointError
+from .zoo import ZOO, ZooEntry, convert_command, entry_for_file, missing_file_message, zoo_entry
+
+__all__ = ['CheckpointFileError', 'SourceFile', 'read_source', 'SOURCES', 'LoadReport', 'convert', 'create_pretrained',
+           'identify', 'load_pretrained', 'load_state', 'IMAGENET', 'UNIT_RANGE', 'InputNormalization', 'PROTOCOLS',
+           'Release', 'UnsupportedCheckpointError', 'ZOO', 'ZooEntry', 'convert_command', 'entry_for_file',
+           'missing_file_message', 'zoo_entry']

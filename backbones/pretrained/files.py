@@ -1,0 +1,231 @@
+"""Reading a weights file of any supported origin into tensors, with the facts a converter needs.
+
+What arrives on disk (``../shared/reference/official_checkpoints/README.md``, "Common to all four repos"):
+
+* torch files in the legacy (torch 0.4/1.0) or the zip serialisation; ``torch.load`` reads both;
+* GitHub attachments ``*.pt.zip``: a zip archive *wrapping* a ``.pt`` file (``torch.load`` on the archive
+  fails); such an archive is recognised (it has no ``data.pkl`` record of torch's own zip format) and
+  its single checkpoint member is read;
+* detectron2 ``.pkl`` files (a plain pickle of numpy arrays) and ``.safetensors`` files (timm's hub);
+* containers: ``{'state_dict': ...}`` (allenai/elastic, yikaiw/RS-Nets, dynscale, MMEngine),
+  ``{'model': ...}`` (slimmable_networks, MutualNet, detectron2, dynscale training checkpoints) or a bare
+  state dict.  The other top-level entries (optimizer state, epoch, accuracy, arch name, ...) are returned
+  separately in :attr:`SourceFile.container` and never loaded into a model;
+* half-precision tensors (allenai/elastic's ``--fp16`` runs): cast to float32 and listed.
+
+Only torch is needed.
+"""
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from ..checkpoint import CheckpointMismatchError
+
+__all__ = ['CheckpointFileError', 'SourceFile', 'read_source', 'sha256_of']
+
+#: container entries that hold the weights, in order of preference
+STATE_KEYS = ('state_dict', 'model', 'state_dict_ema')
+
+
+class CheckpointFileError(CheckpointMismatchError):
+    """A file that cannot be read as a checkpoint (missing, truncated, not a torch/pickle file, no
+    tensors); the message names the path, what the file looks like and the fix."""
+
+
+@dataclass
+class SourceFile:
+    """A weights file as read from disk or memory.
+
+    Attributes:
+        state_dict (OrderedDict[str, Tensor]): the weights with their original keys (wrapper prefixes
+            such as ``module.`` kept), float tensors in float32.
+        container (dict): every other top-level entry of the file (``epoch``, ``arch``, ``optimizer``,
+            ``meta`` ...), for detection and metadata; never loaded into a model.
+        container_keys (tuple[str]): the top-level keys of the file in order (``()`` for a bare state dict).
+        state_key (str | None): which top-level entry held the weights.
+        path (str | None): the file path (None for an in-memory object).
+        sha256 (str | None): SHA-256 of the file's bytes (of the archive as downloaded for a wrapped zip).
+        wrapped_member (str | None): the member read from a zip-wrapped download.
+        cast_keys (list[str]): keys cast from half precision to float32.
+        weights_only (bool): whether ``torch.load(weights_only=True)`` sufficed.
+    """
+
+    state_dict: 'OrderedDict'
+    container: dict = field(default_factory=dict)
+    container_keys: tuple = ()
+    state_key: str = None
+    path: str = None
+    sha256: str = None
+    wrapped_member: str = None
+    cast_keys: list = field(default_factory=list)
+    weights_only: bool = True
+
+    @property
+    def meta(self):
+        """The ``meta`` dict of a dynscale / MMEngine checkpoint (``{}`` if none)."""
+        m = self.container.get('meta')
+        return m if isinstance(m, dict) else {}
+
+
+def sha256_of(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _describe_bytes(path):
+    """What a file that is not a checkpoint looks like (for error messages)."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if size == 0:
+        return 'an empty file'
+    if head.startswith(b'PK'):
+        return f'a zip archive of {size} bytes'
+    if head[:1] == b'\x80':
+        return f'a pickle / legacy torch file of {size} bytes'
+    if head.startswith(b'<') or head.lstrip().startswith((b'<!DOCTYPE', b'<html')):
+        return f'an HTML/XML page of {size} bytes (a download that returned a web page, e.g. a Google Drive ' \
+               f'confirmation page)'
+    try:
+        head.decode('utf-8')
+        return f'a text file of {size} bytes starting with {head[:40]!r}'
+    except UnicodeDecodeError:
+        return f'a binary file of {size} bytes that is not a torch checkpoint'
+
+
+def _torch_load(fileobj_or_path):
+    """``torch.load`` on CPU: ``weights_only=True`` first, the full unpickler for files that hold other
+    objects (returns ``(obj, weights_only)``)."""
+    try:
+        return torch.load(fileobj_or_path, map_location='cpu', weights_only=True), True
+    except pickle.UnpicklingError:
+        if hasattr(fileobj_or_path, 'seek'):
+            fileobj_or_path.seek(0)
+        return torch.load(fileobj_or_path, map_location='cpu', weights_only=False), False
+
+
+def _load_path(path):
+    """Load ``path``; returns ``(obj, wrapped_member, weights_only)``.
+
+    Raises:
+        CheckpointFileError: unreadable (truncated, not a checkpoint, empty wrapper archive).
+    """
+    wrapped = None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                if not any(n.endswith('data.pkl') for n in names):  # not torch's own zip format: a wrapper
+                    members = [n for n in names if n.endswith(('.pt', '.pth', '.tar', '.pkl', '.bin'))
+                               and not n.startswith('__MACOSX')]
+                    if len(members) != 1:
+                        raise CheckpointFileError(
+                            f'{path} is a zip archive holding {names[:10]}, not one checkpoint file: unzip it and '
+                            f'pass the checkpoint inside')
+                    wrapped = members[0]
+                    data = zf.read(wrapped)
+                    if wrapped.endswith('.pkl') and not zipfile.is_zipfile(io.BytesIO(data)):
+                        return _unpickle(io.BytesIO(data)), wrapped, False
+                    obj, wo = _torch_load(io.BytesIO(data))
+                    return obj, wrapped, wo
+        if path.endswith('.pkl'):
+            with open(path, 'rb') as f:
+                return _unpickle(f), None, False
+        if path.endswith('.safetensors'):  # timm / Hugging Face hub files
+            try:
+                from safetensors.torch import load_file
+            except ImportError as e:
+                raise CheckpointFileError(f'{path} is a safetensors file: pip install safetensors') from e
+            return load_file(path, device='cpu'), None, True
+        obj, wo = _torch_load(path)
+        return obj, None, wo
+    except CheckpointFileError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
+            AttributeError, ImportError, ModuleNotFoundError, UnicodeDecodeError) as e:
+        what = _describe_bytes(path)
+        hint = ('the file looks truncated (an interrupted download or a disk-full write): download or convert '
+                'it again' if isinstance(e, EOFError) or 'end of' in str(e).lower() or 'truncat' in str(e).lower()
+                or 'central directory' in str(e).lower() else
+                'check that it is a checkpoint (.pth/.pth.tar/.pt/.pt.zip/.pkl) and download it again if it is '
+                'damaged')
+        raise CheckpointFileError(f'cannot read {path} ({what}): {type(e).__name__}: {e}; {hint}') from e
+
+
+def _unpickle(f):
+    return pickle.load(f, encoding='latin1')
+
+
+def _as_tensor(v):
+    if isinstance(v, torch.Tensor):
+        return v
+    try:
+        import numpy as np
+        if isinstance(v, np.ndarray):
+            return torch.from_numpy(v.copy())
+    except ImportError:  # numpy is a torch dependency; stay safe anyway
+        pass
+    return None
+
+
+def read_source(path_or_obj):
+    """Read a checkpoint (path or already loaded object) into a :class:`SourceFile`.
+
+    Args:
+        path_or_obj (str | os.PathLike | dict): a file path, or the object ``torch.load`` returned.
+
+    Returns:
+        SourceFile: weights in float32 with the original keys, the other container entries, provenance.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        CheckpointFileError: the file is not a readable checkpoint, or it holds no tensors.
+    """
+    path = wrapped = sha = None
+    weights_only = True
+    obj = path_or_obj
+    if isinstance(path_or_obj, (str, os.PathLike)):
+        path = os.fspath(path_or_obj)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'checkpoint not found: {path}')
+        if os.path.isdir(path):
+            raise CheckpointFileError(f'{path} is a folder; pass the checkpoint file inside it')
+        obj, wrapped, weights_only = _load_path(path)
+        sha = sha256_of(path)
+    if not isinstance(obj, dict):
+        raise CheckpointFileError(f'{path or "the object"} holds a {type(obj).__name__}, not a state dict or a '
+                                  f'checkpoint dict: save model.state_dict(), not the module')
+    state_key, sd = None, None
+    for key in STATE_KEYS:
+        if isinstance(obj.get(key), dict) and obj[key] and all(_as_tensor(v) is not None for v in obj[key].values()):
+            state_key, sd = key, obj[key]
+            break
+    if sd is None:
+        tensors = {k: _as_tensor(v) for k, v in obj.items()}
+        if obj and all(t is not None for t in tensors.values()):
+            sd = obj
+        else:
+            raise CheckpointFileError(
+                f'{path or "the object"} holds no state dict: top-level keys {list(obj)[:10]}; expected a '
+                f'"state_dict" or "model" entry of tensors, or a bare state dict')
+    out, cast = OrderedDict(), []
+    for k, v in sd.items():
+        t = _as_tensor(v)
+        if t.is_floating_point() and t.dtype != torch.float32:
+            cast.append(k)
+            t = t.float()
+        out[k] = t
+    container = {} if sd is obj else {k: v for k, v in obj.items() if k != state_key}
+    return SourceFile(state_dict=out, container=container, container_keys=tuple(obj) if sd is not obj else (),
+                      state_key=state_key, path=path, sha256=sha, wrapped_member=wrapped, cast_keys=cast,
+                      weights_only=weights_only)

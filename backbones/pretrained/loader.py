@@ -1,0 +1,494 @@
+"""One loader for every weights file: detect the origin, convert, load strictly both ways.
+
+``load_pretrained(model, PATH_OR_STATE_DICT, source=None)`` accepts
+
+* a dynscale checkpoint (``backbones.checkpoint`` format, a ``tools/pretrain.py`` training checkpoint, or an
+  MMEngine / Detectron2 checkpoint of a dynscale detector or segmentor: wrapper prefixes are stripped);
+* a released file of allenai/elastic, JiahuiYu/slimmable_networks, taoyang1122/MutualNet or yikaiw/RS-Nets
+  (zip-wrapped ``.pt.zip`` downloads unwrapped, fp16 tensors cast);
+* a torchvision or timm state dict of an architecture with a dynscale counterpart (:mod:`.origin_dense`).
+
+The origin is recognised from the container and the keys (or forced with ``source=``).  Foreign files are
+first converted (:func:`convert`) into a dynscale state dict of a *template* model built on the ``meta``
+device (no memory, no initialisation work), then loaded like a dynscale checkpoint.  Loading is strict both
+ways: every source tensor lands somewhere, every model tensor is filled and shapes match; the only
+tolerated differences are documented ones, each listed in the returned :class:`LoadReport`:
+
+* a classifier in the file for a model built without head (``num_classes=0``) is dropped; a backbone file
+  without classifier leaves the model's head at its initialisation; ``drop_head=True`` re-initialises it;
+* slimmable models keep exactly the BN configurations (width, resolution) whose statistics the file stores:
+  configurations the model had but the file lacks are removed and listed as *uncalibrated* (evaluating them
+  raises the ``calibrate_bn`` error until they are calibrated);
+* SACT/ACT halting branches absent from a dense pre-activation file keep their initialisation;
+* RS-Net private BNs are taken index by index (``private_bn_map`` chooses others; a file converted from
+  dense weights, whose private BNs are identical, fills any number of them).
+
+Anything else raises :class:`~backbones.checkpoint.CheckpointMismatchError` naming the keys in both namings
+and the likely cause (wrong model, wrong width list, wrong origin).
+"""
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import _registry
+from ..checkpoint import FORMAT, CheckpointMismatchError, backbone_meta, strip_prefix
+from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
+from .files import SourceFile, read_source
+from .mapping import Transfer
+from .normalization import InputNormalization
+
+__all__ = ['SOURCES', 'identify', 'convert', 'load_pretrained', 'LoadReport', 'create_pretrained']
+
+#: accepted ``source=`` values -> canonical origin
+SOURCES = {
+    'dynscale': 'dynscale',
+    'elastic': 'allenai/elastic', 'allenai/elastic': 'allenai/elastic',
+    'usnet': origin_slimmable.US, 'us-nets': origin_slimmable.US, 'slimmable_networks': origin_slimmable.US,
+    'JiahuiYu/slimmable_networks': origin_slimmable.US,
+    'mutualnet': origin_slimmable.MUTUALNET, 'taoyang1122/MutualNet': origin_slimmable.MUTUALNET,
+    'rsnet': origin_rsnets.ORIGIN, 'rs-nets': origin_rsnets.ORIGIN, 'yikaiw/RS-Nets': origin_rsnets.ORIGIN,
+    'torchvision': 'torchvision', 'timm': 'timm',
+}
+_HINTS = {'allenai/elastic': origin_elastic.cause_hint, origin_slimmable.US: origin_slimmable.cause_hint,
+          origin_slimmable.MUTUALNET: origin_slimmable.cause_hint, origin_rsnets.ORIGIN: origin_rsnets.cause_hint,
+          'torchvision': origin_dense.cause_hint, 'timm': origin_dense.cause_hint}
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did.
+
+    Attributes:
+        origin (str): canonical origin (``'dynscale'`` for native checkpoints).
+        release (str | None): official architecture name of a foreign file.
+        meta (dict): the checkpoint metadata (converted files: origin, sha256, normalisation, ...).
+        loaded (int): model tensors written from the file.
+        conversion (dict): counts per operation of the conversion (copy / merge / broadcast / dropped / new).
+        dropped (list[tuple[str, str]]): file keys not loaded, with the reason.
+        new (list[tuple[str, str]]): model keys left at their initialisation, with the reason.
+        uncalibrated (list[tuple]): slimmable (width, resolution) configs removed (no stored statistics).
+        missing, unexpected, shape_mismatch (list[str]): non-strict loads only: what did not match.
+        normalization (InputNormalization): inputs the weights expect (applied to the model).
+    """
+
+    origin: str
+    release: str = None
+    meta: dict = field(default_factory=dict)
+    loaded: int = 0
+    conversion: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)
+    new: list = field(default_factory=list)
+    uncalibrated: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    shape_mismatch: list = field(default_factory=list)
+    normalization: object = None
+
+    def __getitem__(self, key):  # dict-style access of the older load_backbone_state report
+        return getattr(self, key)
+
+    def summary(self):
+        """One line for logs."""
+        parts = [f'{self.loaded} tensors loaded from {self.origin}' + (f' {self.release}' if self.release else '')]
+        if self.conversion:
+            parts.append('conversion ' + ', '.join(f'{k} {v}' for k, v in self.conversion.items() if v))
+        if self.dropped:
+            parts.append(f'{len(self.dropped)} file tensors dropped ({self.dropped[0][1]})')
+        if self.new:
+            parts.append(f'{len(self.new)} model tensors kept at initialisation ({self.new[0][1]})')
+        if self.uncalibrated:
+            parts.append(f'uncalibrated BN configs {self.uncalibrated}')
+        for k in ('missing', 'unexpected', 'shape_mismatch'):
+            if getattr(self, k):
+                parts.append(f'{len(getattr(self, k))} {k}')
+        if self.normalization is not None:
+            parts.append(f'inputs: {self.normalization}')
+        return '; '.join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _is_dynscale(src):
+    meta = src.meta
+    if meta.get('format') == FORMAT:
+        return True
+    if src.container.get('version') == 1 and src.state_key == 'model':  # tools/pretrain.py training checkpoint
+        return True
+    keys = list(src.state_dict)
+    return any(k.startswith(('backbone.model.', 'backbone.bottom_up.net.', 'backbone.net.')) for k in keys)
+
+
+def identify(src, source=None, width_list=None, resolutions=None):
+    """Recognise a weights file.
+
+    Args:
+        src (SourceFile | str | dict): the file (read with :func:`~backbones.pretrained.files.read_source` if
+            a path or an object).
+        source (str | None): force the origin (a key of :data:`SOURCES`).
+        width_list (list[float] | None): US-Nets / MutualNet: the training width list if not a released one.
+        resolutions (tuple[int] | None): RS-Nets: the training sizes if not the released five.
+
+    Returns:
+        Release | None: None for a dynscale checkpoint (no conversion needed).
+
+    Raises:
+        ValueError: an unknown ``source``.
+        UnsupportedCheckpointError: a recognised file without dynscale model.
+        CheckpointMismatchError: a file of no known origin (the message lists the origins).
+    """
+    if not isinstance(src, SourceFile):
+        src = read_source(src)
+    forced = None
+    if source is not None:
+        if source not in SOURCES:
+            raise ValueError(f'unknown source {source!r}; choose one of {sorted(set(SOURCES))}')
+        forced = SOURCES[source]
+    if forced == 'dynscale' or (forced is None and _is_dynscale(src)):
+        return None
+    finders = [
+        (origin_rsnets.ORIGIN, lambda: origin_rsnets.identify(src, resolutions)),
+        (origin_slimmable.US, lambda: origin_slimmable.identify(src, width_list)),
+        (origin_elastic.ORIGIN, lambda: origin_elastic.identify(src)),
+        ('dense', lambda: origin_dense.identify(src, forced if forced in ('torchvision', 'timm') else None)),
+    ]
+    for origin, find in finders:
+        if forced is not None and forced not in (origin, 'dynscale') and not (
+                origin == origin_slimmable.US and forced == origin_slimmable.MUTUALNET) and not (
+                origin == 'dense' and forced in ('torchvision', 'timm')):
+            continue
+        rel = find()
+        if rel is not None:
+            if forced == origin_slimmable.MUTUALNET and rel.origin != forced:
+                n = len(rel.build_kwargs['width_list'])
+                raise CheckpointMismatchError(f'source={source!r} but the file stores {n} widths, a {rel.origin} '
+                                              f'layout')
+            return rel
+    if forced is not None:
+        raise CheckpointMismatchError(f'{src.path or "the state dict"} is not a {forced} file of a model dynscale '
+                                      f'knows (first keys {list(src.state_dict)[:5]})')
+    if any(k.split('.', 1)[0] in ('stem', 'stages', 'head') for k in _strip_all(src.state_dict)):
+        return None  # dynscale naming without metadata (a bare model.state_dict())
+    raise CheckpointMismatchError(
+        f'{src.path or "the state dict"} is not a checkpoint of a known origin (first keys '
+        f'{list(src.state_dict)[:5]}): dynscale reads dynscale checkpoints and the released files of '
+        f'allenai/elastic, JiahuiYu/slimmable_networks, taoyang1122/MutualNet, yikaiw/RS-Nets, and torchvision / '
+        f'timm state dicts of {", ".join(sorted(origin_dense.TARGETS))}; pass source=... if the origin is known')
+
+
+def _strip_all(sd):
+    return [k[len('module.'):] if k.startswith('module.') else k for k in sd]
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def _template(model_name, num_classes, kwargs):
+    """The dynscale model ``model_name`` built on the meta device (shapes and order only)."""
+    with torch.device('meta'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return _registry.create(model_name, num_classes=num_classes, **kwargs)
+
+
+def convert(src, model_name=None, source=None, template_kwargs=None, width_list=None, resolutions=None):
+    """Convert a foreign weights file into a dynscale state dict and checkpoint metadata.
+
+    Args:
+        src (SourceFile | str | dict): the file.
+        model_name (str | None): dynscale target; default: the first model the file fits.
+        source (str | None): force the origin (:data:`SOURCES`).
+        template_kwargs (dict | None): factory arguments overriding the release's (e.g. RS-Net
+            ``resolutions`` of the model that will receive the weights when they come from a dense file).
+        width_list, resolutions: see :func:`identify`.
+
+    Returns:
+        tuple: ``(state_dict, meta, release, transfer)``; ``state_dict`` in dynscale naming with the
+        classifier, ``meta`` the checkpoint metadata (origin, sha256 of the source, widths/resolutions with
+        stored statistics, normalisation, model kwargs), ``transfer`` the record of every move.
+
+    Raises:
+        CheckpointMismatchError: the file does not fit ``model_name`` (keys in both namings, likely cause),
+            or is a dynscale checkpoint (nothing to convert).
+    """
+    if not isinstance(src, SourceFile):
+        src = read_source(src)
+    release = identify(src, source, width_list, resolutions)
+    if release is None:
+        raise CheckpointMismatchError(f'{src.path or "the state dict"} is already a dynscale checkpoint; load it with '
+                                      f'backbones.load_pretrained (nothing to convert)')
+    model_name = model_name or release.models[0]
+    _registry.model_family(model_name)  # unknown names: ValueError with close matches
+    release.check_target(model_name)
+    kwargs = release.kwargs_for(model_name)
+    kwargs.update(template_kwargs or {})
+    template = _template(model_name, release.num_classes, kwargs)
+    transfer = Transfer(src.state_dict, {k: v.shape for k, v in template.state_dict().items()},
+                        model_name, f'{release.origin} {release.name}')
+    release.convert(src, template, transfer, model_name)
+    sd = transfer.finish(_HINTS[release.origin](release))
+    if transfer.new:  # keep the template's own initialisation for allowed-new tensors: build them for real
+        real = _registry.create(model_name, num_classes=release.num_classes, **kwargs)
+        real_sd = real.state_dict()
+        for k, _ in transfer.new:
+            sd[k] = real_sd[k].clone()
+        sd = type(sd)((k, sd[k]) for k in real_sd)
+    release.normalization.apply_to(template)
+    meta = backbone_meta(template)
+    meta.update(release.normalization.to_meta())
+    meta.update({k: v for k, v in release.meta.items() if v is not None})
+    meta.update({
+        'variant': model_name, 'origin': release.origin, 'release': release.name,
+        'source_file': None if src.path is None else src.path.replace('\\', '/').rsplit('/', 1)[-1],
+        'source_sha256': src.sha256, 'source_container_keys': list(src.container_keys),
+        'source_wrapped_member': src.wrapped_member, 'source_cast_fp16': len(src.cast_keys),
+        'eval_protocol': release.protocol, 'model_kwargs': _jsonable(kwargs),
+        'num_classes': release.num_classes, 'conversion': transfer.summary(),
+        'conversion_dropped': [[k, r] for k, r in transfer.dropped],
+        'conversion_new': sorted({r for _, r in transfer.new}),
+    })
+    if 'stored_bn_configs' not in meta and hasattr(template, 'bn_configs'):
+        meta['stored_bn_configs'] = [[w, r] for w, r in template.bn_configs]
+    return sd, meta, release, transfer
+
+
+def _jsonable(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+_CFG = re.compile(r'(^|\.)private\.(w[0-9p]+(?:_r\d+)?)\.')
+_BNS = re.compile(r'(^|\.)bns\.(\d+)\.')
+
+
+def _sync_slimmable_configs(model, sd, report):
+    """Give the model exactly the BN configurations whose statistics ``sd`` stores (removed ones are listed
+    as uncalibrated)."""
+    from ..slimmable import SlimmableBackbone
+    from ..slimmable_ops import parse_config_key
+
+    if not isinstance(model, SlimmableBackbone) or model._static_config is not None:
+        return
+    in_file = {m.group(2) for k in sd for m in [_CFG.search(k)] if m}
+    if not in_file:
+        return
+    have = {c for bn in model.slimmable_bns() for c in bn.private}
+    for cfg in sorted(in_file - have):
+        w, r = parse_config_key(cfg)
+        lo, hi = model.width_range
+        if not lo - 1e-9 <= w <= hi + 1e-9:
+            raise CheckpointMismatchError(
+                f'the checkpoint stores BN statistics for width {w}, outside the model\'s width_range '
+                f'{model.width_range}; '
+                f'build the model with the checkpoint\'s range {(report.meta or {}).get("widths")} '
+                f'(width_range=...) or load a checkpoint trained for this range')
+        model.add_bn_config(w, r)
+    for cfg in sorted(have - in_file):
+        w, r = parse_config_key(cfg)
+        for bn in model.slimmable_bns():
+            bn.remove_config(w, r)
+        report.uncalibrated.append((w, r))
+
+
+def _map_private_bns(model, sd, meta, private_bn_map, report):
+    """Rename ``bns.<i>`` entries of ``sd`` for an RS-Net whose number of private BNs differs from the file's."""
+    from ..rsnet import RSNet
+
+    if not isinstance(model, RSNet):
+        return sd
+    idx = {int(m.group(2)) for k in sd for m in [_BNS.search(k)] if m}
+    if not idx:
+        return sd
+    n_file, n_model = max(idx) + 1, len(model.resolutions)
+    file_res = list(meta.get('resolutions') or [])
+    if private_bn_map is None:
+        if n_file == n_model:
+            return sd
+        if meta.get('dense_source'):  # every private BN of a dense-converted file is the same BN
+            private_bn_map = [0] * n_model
+        else:
+            raise CheckpointMismatchError(
+                f'the checkpoint has {n_file} private BNs per layer (resolutions {file_res or "?"}), the model '
+                f'{n_model} ({model.resolutions}); pass private_bn_map=[...] (for each model resolution, the '
+                f'checkpoint resolution or index whose BN it starts from, e.g. '
+                f'{file_res[:n_model] or list(range(n_model))})')
+    if len(private_bn_map) != n_model:
+        raise CheckpointMismatchError(f'private_bn_map needs {n_model} entries (one per model resolution '
+                                      f'{model.resolutions}), got {list(private_bn_map)}')
+    src_index = []
+    for v in private_bn_map:
+        if v in file_res:
+            v = file_res.index(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n_file:
+            raise CheckpointMismatchError(f'private_bn_map entry {v!r} is neither a checkpoint resolution '
+                                          f'{file_res} nor an index 0..{n_file - 1}')
+        src_index.append(v)
+    out = {k: t for k, t in sd.items() if not _BNS.search(k)}
+    for k, t in sd.items():
+        m = _BNS.search(k)
+        if m:
+            for ti, si in enumerate(src_index):
+                if si == int(m.group(2)):
+                    out[k[:m.start(2)] + str(ti) + k[m.end(2):]] = t
+    report.conversion['private_bn_map'] = src_index
+    return out
+
+
+def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_map=None, origin='dynscale',
+               report=None, logger=None):
+    """Load a state dict in dynscale naming (wrapper prefixes stripped) with the rules of the module docstring.
+
+    Args:
+        model (DynamicBackbone): the model (changed in place).
+        sd (dict[str, Tensor]): dynscale-named tensors (``module.``/``backbone.``... prefixes allowed).
+        meta (dict | None): checkpoint metadata (normalisation, resolutions, ...).
+        strict (bool): raise on any unmatched key (else warn and load what fits).
+        drop_head (bool): do not load the file's classifier (new task): the model's head keeps its init.
+        private_bn_map (list | None): RS-Net: per model resolution, the checkpoint resolution (or index) whose
+            private BN it starts from.
+
+    Returns:
+        LoadReport
+
+    Raises:
+        CheckpointMismatchError: (strict) unmatched keys, listed with the likely fix.
+    """
+    meta = dict(meta or {})
+    report = report or LoadReport(origin=origin, meta=meta)
+    own = model.state_dict()
+    sd = strip_prefix(dict(sd), own.keys())
+    has_head = any(k.startswith('head.') for k in own)
+    file_head = [k for k in sd if k.startswith('head.')]
+    if file_head and (not has_head or drop_head):
+        why = ('the model has no classifier (num_classes=0)' if not has_head else
+               'drop_head=True: the classifier is re-initialised for the new task')
+        for k in file_head:
+            report.dropped.append((k, why))
+        sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
+    elif has_head and file_head:
+        bad = [k for k in file_head if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise CheckpointMismatchError(
+                f'the checkpoint classifier {bad[0]} {tuple(sd[bad[0]].shape)} does not fit the model\'s '
+                f'{tuple(own[bad[0]].shape)}: build with num_classes={sd[bad[0]].shape[0]} (the checkpoint\'s), '
+                f'num_classes=0 (features only), or pass drop_head=True to re-initialise the classifier')
+    if has_head and not [k for k in sd if k.startswith('head.')]:
+        for k in own:
+            if k.startswith('head.'):
+                report.new.append((k, 'classifier: the checkpoint has none (backbone checkpoint) or drop_head=True'))
+    _sync_slimmable_configs(model, sd, report)
+    sd = _map_private_bns(model, sd, meta, private_bn_map, report)
+    own = model.state_dict()
+    if any('.halting.' in k for k in own) and not any('.halting.' in k for k in sd):
+        for k in own:
+            if '.halting.' in k:
+                report.new.append((k, 'SACT/ACT halting branch: the checkpoint is a plain pre-activation ResNet'))
+    new = {k for k, _ in report.new}
+    report.missing = [k for k in own if k not in sd and k not in new]
+    report.unexpected = [k for k in sd if k not in own]
+    report.shape_mismatch = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if report.missing or report.unexpected or report.shape_mismatch:
+        hint = _likely_cause(model, sd, meta, report)
+        msg = (f'checkpoint does not match {getattr(model, "variant", type(model).__name__)} '
+               f'(checkpoint variant {meta.get("variant", "unknown")}, origin {report.origin}): '
+               f'{len(report.missing)} missing {report.missing[:8]}, {len(report.unexpected)} unexpected '
+               f'{report.unexpected[:8]}, {len(report.shape_mismatch)} shape-mismatched '
+               + ', '.join(f'{k} file {tuple(sd[k].shape)} model {tuple(own[k].shape)}'
+                           for k in report.shape_mismatch[:4]) + f'. {hint}')
+        if strict:
+            raise CheckpointMismatchError(msg)
+        (logger.warning if logger else warnings.warn)(msg)
+    load = {k: v for k, v in sd.items() if k in own and k not in report.shape_mismatch}
+    with torch.no_grad():
+        model.load_state_dict(load, strict=False)
+    report.loaded = len(load)
+    norm = InputNormalization.from_meta(meta)
+    if norm is not None:
+        norm.apply_to(model)
+    report.normalization = InputNormalization.of_model(model)
+    model.pretrained_meta = meta
+    return report
+
+
+def _likely_cause(model, sd, meta, report):
+    variant = getattr(model, 'variant', None)
+    if meta.get('variant') and variant and meta['variant'] != variant:
+        return (f'Likely cause: wrong model: the checkpoint is a {meta["variant"]!r} checkpoint; build '
+                f'backbones.create({meta["variant"]!r}, ...).')
+    if any('private.' in k for k in report.missing + report.unexpected):
+        return (f'Likely cause: wrong width list: the checkpoint stores statistics for {meta.get("width_list")}, '
+                f'the model {getattr(model, "width_list", None)}.')
+    if any('.bns.' in k for k in report.missing + report.unexpected):
+        return (f'Likely cause: wrong resolutions: checkpoint {meta.get("resolutions")}, model '
+                f'{getattr(model, "resolutions", None)}.')
+    return ('Likely cause: wrong model or wrong origin: check the variant, output stride does not matter (weights are '
+            'the same), and pass source=... if the origin was misdetected.')
+
+
+def load_pretrained(model, checkpoint, source=None, strict=True, drop_head=False, private_bn_map=None,
+                    width_list=None, resolutions=None, logger=None):
+    """Load a weights file of any supported origin into a dynscale ``model`` (module docstring).
+
+    Args:
+        model (DynamicBackbone): a model from ``backbones.create`` (changed in place).
+        checkpoint (str | os.PathLike | dict): path, loaded object or state dict.
+        source (str | None): force the origin (:data:`SOURCES`); default: detected from container and keys.
+        strict (bool): raise on unmatched keys (default); False warns and loads what fits.
+        drop_head (bool): re-initialise the classifier (transfer learning with another number of classes).
+        private_bn_map (list | None): RS-Net private-BN mapping (see :func:`load_state`).
+        width_list (list[float] | None): US-Nets / MutualNet training width list when not a released one.
+        resolutions (tuple[int] | None): RS-Nets training sizes when not the released five.
+        logger (logging.Logger | None): where non-strict warnings go.
+
+    Returns:
+        LoadReport: also sets ``model.pretrained_meta`` and the model's input normalisation attributes
+        (``pixel_mean``, ``pixel_std``, ``input_format``).
+
+    Raises:
+        FileNotFoundError: missing path.
+        CheckpointFileError: unreadable file.
+        UnsupportedCheckpointError: a recognised file without dynscale model.
+        CheckpointMismatchError: the file does not fit the model (names the model it fits, or the keys).
+    """
+    src = checkpoint if isinstance(checkpoint, SourceFile) else read_source(checkpoint)
+    release = identify(src, source, width_list, resolutions)
+    if release is None:
+        meta = src.meta
+        return load_state(model, src.state_dict, meta, strict, drop_head, private_bn_map, 'dynscale', logger=logger)
+    name = getattr(model, 'variant', None)
+    release.check_target(name)
+    tkw = {}
+    if hasattr(model, 'resolutions') and release.origin in ('torchvision', 'timm'):
+        tkw['resolutions'] = tuple(model.resolutions)
+    sd, meta, release, transfer = convert(src, name, source, tkw, width_list, resolutions)
+    report = LoadReport(origin=release.origin, release=release.name, meta=meta, conversion=transfer.summary(),
+                        dropped=list(transfer.dropped))
+    return load_state(model, sd, meta, strict, drop_head, private_bn_map, release.origin, report, logger)
+
+
+def create_pretrained(name, pretrained, source=None, **kwargs):
+    """``backbones.create(name, pretrained=PATH, **kwargs)``: build with the factory arguments the weights need
+    (width range/list, resolutions, num_classes from the file, each overridden by ``kwargs``), then load.
+
+    Raises:
+        as :func:`load_pretrained`; ValueError for an unknown name.
+    """
+    load_kw = {k: kwargs.pop(k) for k in ('strict', 'drop_head', 'private_bn_map') if k in kwargs}
+    src = read_source(pretrained)
+    release = identify(src, source)
+    if release is not None:
+        release.check_target(name)
+        build = release.kwargs_for(name)
+        if release.origin in ('torchvision', 'timm'):
+            build.pop('resolutions', None)
+        num_classes = release.num_classes
+    else:
+        meta = src.meta
+        build = dict(meta.get('model_kwargs') or {})
+        heads = [v for k, v in strip_prefix(src.state_dict, ['head.0.weight']).items()
+                 if k.startswith('head.') and k.endswith('weight') and v.dim() == 2]
+        num_classes = heads[-1].shape[0] if heads else None
+    build = {k: tuple(v) if isinstance(v, list) else v for k, v in build.items()}
+    build.update(kwargs)
+    if num_classes is not None and 'num_classes' not in kwargs:
+        build['num_classes'] = num_classes
+    model = _registry.create(name, **build)
+    load_pretrained(model, src, source, **load_kw)
+    return model

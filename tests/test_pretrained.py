@@ -1,0 +1,352 @@
+"""Pretrained weights: every official release (synthetic files from the manifests), torchvision / timm
+equivalence, strictness and the error messages of the loader."""
+import os
+import zipfile
+
+import pytest
+import torch
+from official_files import MANIFEST_DIR, manifest, manifest_names, write_official
+from torch import nn
+
+import backbones
+from backbones.checkpoint import CheckpointMismatchError
+from backbones.pretrained import (
+    CheckpointFileError,
+    UnsupportedCheckpointError,
+    convert,
+    identify,
+    load_pretrained,
+    read_source,
+)
+from backbones.slimmable_ops import config_key
+
+needs_manifests = pytest.mark.skipif(not os.path.isdir(MANIFEST_DIR),
+                                     reason=f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+
+#: manifest -> dynscale model
+SUPPORTED = {
+    'resnext50': 'resnext50_32x4d', 'resnext101': 'resnext101_32x4d', 'se_resnext50': 'se_resnext50',
+    'resnext50_elastic': 'resnext50_elastic', 'resnext101_elastic': 'resnext101_elastic',
+    'se_resnext50_elastic': 'se_resnext50_elastic',
+    'us_mobilenet_v1': 'us_mobilenet_v1', 'us_mobilenet_v2': 'us_mobilenet_v2',
+    'mutualnet_mobilenet_v1': 'us_mobilenet_v1', 'mutualnet_mobilenet_v2': 'us_mobilenet_v2',
+    'mutualnet_resnet50': 'us_resnet50',
+    'parallel_resnet18': 'rs_resnet18', 'parallel_resnet50': 'rs_resnet50', 'parallel_resnet101': 'rs_resnet101',
+    'parallel_mobilenetv2': 'rs_mobilenet_v2',
+}
+#: manifest -> the reason the loader gives (a regex of its message): "not supported yet"
+UNSUPPORTED = {
+    's_mobilenet_v1': 'private affine per width', 's_mobilenet_v2': 'private affine per width',
+    's_resnet50': 'private affine per width', 's_shufflenet': 'private affine per width',
+    'autoslim_mobilenet_v1': 'private affine per width', 'autoslim_mobilenet_v2': 'private affine per width',
+    'autoslim_mnasnet': 'private affine per width', 'autoslim_resnet50': 'private affine per width',
+    'mutualnet_mobilenet_v1_w1.6': 'wider max width',
+    'densenet201': 'no DenseNet-201 or DLA-X model', 'densenet201_elastic': 'no DenseNet-201 or DLA-X model',
+    'dla60x': 'no DenseNet-201 or DLA-X model', 'dla60x_elastic': 'no DenseNet-201 or DLA-X model',
+    'dla102x': 'no DenseNet-201 or DLA-X model', 'dla102x_elastic': 'no DenseNet-201 or DLA-X model',
+}
+
+
+@needs_manifests
+def test_every_manifest_is_either_supported_or_listed_with_a_reason():
+    names = set(manifest_names())
+    assert names == set(SUPPORTED) | set(UNSUPPORTED), (names - set(SUPPORTED) - set(UNSUPPORTED),
+                                                        set(SUPPORTED) | set(UNSUPPORTED) - names)
+
+
+@needs_manifests
+@pytest.mark.parametrize('name', sorted(UNSUPPORTED))
+def test_release_without_dynscale_model_is_refused_naming_why(name, tmp_path):
+    path, _ = write_official(name, str(tmp_path / f'{name}.pth.tar'))
+    with pytest.raises(UnsupportedCheckpointError, match=UNSUPPORTED[name]):
+        identify(path)
+    print(f'not supported yet: {name}: {UNSUPPORTED[name]}')
+
+
+def _half(w):
+    return w.shape[0] // 2
+
+
+def _check_elastic(name, model, sd):
+    p = 'module.'
+    msd = model.state_dict()
+    assert torch.equal(msd['stem.conv.weight'], sd[p + 'conv1.weight'])
+    assert torch.equal(msd['stem.bn.running_var'], sd[p + 'bn1.running_var'])
+    assert torch.equal(msd['head.2.weight'], sd[p + 'fc.weight'])
+    elastic_blocks = manifest(name)['settings']['blocks_elastic_half_resolution_branch']
+    merged_blocks = manifest(name)['settings']['blocks_two_full_resolution_branches']
+    for blk in elastic_blocks:
+        layer, unit = blk.split('.')
+        t = f'stages.{int(layer[5:]) - 1}.{unit}'
+        for part in ('conv1', 'conv2', 'conv3', 'bn1', 'bn2'):
+            for s in ('', '_d'):
+                tail = '.weight' if part.startswith('conv') else '.running_mean'
+                assert torch.equal(msd[f'{t}.{part}{s}{tail}'], sd[f'{p}{blk}.{part}{s}{tail}'])
+    for blk in merged_blocks:
+        layer, unit = blk.split('.')
+        t = f'stages.{int(layer[5:]) - 1}.{unit}'
+        full, low = sd[f'{p}{blk}.conv1.weight'], sd[f'{p}{blk}.conv1_d.weight']
+        w = msd[f'{t}.conv1.weight']
+        assert torch.equal(w[:full.shape[0]], full) and torch.equal(w[full.shape[0]:], low)
+        w2 = msd[f'{t}.conv2.weight']
+        assert torch.equal(w2[:_half(w2)], sd[f'{p}{blk}.conv2.weight'])
+        assert torch.equal(w2[_half(w2):], sd[f'{p}{blk}.conv2_d.weight'])
+        w3 = msd[f'{t}.conv3.weight']  # merged along the input channels
+        c = w3.shape[1] // 2
+        assert torch.equal(w3[:, :c], sd[f'{p}{blk}.conv3.weight'])
+        assert torch.equal(w3[:, c:], sd[f'{p}{blk}.conv3_d.weight'])
+        bn = msd[f'{t}.bn2.bias']
+        assert torch.equal(bn[:_half(bn)], sd[f'{p}{blk}.bn2.bias'])
+        assert torch.equal(bn[_half(bn):], sd[f'{p}{blk}.bn2_d.bias'])
+        assert torch.equal(msd[f'{t}.bn3.weight'], sd[f'{p}{blk}.bn3.weight'])
+    if 'se_' in name:
+        assert torch.equal(msd['stages.0.0.se.fc1.weight'], sd[p + 'layer1.0.selayer.conv1.weight'])
+        assert torch.equal(msd['stages.3.2.se.fc2.bias'], sd[p + 'layer4.2.selayer.conv2.bias'])
+
+
+def _check_slimmable(name, model, sd):
+    widths = manifest(name)['settings']['width_mult_list']
+    assert list(model.width_list) == widths
+    stem_bn = model.stem[1] if name.endswith('resnet50') else model.stem[0][1]
+    assert torch.equal(stem_bn.weight, sd['module.features.0.1.weight'])
+    for i, w in enumerate(widths):
+        assert torch.equal(stem_bn.private[config_key(w)].running_mean, sd[f'module.features.0.1.bn.{i}.running_mean'])
+    if name.endswith('mobilenet_v2'):  # one shared tail BN -> copied into every width's slot
+        tail = model.head[0][1]
+        for w in widths:
+            assert torch.equal(tail.private[config_key(w)].running_var, sd['module.features.18.1.running_var'])
+    cls = [k for k in sd if k.startswith('module.classifier') and k.endswith('weight')][-1]
+    assert torch.equal(model.head[-1].weight, sd[cls])
+
+
+def _check_rsnet(name, model, sd):
+    assert model.resolutions == (224, 192, 160, 128, 96)
+    for i in range(5):
+        src = 'module.bn1' if 'resnet' in name else 'module.features.0.1'
+        assert torch.equal(model.stem[1].bns[i].weight, sd[f'{src}.bn_{i}.weight'])
+        assert torch.equal(model.stem[1].bns[i].running_var, sd[f'{src}.bn_{i}.running_var'])
+    assert torch.equal(model.stem[0].weight, sd['module.conv1.module.weight' if 'resnet' in name
+                                                else 'module.features.0.0.module.weight'])
+    assert model.pretrained_meta['rsnet_alpha'] == [float(a) for a in sd['module.alpha']]
+    assert model.pixel_mean == (0.0, 0.0, 0.0) and model.pixel_std == (1.0, 1.0, 1.0)
+
+
+@needs_manifests
+@pytest.mark.parametrize('name', sorted(SUPPORTED))
+def test_official_file_converts_and_loads_strictly(name, tmp_path):
+    path, sd = write_official(name, str(tmp_path / f'{name}.pth.tar'))
+    model = backbones.create(SUPPORTED[name], pretrained=path)
+    meta = model.pretrained_meta
+    assert meta['origin'] == manifest(name)['repo']
+    assert meta['source_sha256'] == read_source(path).sha256
+    if name.startswith(('resnext', 'se_')):
+        _check_elastic(name, model, sd)
+    elif name.startswith(('us_', 'mutualnet_')):
+        _check_slimmable(name, model, sd)
+        assert meta['eval_protocol'] == ('mutualnet-recalibrate' if name.startswith('mutualnet') else 'usnet-stored')
+    else:
+        _check_rsnet(name, model, sd)
+    # every model tensor came from the file: a second load of the same file changes nothing
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = load_pretrained(model, path)
+    assert rep.loaded == len(before) and not rep.missing and not rep.unexpected
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@needs_manifests
+def test_features_only_model_drops_the_classifier_and_says_so(tmp_path):
+    path, _ = write_official('resnext50_elastic', str(tmp_path / 'r.pth.tar'))
+    model = backbones.create('resnext50_elastic', num_classes=0, out_indices=(1, 3), output_stride=16)
+    rep = load_pretrained(model, path)
+    assert {k for k, _ in rep.dropped} >= {'head.2.weight', 'head.2.bias'}
+    assert 'no classifier' in rep.dropped[-1][1]
+
+
+@needs_manifests
+def test_zip_wrapped_download_fp16_and_legacy_serialisation(tmp_path):
+    path, sd = write_official('us_mobilenet_v2', str(tmp_path / 'us_mobilenet_v2_calibrated.pt.zip'),
+                              zip_wrap='us_mobilenet_v2_calibrated.pt', legacy=True)
+    assert zipfile.is_zipfile(path)
+    m = backbones.create('us_mobilenet_v2', pretrained=path)
+    assert m.pretrained_meta['source_wrapped_member'] == 'us_mobilenet_v2_calibrated.pt'
+    path16, sd16 = write_official('resnext50', str(tmp_path / 'r16.pth.tar'), dtype=torch.float16)
+    src = read_source(path16)
+    assert src.cast_keys and all(t.dtype != torch.float16 for t in src.state_dict.values())
+    m16 = backbones.create('resnext50_32x4d', pretrained=path16)
+    assert m16.stem.conv.weight.dtype == torch.float32
+    assert torch.equal(m16.stem.conv.weight, sd16['module.conv1.weight'].float())
+
+
+@needs_manifests
+def test_missing_and_extra_tensors_are_listed_in_both_namings(tmp_path):
+    from official_files import container_of, state_dict_of
+
+    sd = state_dict_of('resnext50_elastic')
+    del sd['module.layer1.2.conv2_d.weight']
+    sd['module.layer9.0.conv1.weight'] = torch.zeros(3)
+    torch.save(container_of('resnext50_elastic', sd), tmp_path / 'bad.pth.tar')
+    with pytest.raises(CheckpointMismatchError) as e:
+        backbones.create('resnext50_elastic', pretrained=str(tmp_path / 'bad.pth.tar'))
+    msg = str(e.value)
+    assert 'unfilled model key: stages.0.2.conv2_d.weight' in msg
+    assert 'module.layer9.0.conv1.weight' in msg and 'Likely cause' in msg
+
+
+@needs_manifests
+def test_wrong_model_and_wrong_width_list_are_named(tmp_path):
+    path, _ = write_official('resnext50', str(tmp_path / 'resnext50.pth.tar'))
+    with pytest.raises(CheckpointMismatchError, match="fit dynscale 'resnext50_32x4d', not 'resnext50_elastic'"):
+        backbones.create('resnext50_elastic', pretrained=path)
+    with pytest.raises(CheckpointMismatchError, match="fit dynscale 'resnext50_32x4d'"):
+        load_pretrained(backbones.create('selastic_resnext50'), path)
+    # a US-Net file whose statistics follow another width list: the lengths do not fit the channel rule
+    from official_files import container_of, state_dict_of
+    sd = state_dict_of('us_mobilenet_v1')
+    torch.save(container_of('us_mobilenet_v1', sd), tmp_path / 'us.pt')
+    with pytest.raises(CheckpointMismatchError, match='width list'):
+        load_pretrained(backbones.create('us_mobilenet_v1'), str(tmp_path / 'us.pt'),
+                        width_list=[0.3 + 0.02 * i for i in range(31)])
+
+
+def test_unreadable_files_name_what_they_are(tmp_path):
+    trunc = tmp_path / 'trunc.pth'
+    torch.save({'state_dict': {'a': torch.zeros(1000)}}, trunc)
+    data = trunc.read_bytes()
+    trunc.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointFileError, match=r'trunc\.pth'):
+        read_source(str(trunc))
+    html = tmp_path / 'model.pth'
+    html.write_text('<!DOCTYPE html><html>Google Drive - Virus scan warning</html>')
+    with pytest.raises(CheckpointFileError, match='HTML'):
+        read_source(str(html))
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        read_source(str(tmp_path / 'nope.pth'))
+
+
+def test_unknown_origin_lists_the_known_ones():
+    with pytest.raises(CheckpointMismatchError, match='allenai/elastic'):
+        identify({'encoder.blocks.0.weight': torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match='unknown source'):
+        identify({'stem.conv.weight': torch.zeros(1)}, source='caffe')
+
+
+# ------------------------------------------------------------------------------------- torchvision / timm
+def _randomise(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()
+
+
+TORCHVISION = [('resnext50_32x4d', 'resnext50_32x4d'), ('resnet18', 'rs_resnet18'), ('resnet50', 'rs_resnet50'),
+               ('resnet50', 'us_resnet50'), ('resnet101', 'rs_resnet101'), ('vgg16_bn', 'us_vgg16_bn'),
+               ('mobilenet_v2', 'us_mobilenet_v2'), ('mobilenet_v2', 'rs_mobilenet_v2')]
+
+
+@pytest.mark.parametrize('arch,name', TORCHVISION)
+def test_torchvision_weights_give_the_same_logits(arch, name, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = _randomise(getattr(torchvision.models, arch)(weights=None))
+    path = str(tmp_path / f'{arch}.pth')
+    torch.save(ref.state_dict(), path)
+    model = backbones.create(name, pretrained=path).eval()
+    assert model.pretrained_meta['origin'] == 'torchvision'
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        diff = (model(x) - ref(x)).abs().max().item()
+    assert diff <= 1e-4, (arch, name, diff)
+    if name.startswith('us_'):  # only width 1.0 has statistics; the others are uncalibrated
+        assert model.bn_configs == ((1.0, None),)
+        model.set_width(model.width_range[0])
+        with pytest.raises(ValueError, match='calibrate_bn'):
+            model(x)
+
+
+def test_dense_weights_into_another_architecture_are_refused(tmp_path):
+    import torchvision
+
+    path = str(tmp_path / 'x.pth')
+    torch.save(torchvision.models.resnext50_32x4d(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match="fit dynscale 'resnext50_32x4d', not 'resnext50_elastic'"):
+        backbones.create('resnext50_elastic', pretrained=path)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(UnsupportedCheckpointError, match='resnet34'):
+        backbones.create('rs_resnet18', pretrained=path)
+
+
+TIMM = [('seresnext50_32x4d', 'se_resnext50'), ('resnext101_32x4d', 'resnext101_32x4d'),
+        ('resnetv2_50', 'preact_resnet50'), ('resnetv2_101', 'preact_resnet101')]
+
+
+@pytest.mark.parametrize('arch,name', TIMM)
+def test_timm_weights_give_the_same_logits(arch, name, tmp_path):
+    timm = pytest.importorskip('timm', reason='timm (a dev dependency of dynscale) is not installed')
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = _randomise(timm.create_model(arch, pretrained=False))
+    path = str(tmp_path / f'{arch}.safetensors')
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    model = backbones.create(name, pretrained=path).eval()
+    assert model.pretrained_meta['origin'] == 'timm'
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        diff = (model(x) - ref(x)).abs().max().item()
+    assert diff <= 1e-4, (arch, name, diff)
+
+
+def test_timm_preact_resnet_starts_a_sact_model_with_new_halting_branches(tmp_path):
+    timm = pytest.importorskip('timm', reason='timm (a dev dependency of dynscale) is not installed')
+    ref = timm.create_model('resnetv2_50', pretrained=False)
+    path = str(tmp_path / 'rv2.pth')
+    torch.save(ref.state_dict(), path)
+    model = backbones.create('sact_resnet50', num_classes=0)
+    rep = load_pretrained(model, path)
+    assert rep.new and all('.halting.' in k for k, _ in rep.new)
+    assert torch.equal(model.stages[2].units[4].conv2.weight, ref.stages[2].blocks[4].conv2.weight)
+    bias = model.stages[0].halting[0].conv_local.bias
+    assert torch.allclose(bias, torch.full_like(bias, -3.0))
+
+
+def test_slimmable_checkpoint_defines_the_stored_configs(tmp_path):
+    """A dynscale checkpoint with statistics for (0.5, 224) and 1.0 gives the model exactly those configs."""
+    src = backbones.create('us_mobilenet_v1', width_list=[1.0, (0.5, 224)], num_classes=10)
+    path = str(tmp_path / 's.pth')
+    torch.save({'state_dict': src.state_dict(), 'meta': {'variant': 'us_mobilenet_v1'}}, path)
+    dst = backbones.create('us_mobilenet_v1', num_classes=10)  # default configs: 0.25 and 1.0
+    rep = load_pretrained(dst, path)
+    assert dst.bn_configs == ((0.5, 224), (1.0, None))
+    assert rep.uncalibrated == [(0.25, None)]
+
+
+def test_rsnet_private_bn_map(tmp_path):
+    src = backbones.create('rs_resnet18', num_classes=0)
+    for i, bn in enumerate(src.stem.bn1.bns):
+        bn.weight.data.fill_(float(i))
+    path = str(tmp_path / 'rs.pth')
+    meta = {'variant': 'rs_resnet18', 'resolutions': [224, 192, 160, 128, 96]}
+    torch.save({'state_dict': src.state_dict(), 'meta': meta}, path)
+    dst = backbones.create('rs_resnet18', num_classes=0, resolutions=(513, 321, 129))
+    with pytest.raises(CheckpointMismatchError, match='private_bn_map'):
+        load_pretrained(dst, path)
+    rep = load_pretrained(dst, path, private_bn_map=[224, 160, 96])
+    assert [bn.weight[0].item() for bn in dst.stem.bn1.bns] == [0.0, 2.0, 4.0]
+    assert rep.conversion['private_bn_map'] == [0, 2, 4]
+
+
+def test_convert_records_source_and_normalisation(tmp_path):
+    if not os.path.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    path, _ = write_official('parallel_resnet18', str(tmp_path / 'p18.pth.tar'))
+    sd, meta, release, transfer = convert(path)
+    assert meta['pixel_mean'] == [0.0, 0.0, 0.0] and meta['pixel_std'] == [255.0, 255.0, 255.0]
+    assert meta['eval_protocol'] == 'rsnet-multires' and meta['resolutions'] == [224, 192, 160, 128, 96]
+    assert transfer.summary()['dropped'] == 1 and meta['conversion_dropped'][0][0] == 'module.alpha'
