@@ -13,7 +13,6 @@ missing/unexpected report, metadata checks) live in one place.
 """
 import os
 import tempfile
-import warnings
 
 import torch
 
@@ -119,42 +118,28 @@ def strip_prefix(state_dict, model_keys):
 def load_backbone_state(model, checkpoint, strict=True, expect_family=None, logger=None):
     """Load a backbone checkpoint into ``model`` and report unmatched keys loudly.
 
+    A thin wrapper of :func:`backbones.pretrained.load_pretrained` (which also reads released files of the
+    authors and torchvision / timm state dicts) with a family check.
+
     Args:
         model (nn.Module): the backbone (not the detector).
         checkpoint (str | dict): path or loaded object.
-        strict (bool): raise on missing/unexpected/shape-mismatched backbone keys (``head.*`` keys of
-            the checkpoint are ignored when the model has no head).
+        strict (bool): raise on missing/unexpected/shape-mismatched keys (else warn and load what fits).
         expect_family (str | None): raise when the checkpoint's ``meta['family']`` differs.
 
     Returns:
-        dict: ``missing``, ``unexpected``, ``shape_mismatch`` (lists of keys) and ``meta``.
+        backbones.pretrained.LoadReport: ``missing``, ``unexpected``, ``shape_mismatch``, ``meta`` ... (also
+        readable as ``report['missing']``).
 
     Raises:
-        CheckpointMismatchError: with ``strict`` and any unmatched key, or a family mismatch; the
-            message lists the keys and names the likely fix.
+        CheckpointMismatchError: with ``strict`` and any unmatched key, or a family mismatch; the message lists
+            the keys and names the likely fix.
     """
-    sd, meta = read_checkpoint(checkpoint)
-    own = model.state_dict()
-    sd = strip_prefix(sd, own.keys())
-    if not any(k.startswith('head.') for k in own):
-        sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
-    fam = meta.get('family')
+    from .pretrained import load_pretrained, read_source
+
+    src = read_source(checkpoint)
+    fam = src.meta.get('family')
     if expect_family and fam and fam != expect_family:
-        raise CheckpointMismatchError(f'checkpoint is a {fam!r} backbone ({meta.get("variant")}), the model is '
+        raise CheckpointMismatchError(f'checkpoint is a {fam!r} backbone ({src.meta.get("variant")}), the model is '
                                       f'{expect_family!r}: pick the checkpoint exported for this variant')
-    shape_mismatch = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    load = {k: v for k, v in sd.items() if k in own and k not in shape_mismatch}
-    report = {'missing': missing, 'unexpected': unexpected, 'shape_mismatch': shape_mismatch, 'meta': meta}
-    if missing or unexpected or shape_mismatch:
-        msg = (f'backbone checkpoint does not match {type(model).__name__} '
-               f'({meta.get("variant", "unknown variant")}): {len(missing)} missing {missing[:8]}, '
-               f'{len(unexpected)} unexpected {unexpected[:8]}, {len(shape_mismatch)} shape-mismatched '
-               f'{shape_mismatch[:8]}. Check that the variant, widths and resolutions match the checkpoint '
-               f'meta {dict((k, meta.get(k)) for k in ("variant", "widths", "resolutions"))}.')
-        if strict:
-            raise CheckpointMismatchError(msg)
-        (logger.warning if logger else warnings.warn)(msg)
-    model.load_state_dict(load, strict=False)
-    return report
+    return load_pretrained(model, src, strict=strict, logger=logger)

@@ -1,7 +1,8 @@
 # CPU demo of the main job: DeepLabV3 ResNeXt50+Elastic on the VOC subset (160 train / 64 val), 300
 # iterations at batch 4 on 193x193 crops (images scaled to a 256-pixel long side, x0.5-1.5), validation on
-# the 64 val images at a 256-pixel long side (about 3 s per iteration on one CPU core, ~15 min); with an
-# ImageNet-pretrained backbone set model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...).
+# the 64 val images at a 256-pixel long side (about 3 s per iteration on one CPU core, ~15 min); to start
+# from converted ImageNet weights (MODEL_ZOO.md) add --cfg-options model.backbone.init_cfg.type=Pretrained
+# model.backbone.init_cfg.checkpoint=checkpoints/resnext50_elastic_elastic_in1k.pth
 _base_ = './deeplabv3_elastic-resnext50-d16-mg124_1xb8-1k_voc12subset-321x321.py'
 crop_size = (193, 193)
 train_pipeline = [

@@ -8,7 +8,7 @@ model = dict(
     backbone=dict(_delete_=True, type='RSNet', arch='rs_resnet50', resolutions=(321, 193, 97),
                   resolution_rule='nearest', out_indices=(0, 1, 2, 3), strides=(1, 2, 2, 1),
                   dilations=(1, 1, 1, 2), multi_grid=(1, 2, 4),
-                  norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=None),
+                  norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=dict()),
     train_cfg=dict(resolutions=(321, 193, 97)),
     test_cfg=dict(mode='whole', resolution=321, keep_ratio=True))
 crop_size = (321, 321)

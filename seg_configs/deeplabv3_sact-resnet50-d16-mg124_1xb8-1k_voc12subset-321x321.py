@@ -7,7 +7,7 @@ model = dict(
     tau=0.005,
     backbone=dict(_delete_=True, type='SACTResNet', arch='sact_resnet50', out_indices=(0, 1, 2, 3),
                   strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), multi_grid=(1, 2, 4),
-                  norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=None))
+                  norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=dict()))
 # writes <work_dir>/ponder_maps/*.npy|png at test time (tools/test_seg.py)
 custom_hooks = [dict(type='PonderMapSaveHook')]
 crop_size = (321, 321)

@@ -10,7 +10,7 @@ model = dict(
     student_gt_weight=0.0,
     backbone=dict(_delete_=True, type='SlimmableNet', arch='us_mobilenet_v2', width_range=(0.35, 1.0),
                   out_indices=(0, 1, 2, 3), output_stride=16, norm_cfg=dict(type='BN', requires_grad=True),
-                  norm_eval=False, init_cfg=None),
+                  norm_eval=False, init_cfg=dict()),
     decode_head=dict(in_channels=320, input_sliced=True),
     train_cfg=dict(resolutions=(321, 257, 193, 129), max_resolution=321),
     test_cfg=dict(mode='whole', width=1.0, resolution=None))

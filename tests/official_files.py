@@ -83,3 +83,36 @@ def write_official(name, path, zip_wrap=None, legacy=False, dtype=None):
     else:
         torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path, sd
+
+
+#: MutualNet zoo rows -> manifest
+_MUTUALNET = {'us_mobilenet_v1': 'mutualnet_mobilenet_v1', 'us_mobilenet_v2': 'mutualnet_mobilenet_v2',
+              'us_resnet50': 'mutualnet_resnet50'}
+
+
+def write_zoo_source(entry, folder):
+    """Write a synthetic file of ``entry``'s origin named ``entry.download_name`` into ``folder``; returns the path.
+
+    Official origins: the manifest's container (US-Nets zip-wrapped, as downloaded); torchvision: the architecture's
+    ``state_dict()`` (random init); timm: a ``.safetensors`` state dict of ``timm.create_model`` (random init).
+    """
+    path = os.path.join(folder, entry.download_name)
+    if entry.origin == 'allenai/elastic' or entry.origin == 'yikaiw/RS-Nets':
+        write_official(entry.release, path)
+    elif entry.origin == 'JiahuiYu/slimmable_networks':
+        write_official(entry.model, path, zip_wrap=entry.release + '.pt', legacy=True)
+    elif entry.origin == 'taoyang1122/MutualNet':
+        write_official(_MUTUALNET[entry.model], path)
+    elif entry.origin == 'torchvision':
+        import torchvision
+        torch.manual_seed(0)
+        torch.save(getattr(torchvision.models, entry.release.split()[0])(weights=None).state_dict(), path)
+    elif entry.origin == 'timm':
+        import timm
+        from safetensors.torch import save_file
+        torch.manual_seed(0)
+        sd = timm.create_model(entry.release.split('.')[0], pretrained=False).state_dict()
+        save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    else:
+        raise ValueError(f'no synthetic source for origin {entry.origin}')
+    return path

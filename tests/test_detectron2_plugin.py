@@ -575,7 +575,7 @@ def test_convert_backbone_checkpoint_loads_with_zero_unmatched_keys(config, tmp_
     from backbones.checkpoint import save_backbone_checkpoint
 
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import convert_to_d2
+    import convert_weights
 
     path = os.path.join(CONFIG_DIR, config)
     name = _cfg(path).MODEL.DYNSCALE.NAME
@@ -587,7 +587,7 @@ def test_convert_backbone_checkpoint_loads_with_zero_unmatched_keys(config, tmp_
     src = str(tmp_path / 'backbone.pth')
     save_backbone_checkpoint(net, src, epoch=1)
     out = str(tmp_path / 'd2.pkl')
-    assert convert_to_d2.main(['--config-file', path, src, out]) == 0
+    assert convert_weights.main([src, out, '--to', 'detectron2', '--config-file', path]) == 0
     cfg = _cfg(path)
     model = DynscaleTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(out)
@@ -600,10 +600,10 @@ def test_convert_backbone_checkpoint_loads_with_zero_unmatched_keys(config, tmp_
         for k, v in head.items():
             src_key = 'stages.3.' + k[6:] if k.startswith('stage.') else k
             torch.testing.assert_close(v, ref[src_key])
-    # a checkpoint of another family is refused
+    # a checkpoint of another model is refused (exit 1, the keys listed)
     other = str(tmp_path / 'other.pth')
     save_backbone_checkpoint(backbones.create('us_mobilenet_v2', num_classes=0), other)
-    assert convert_to_d2.main(['--config-file', path, other, str(tmp_path / 'x.pkl')]) == 1
+    assert convert_weights.main([other, str(tmp_path / 'x.pkl'), '--to', 'detectron2', '--config-file', path]) == 1
 
 
 def test_missing_backbone_keys_are_loud(tmp_path):
@@ -614,7 +614,7 @@ def test_missing_backbone_keys_are_loud(tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if 'stages.2' not in k}
     path = str(tmp_path / 'partial.pth')
     torch.save({'model': sd}, path)
-    with pytest.raises(ValueError, match='convert_to_d2'):
+    with pytest.raises(ValueError, match='convert_weights'):
         DynscaleCheckpointer(DynscaleTrainer.build_model(cfg), strict=True).load(path)
     DynscaleCheckpointer(DynscaleTrainer.build_model(cfg), strict=False).load(path)  # logs an error, goes on
 
@@ -668,3 +668,109 @@ def test_ddp_two_cpu_processes_with_unused_private_bns(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 'DDP_OK 2' in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------- pretrained weights
+D2_1X = sorted(glob.glob(os.path.join(CONFIG_DIR, '*_1x.yaml')))
+
+
+@pytest.fixture(scope='module')
+def zoo_source(tmp_path_factory):
+    """key -> a synthetic download of that model-zoo row (written once)."""
+    from official_files import MANIFEST_DIR, write_zoo_source
+
+    from backbones.pretrained import ZOO
+
+    if not os.path.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    folder = tmp_path_factory.mktemp('zoo_src')
+    done = {}
+
+    def get(key):
+        if key not in done:
+            done[key] = write_zoo_source(ZOO[key], str(folder))
+        return done[key]
+    return get
+
+
+def _zoo_key(weights):
+    from backbones.pretrained import entry_for_file
+
+    e = entry_for_file(weights)
+    assert e is not None, weights
+    return e.key
+
+
+@pytest.mark.parametrize('config', D2_1X, ids=os.path.basename)
+def test_1x_config_loads_converted_zoo_weights_with_zero_unmatched_keys(config, zoo_source, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import convert_weights
+
+    from plugins.detectron2 import DynscaleCheckpointer
+    from plugins.detectron2.checkpoint import check_weights_for_config
+
+    expected = get_dynscale_cfg(config).MODEL.WEIGHTS
+    src = zoo_source(_zoo_key(expected))
+    out = str(tmp_path / os.path.basename(expected))
+    assert convert_weights.main([src, out, '--to', 'detectron2', '--config-file', config]) == 0
+    cfg = get_dynscale_cfg(config, ['MODEL.WEIGHTS', out, 'MODEL.DEVICE', 'cpu'])
+    meta = check_weights_for_config(cfg, config)  # the config's PIXEL_MEAN/STD agree with the weights
+    assert meta['zoo'] == _zoo_key(expected)
+    model = DynscaleTrainer.build_model(cfg)
+    DynscaleCheckpointer(model, strict=True).load(out)  # strict: any unmatched backbone key raises
+
+
+def test_setup_checks_weights_file_and_pixel_normalisation(zoo_source, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import convert_weights
+
+    from plugins.detectron2.checkpoint import check_weights_for_config
+
+    config = os.path.join(CONFIG_DIR, 'faster_rcnn_rs_resnet50_FPN_1x.yaml')
+    with pytest.raises(FileNotFoundError, match='tools/convert_weights.py parallel_resnet50_model_best.pth.tar '
+                                                'checkpoints/d2/rs_resnet50_rsnet_in1k_fpn.pkl'):
+        check_weights_for_config(get_dynscale_cfg(config), config)
+    out = str(tmp_path / 'rs.pkl')
+    assert convert_weights.main([zoo_source('rs_resnet50.rsnet_in1k'), out, '--to', 'detectron2',
+                                 '--config-file', config]) == 0
+    # RS-Nets weights expect unnormalised input; ImageNet mean/std in the config is refused, with the fix named
+    cfg = get_dynscale_cfg(config, ['MODEL.WEIGHTS', out, 'MODEL.PIXEL_MEAN', '[123.675, 116.28, 103.53]',
+                                    'MODEL.PIXEL_STD', '[58.395, 57.12, 57.375]'])
+    with pytest.raises(ValueError, match='PIXEL_NORM_FROM_WEIGHTS'):
+        check_weights_for_config(cfg, config)
+    cfg.MODEL.DYNSCALE.PIXEL_NORM_FROM_WEIGHTS = True
+    check_weights_for_config(cfg, config)
+    assert list(cfg.MODEL.PIXEL_STD) == [255.0, 255.0, 255.0]
+    # an unconverted file is refused with the command that converts it
+    raw = str(tmp_path / 'backbone.pth')
+    from backbones.checkpoint import save_backbone_checkpoint
+    save_backbone_checkpoint(backbones.create('rs_resnet50', num_classes=0), raw)
+    with pytest.raises(ValueError, match='--to detectron2'):
+        check_weights_for_config(get_dynscale_cfg(config, ['MODEL.WEIGHTS', raw]), config)
+
+
+def test_quick_schedule_fine_tunes_from_converted_weights(zoo_source, tiny_dataset, tmp_path):
+    """A few CPU iterations of the Elastic quick schedule starting from the converted allenai/elastic file:
+    the frozen stem keeps the file's tensors, the unfrozen stages move."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import convert_weights
+
+    quick = os.path.join(CONFIG_DIR, 'quick_schedules', 'mask_rcnn_resnext50_elastic_FPN_quick.yaml')
+    out = str(tmp_path / 'r50e.pkl')
+    assert convert_weights.main([zoo_source('resnext50_elastic.elastic_in1k'), out, '--to', 'detectron2',
+                                 '--config-file', quick]) == 0
+    cfg = _cfg(quick, ['DATASETS.TRAIN', '("dynscale_tiny_train",)', 'DATASETS.TEST', '()',
+                       'MODEL.ROI_HEADS.NUM_CLASSES', '2', 'SOLVER.MAX_ITER', '3', 'SOLVER.WARMUP_ITERS', '1',
+                       'MODEL.BACKBONE.FREEZE_AT', '2', 'DATALOADER.NUM_WORKERS', '0', 'OUTPUT_DIR', str(tmp_path)])
+    cfg.MODEL.WEIGHTS = out
+    trainer = DynscaleTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    import pickle
+    with open(out, 'rb') as f:
+        file = pickle.load(f)['model']
+    net = find_dynscale_backbone(trainer.model).net
+    stem = torch.as_tensor(file['backbone.bottom_up.net.stem.conv.weight'])
+    assert torch.equal(net.stem.conv.weight.detach(), stem)
+    s3 = torch.as_tensor(file['backbone.bottom_up.net.stages.2.1.conv1.weight'])
+    assert not torch.equal(net.stages[2][1].conv1.weight.detach(), s3)

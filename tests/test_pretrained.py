@@ -232,15 +232,22 @@ def test_unknown_origin_lists_the_known_ones():
 
 # ------------------------------------------------------------------------------------- torchvision / timm
 def _randomise(model, seed=0):
+    """Random BN affine, then running statistics measured on a random batch (momentum 1) and perturbed: a
+    well-conditioned eval-mode network (independent random statistics make deep residual nets explode)."""
     g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+        for m in bns:
+            if m.weight is not None:
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.momentum = 1.0
+        model.train()
+        model(torch.randn(4, 3, 128, 128, generator=g))
+        for m in bns:
+            m.momentum = 0.1
+            m.running_mean.add_(0.05 * torch.randn(m.running_mean.shape, generator=g) * m.running_var.sqrt())
+            m.running_var.mul_(torch.rand(m.running_var.shape, generator=g) * 0.4 + 0.8)
     return model.eval()
 
 

@@ -14,6 +14,14 @@ On a CPU shared with other jobs, set ``OMP_NUM_THREADS=1`` (``torchrun`` does so
 spinning OpenMP threads made a MobileNet step about 10x slower in our measurements.
 
 ``--recipe NAME`` loads a paper's settings (``--list-recipes``); any flag given explicitly overrides it.
+
+Released weights (MODEL_ZOO.md)::
+
+    # the paper's ImageNet number: each origin's own test protocol per width x resolution
+    python tools/pretrain.py --evaluate --pretrained us_mobilenet_v2_calibrated.pt.zip --data-path /data/imagenet
+    # transfer learning (MutualNet Sec. 4.2): new classifier, the method's own rule over widths and resolutions
+    python tools/pretrain.py --pretrained checkpoints/us_mobilenet_v2_mutualnet_in1k.pth --data-path DATASET \
+        --num-classes K --epochs 30 --output-dir runs/transfer
 The run directory receives ``args.json`` (resolved arguments), ``log.txt``, ``train_log.csv``,
 ``summary.csv``, ``tb/`` (TensorBoard), ``last.pth``/``best.pth`` (full training state, for
 ``--resume``), ``eval.txt``/``eval.json`` (top-1/top-5 and MACs per width x resolution) and the
@@ -52,7 +60,7 @@ def get_parser():
     g.add_argument('--log-interval', type=int, default=20, help='log every N micro-batches')
     g.add_argument('--eval-interval', type=int, default=1, help='validate every N epochs (and after the last)')
     g.add_argument('--evaluate', action='store_true',
-                   help='only evaluate (the --resume checkpoint or --init-checkpoint weights) and export')
+                   help='only evaluate (the --resume checkpoint, --pretrained or --init-checkpoint weights) and export')
     g.add_argument('--no-final-eval', dest='final_eval', action='store_false',
                    help='skip the full width x resolution evaluation after training')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
@@ -94,6 +102,12 @@ def get_parser():
                    help='JSON dict of extra factory arguments, e.g. \'{"resolutions": [224, 160]}\'')
     g.add_argument('--num-classes', type=int, default=None, help='default: number of class folders')
     g.add_argument('--init-checkpoint', default=None, help='initial weights (non-strict load, key report)')
+    g.add_argument('--pretrained', default=None,
+                   help='weights to start from or evaluate, loaded strictly: a dynscale checkpoint, a released file of '
+                   'allenai/elastic, slimmable_networks, MutualNet, RS-Nets, or a torchvision/timm state dict '
+                   '(MODEL_ZOO.md). Sets --model, --method and the origin\'s evaluation protocol unless given; '
+                   'with another number of classes the classifier is re-initialised (transfer learning)')
+    g.add_argument('--pretrained-source', default=None, help='origin of --pretrained when detection should be bypassed')
     g.add_argument('--method', default='standard', choices=['standard', 'usnet', 'mutualnet', 'rsnet', 'sact'])
     g.add_argument('--widths', type=float, nargs=2, default=None, metavar=('MIN', 'MAX'),
                    help='width-multiplier range of the sandwich rule (default: the model width range)')
@@ -110,6 +124,9 @@ def get_parser():
                    help='multi-resolution evaluation of slimmable models: resize the val crop (MutualNet) or '
                    'Resize+CenterCrop per resolution')
     g.add_argument('--calib-batches', type=int, default=5, help='training batches for post-statistics BN')
+    g.add_argument('--bn-calibration', default='always', choices=['always', 'auto', 'never'],
+                   help='slimmable final evaluation: recalibrate BN at every point (always), only at points without '
+                   'stored statistics (auto: US-Nets releases), or use stored statistics only (never)')
     g.add_argument('--macs-budgets', type=float, nargs='+', default=None,
                    help='MMACs budgets of the MutualNet query table (default: every evaluated point)')
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (plain BN models)')
@@ -180,8 +197,12 @@ def parse_args(argv=None, world_size=None):
 
     if args.data_path is None:
         raise ValueError('--data-path is required (ImageFolder root with train/ and val/)')
+    if args.pretrained:
+        from pretrain_lib.pretrained import apply_pretrained_defaults
+        apply_pretrained_defaults(args, log=lambda m: print(f'pretrain.py: {m}', flush=True))
     if args.model is None:
-        raise ValueError('--model is required (or a --recipe that names one); see backbones.list_models()')
+        raise ValueError('--model is required (or a --recipe that names one, or --pretrained); see '
+                         'backbones.list_models()')
     for name in ('epochs', 'accum_steps', 'num_subnets', 'log_interval', 'eval_interval', 'model_ema_steps',
                  'calib_batches'):
         if getattr(args, name) < 1:
@@ -255,8 +276,9 @@ def main(argv=None):
         trainer = engine.Trainer(args, info)
         if resume:
             trainer.resume(resume)
-        elif args.evaluate and not args.init_checkpoint:
-            engine.LOG.warning('--evaluate without --resume or --init-checkpoint evaluates untrained weights')
+        elif args.evaluate and not (args.init_checkpoint or args.pretrained):
+            engine.LOG.warning('--evaluate without --resume, --pretrained or --init-checkpoint evaluates untrained '
+                               'weights')
         rows = None
         if not args.evaluate:
             trainer.fit()

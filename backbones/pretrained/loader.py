@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _registry
-from ..checkpoint import FORMAT, CheckpointMismatchError, backbone_meta, strip_prefix
+from ..checkpoint import _PREFIXES, FORMAT, CheckpointMismatchError, backbone_meta, strip_prefix
 from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
 from .files import SourceFile, read_source
 from .mapping import Transfer
@@ -177,7 +177,15 @@ def identify(src, source=None, width_list=None, resolutions=None):
 
 
 def _strip_all(sd):
-    return [k[len('module.'):] if k.startswith('module.') else k for k in sd]
+    """Keys without a known wrapper prefix (``module.``, ``backbone.``, ``model.`` ... of checkpoint._PREFIXES)."""
+    out = []
+    for k in sd:
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        out.append(k)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -364,7 +372,11 @@ def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_ma
         sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
     elif has_head and file_head:
         bad = [k for k in file_head if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-        if bad:
+        if bad and not strict:
+            for k in file_head:
+                report.dropped.append((k, 'classifier of another number of classes (strict=False)'))
+            sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
+        elif bad:
             raise CheckpointMismatchError(
                 f'the checkpoint classifier {bad[0]} {tuple(sd[bad[0]].shape)} does not fit the model\'s '
                 f'{tuple(own[bad[0]].shape)}: build with num_classes={sd[bad[0]].shape[0]} (the checkpoint\'s), '
@@ -459,7 +471,7 @@ def load_pretrained(model, checkpoint, source=None, strict=True, drop_head=False
         tkw['resolutions'] = tuple(model.resolutions)
     sd, meta, release, transfer = convert(src, name, source, tkw, width_list, resolutions)
     report = LoadReport(origin=release.origin, release=release.name, meta=meta, conversion=transfer.summary(),
-                        dropped=list(transfer.dropped))
+                        dropped=list(transfer.dropped), new=list(transfer.new))
     return load_state(model, sd, meta, strict, drop_head, private_bn_map, release.origin, report, logger)
 
 

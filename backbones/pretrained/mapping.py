@@ -226,6 +226,16 @@ class Transfer:
                 RS-Net index -> index).  Default: identity for ``private_bn``.
         """
         self.pairs.append((src.prefix, tgt.prefix))
+        if src.kind == 'conv' and tgt.kind == 'linear' and src.shape('weight')[2:] == (1, 1):
+            # a 1x1-conv classifier (timm ResNetV2, DLA) is the same map as a Linear on pooled features
+            for name, tkey in tgt.tensors.items():
+                skey = src.tensors.get(name)
+                if skey is None:
+                    self.errors.append(f'{self.origin} {src.prefix}.{name} missing for {tkey}')
+                    continue
+                v = self.source[skey]
+                self.put(tkey, v.flatten(1) if v.dim() == 4 else v, [skey], 'reshape')
+            return
         ok_kinds = {'conv': ('conv',), 'linear': ('linear',), 'bn': ('bn', 'slim_bn', 'private_bn')}
         if tgt.kind not in ok_kinds.get(src.kind, ()):
             self.errors.append(f'layer kinds differ: {self.origin} {src.describe()} -> {tgt.describe()}')

@@ -117,16 +117,50 @@ def identify(src, origin=None):
                          ('resnet50', 'vgg16_bn', 'mobilenet_v2') else None})
 
 
+def _natural(prefix):
+    """Sort key giving the registration order of torchvision's VGG / MobileNet v2 (``features`` before
+    ``classifier``, ``features.2.conv.10`` after ``features.2.conv.9``), whatever order the file stores the tensors
+    in (safetensors files are sorted by name)."""
+    parts = prefix.split('.')
+    return [0 if parts[0] == 'features' else 1] + [(int(p), '') if p.isdigit() else (-1, p) for p in parts]
+
+
+def _resnet_target(prefix, stem_conv, stem_bn):
+    """dynscale layer prefix of a torchvision / timm ResNe(X)t layer (the block names are shared)."""
+    fixed = {'conv1': stem_conv, 'bn1': stem_bn, 'fc': 'head.2'}
+    if prefix in fixed:
+        return fixed[prefix]
+    m = re.match(r'^layer(\d+)\.(\d+)\.(.+)$', prefix)
+    return f'stages.{int(m.group(1)) - 1}.{m.group(2)}.{m.group(3)}' if m else None
+
+
 def convert(src, template, transfer, model_name):
-    """Pair layers by order (torchvision / timm registration order equals dynscale's for these models)."""
+    """ResNe(X)t by name (block names are the same in torchvision, timm and dynscale); VGG-16-BN and MobileNet v2
+    (``features.N`` / ``classifier.N``) by the numeric order of their layer names.  Slimmable targets receive the
+    statistics as those of width 1.0."""
     from .mapping import model_layers, parse_layers
 
     layers, loose = parse_layers(src.state_dict, strip_module(src.state_dict))
     targets = model_layers(template)
-    if len(layers) != len(targets):
-        transfer.errors.append(f'{len(layers)} layers in the file, {len(targets)} in {model_name}')
     w1 = [config_key(1.0)]
-    for s, t in zip(layers, targets):
+    if any(s.prefix.startswith('layer1.') for s in layers):
+        by_prefix = {t.prefix: t for t in targets}
+        stem_conv = next(t.prefix for t in targets if t.kind == 'conv')
+        stem_bn = next(t.prefix for t in targets if t.kind in ('bn', 'slim_bn', 'private_bn'))
+        pairs = []
+        for s in layers:
+            tp = _resnet_target(s.prefix, stem_conv, stem_bn)
+            if tp not in by_prefix:
+                transfer.errors.append(f'{src.path or "file"} layer {s.describe()} has no place in {model_name} '
+                                       f'(expected {tp})')
+                continue
+            pairs.append((s, by_prefix[tp]))
+    else:
+        layers = sorted(layers, key=lambda s: _natural(s.prefix))
+        if len(layers) != len(targets):
+            transfer.errors.append(f'{len(layers)} layers in the file, {len(targets)} in {model_name}')
+        pairs = list(zip(layers, targets))
+    for s, t in pairs:
         transfer.layer(s, t, stats_to=w1 if t.kind == 'slim_bn' else None)
     for k in loose:
         transfer.errors.append(f'{k} is not a layer tensor')

@@ -10,7 +10,7 @@ Entry points use :func:`setup` (or :func:`get_dynscale_cfg`), which adds the ``M
 (:func:`add_dynscale_config`) before merging a yaml, and :class:`DynscaleTrainer` (ponder cost, sandwich
 rule, RS-Net scale buckets, DDP with dynamic graphs, evaluation at (width, scale) points with BN
 calibration). Configs: ``det_configs/detectron2/``; CLI: ``tools/train_det.py``; weight conversion:
-``tools/convert_to_d2.py``.
+``tools/convert_weights.py --to detectron2`` (:mod:`.checkpoint`).
 
 Raises:
     ImportError: detectron2 is not importable; the message says how to install it.

@@ -203,6 +203,8 @@ class DynscaleBackbone(Backbone):
         out_indices = tuple(_FEATURE_INDEX[f] for f in self._out_features)
         if norm == 'GN':
             factory_kwargs['norm_layer'] = lambda c: get_norm('GN', c)
+        # what a whole (unpruned, unconverted) network of this backbone is built with (weight conversion)
+        self.factory_kwargs = dict(factory_kwargs, output_stride=output_stride)
         net = backbones.create(
             name,
             num_classes=0,

@@ -103,6 +103,9 @@ def add_dynscale_config(cfg):
     # Missing or shape-mismatched backbone keys when loading MODEL.WEIGHTS raise ValueError (False: log an
     # error and go on). FPN/head keys may be missing (ImageNet backbone checkpoints).
     D.STRICT_BACKBONE_LOAD = True
+    # MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT must match the input normalisation recorded in a converted
+    # MODEL.WEIGHTS file (setup() raises otherwise); True takes them from the file instead.
+    D.PIXEL_NORM_FROM_WEIGHTS = False
     return cfg
 
 
@@ -189,12 +192,21 @@ def setup(args):
 
     Returns:
         CfgNode: frozen config.
+
+    Raises:
+        FileNotFoundError: ``MODEL.WEIGHTS`` is a missing file (the message has the convert command).
+        ValueError: bad ``MODEL.DYNSCALE`` values, an unconverted weights file, or ``MODEL.PIXEL_MEAN``/``STD``
+            that disagree with the weights' input normalisation.
     """
     from detectron2.engine import default_setup
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
 
+    from .checkpoint import check_weights_for_config
+
     cfg = get_dynscale_cfg(args.config_file, args.opts)
+    # a missing / unconverted MODEL.WEIGHTS or a pixel normalisation the weights were not trained with fails here
+    check_weights_for_config(cfg, args.config_file)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup configures the 'detectron2' and 'fvcore' loggers only; the plugin's own messages

@@ -323,6 +323,12 @@ class DynscaleCheckpointer(DetectionCheckpointer):
         return tuple(pre)
 
     def _load_model(self, checkpoint):
+        from .checkpoint import sync_slimmable_configs
+
+        removed = sync_slimmable_configs(_unwrap(self.model), checkpoint.get('model', {}))
+        if removed:
+            logging.getLogger(__name__).info(f'slimmable BN configs without statistics in the checkpoint '
+                                             f'(uncalibrated, calibrated before evaluation): {removed}')
         incompatible = super()._load_model(checkpoint)
         prefixes = self._backbone_prefixes()
         if incompatible is None or not prefixes:
@@ -334,7 +340,8 @@ class DynscaleCheckpointer(DetectionCheckpointer):
                 f'backbone weights do not match the model: {len(missing)} missing {missing[:10]}, '
                 f'{len(mismatch)} shape-mismatched {mismatch[:10]}. Convert dynscale backbone checkpoints '
                 'with '
-                f'`python tools/convert_to_d2.py --config-file <this config> <backbone.pth> <out.pkl>` and '
+                f'`python tools/convert_weights.py <weights> <out.pkl> --to detectron2 --config-file <this config>` '
+                f'and '
                 f'check that MODEL.DYNSCALE.NAME / WIDTH_RANGE / RESOLUTIONS match the checkpoint.'
             )
             if self.strict:

@@ -31,6 +31,7 @@ The arguments follow MMSeg/MMDet's ``ResNet`` (``out_indices``, ``frozen_stages`
 ``frameworks_and_users.md`` Sec. 2.2.
 """
 import contextlib
+import os
 import warnings
 
 from mmengine.logging import MMLogger, print_log
@@ -39,7 +40,8 @@ from torch import nn
 
 import backbones as dyn
 from backbones.base import output_stride_dilations
-from backbones.checkpoint import CheckpointMismatchError, load_backbone_state, read_checkpoint
+from backbones.checkpoint import CheckpointMismatchError, read_checkpoint
+from backbones.pretrained import InputNormalization, load_pretrained, missing_file_message, read_source
 
 __all__ = ['DynscaleBackbone', 'ElasticResNeXt', 'SlimmableNet', 'SACTResNet', 'RSNet', 'norm_layer_from_cfg',
            'register_mm_module', 'strides_dilations_to_output_stride', 'unwrap_backbone',
@@ -154,7 +156,7 @@ class DynscaleBackbone(BaseModule):
     """MMEngine ``BaseModule`` wrapping one :mod:`backbones` model for MMSeg/MMDet.
 
     The wrapped network lives in ``self.model`` (state-dict prefix ``backbone.model.`` inside a
-    segmentor/detector; :func:`backbones.checkpoint.load_backbone_state` strips it).  It is built with
+    segmentor/detector; :func:`backbones.load_pretrained` strips it).  It is built with
     ``num_classes=0`` (no classifier, so DDP sees no unused head parameters).
 
     Args:
@@ -179,10 +181,13 @@ class DynscaleBackbone(BaseModule):
             if not one of ``resolutions``).
         pretrained (str | None): deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``
             (``EncoderDecoder(pretrained=...)`` sets it).
-        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=<path|url|torchvision://...>,
-            prefix='backbone.', strict=True)``; loaded by :meth:`init_weights` through
-            :func:`backbones.checkpoint.load_backbone_state`, which raises (``strict=True``) or warns
-            listing every missing/unexpected/shape-mismatched key.
+        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=<path|url>, prefix='backbone.',
+            strict=True, source=None, private_bn_map=None)``; loaded by :meth:`init_weights` through
+            :func:`backbones.load_pretrained`: a dynscale checkpoint, an official release (allenai/elastic,
+            slimmable_networks, MutualNet, RS-Nets) or a torchvision / timm state dict, strict both ways (the
+            error lists every unmatched key).  A missing local file prints the convert command of its
+            MODEL_ZOO.md row.  The weights' input normalisation is kept in :attr:`input_normalization` and
+            checked against the ``data_preprocessor`` by :class:`plugins.mm.hooks.InputNormalizationHook`.
         **arch_kwargs: family options passed to the factory (``resolutions``, ``resolution_rule``,
             ``width_list``, ``tau``, ...).
 
@@ -323,6 +328,13 @@ class DynscaleBackbone(BaseModule):
         """SACT/ACT: per-stage ponder-cost maps of the last forward (``[N, h, w]`` or ``[N]``)."""
         return self._require('ponder_costs', 'ponder cost', 'sact')
 
+    @property
+    def input_normalization(self):
+        """The input normalisation the loaded weights expect (:class:`backbones.pretrained.InputNormalization`),
+        or None when no pretrained weights were loaded."""
+        meta = getattr(self.model, 'pretrained_meta', None)
+        return None if meta is None else InputNormalization.from_meta(meta)
+
     # ------------------------------------------------------------------------------ forward
     def forward(self, x):
         """``[N, 3, H, W]`` normalised images -> tuple of stage features (see class docstring)."""
@@ -356,35 +368,40 @@ class DynscaleBackbone(BaseModule):
 
     def _load_pretrained(self, cfg):
         from mmengine.runner.checkpoint import CheckpointLoader
-        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'strict', 'map_location'}
+        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'strict', 'map_location', 'source', 'private_bn_map'}
         if unknown:
-            raise ValueError(f'Pretrained init_cfg accepts checkpoint, prefix, strict, map_location; '
-                             f'got {sorted(unknown)}')
+            raise ValueError(f'Pretrained init_cfg accepts checkpoint, prefix, strict, map_location, source, '
+                             f'private_bn_map; got {sorted(unknown)}')
         ckpt = cfg.get('checkpoint')
         if not ckpt:
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or url>")
+        if '://' not in str(ckpt) and not os.path.exists(ckpt):
+            raise FileNotFoundError(missing_file_message(str(ckpt)) + '\n(or set init_cfg=None to train from '
+                                                                      'the paper initialisation)')
         strict = cfg.get('strict', True)
         logger = MMLogger.get_current_instance()
-        obj = CheckpointLoader.load_checkpoint(ckpt, map_location=cfg.get('map_location', 'cpu'),
-                                               logger=logger)
-        sd, meta = read_checkpoint(obj)
+        if '://' in str(ckpt):
+            obj = CheckpointLoader.load_checkpoint(ckpt, map_location=cfg.get('map_location', 'cpu'), logger=logger)
+        else:
+            obj = read_source(ckpt)  # any origin: dynscale, official releases, torchvision / timm
         prefix = cfg.get('prefix')
         if prefix:
+            sd, meta = read_checkpoint(obj if isinstance(obj, dict) else {'state_dict': obj.state_dict,
+                                                                          'meta': obj.meta})
             sel = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
             if not sel:
                 raise CheckpointMismatchError(
                     f'no key of {ckpt} starts with prefix {prefix!r} (first keys: {list(sd)[:8]}); fix '
                     f'init_cfg.prefix (e.g. "backbone." for a segmentor/detector checkpoint, none for a '
                     f'dynscale backbone checkpoint)')
-            sd = sel
-        report = load_backbone_state(self.model, {'state_dict': sd, 'meta': meta}, strict=strict,
-                                     expect_family=self.model.family, logger=logger)
-        n_loaded = len(self.model.state_dict()) - len(report['missing'])
-        print_log(f'{type(self).__name__}({self.arch}): loaded {n_loaded} tensors from {ckpt}'
-                  + (f' (prefix {prefix!r})' if prefix else '')
-                  + (f'; {len(report["missing"])} missing, {len(report["unexpected"])} unexpected, '
-                     f'{len(report["shape_mismatch"])} shape-mismatched' if not strict else ''),
-                  logger='current')
+            obj = {'state_dict': sel, 'meta': meta}
+        report = load_pretrained(self.model, obj, source=cfg.get('source'), strict=strict,
+                                 private_bn_map=cfg.get('private_bn_map'), logger=logger)
+        fam = (report.meta or {}).get('family')
+        if fam and fam != self.model.family:
+            raise CheckpointMismatchError(f'{ckpt} is a {fam!r} backbone ({report.meta.get("variant")}), the model is '
+                                          f'{self.model.family!r}: pick the checkpoint exported for this variant')
+        print_log(f'{type(self).__name__}({self.arch}): {ckpt}: {report.summary()}', logger='current')
         self.pretrained_report = report
 
     def extra_repr(self):

@@ -1,4 +1,5 @@
-"""MMEngine hooks for dynscale models: slimmable BN calibration before evaluation, SACT ponder-map saving."""
+"""MMEngine hooks for dynscale models: slimmable BN calibration before evaluation, SACT ponder-map saving,
+the check that the data preprocessor normalises inputs as the pretrained weights expect."""
 import os
 import os.path as osp
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from .backbones import register_mm_module
 
-__all__ = ['SlimmableBNCalibrationHook', 'PonderMapSaveHook', 'calibrate_head_bn']
+__all__ = ['SlimmableBNCalibrationHook', 'PonderMapSaveHook', 'InputNormalizationHook', 'calibrate_head_bn']
 
 
 def _unwrap(model):
@@ -180,3 +181,84 @@ class PonderMapSaveHook(Hook):
             runner.message_hub.update_scalar('test/ponder_cost', mean)
             print_log(f'mean ponder cost {mean:.3f} over {self._count} images; {self._saved} maps saved to '
                       f'{self._dir}', logger='current')
+
+
+def _preprocessor_normalization(pre):
+    """``(mean, std, channel_order)`` a MMEngine data preprocessor feeds the model (None if it does not
+    normalise)."""
+    if not getattr(pre, '_enable_normalize', False):
+        return None
+    conv = getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False))
+    mean = [float(v) for v in pre.mean.flatten()]
+    std = [float(v) for v in pre.std.flatten()]
+    return mean, std, 'RGB' if conv else 'BGR'
+
+
+@register_mm_module(registry='HOOKS')
+class InputNormalizationHook(Hook):
+    """Make the ``data_preprocessor`` normalise inputs the way the loaded backbone weights expect.
+
+    After the weights are initialised (``before_train``), and before evaluation, every dynscale backbone that
+    loaded pretrained weights (:attr:`plugins.mm.backbones.DynscaleBackbone.input_normalization`: pixel
+    mean/std and channel order from the checkpoint metadata; RS-Nets' released files, for instance, expect
+    unnormalised [0, 1] RGB, i.e. mean 0 / std 255) is compared with the model's ``data_preprocessor``
+    (``mean``, ``std``, ``bgr_to_rgb``).
+
+    Args:
+        mode (str): ``'check'`` raises on a disagreement; ``'from_checkpoint'`` sets the preprocessor's mean,
+            std and channel conversion from the weights (the config opts into the checkpoint's values).
+
+    Raises:
+        ValueError: (``'check'``) the preprocessor disagrees with the weights; the message gives both and the
+            ``data_preprocessor`` lines to use.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, mode='check'):
+        if mode not in ('check', 'from_checkpoint'):
+            raise ValueError(f"InputNormalizationHook mode must be 'check' or 'from_checkpoint', got {mode!r}")
+        self.mode = mode
+
+    def apply(self, runner):
+        """Check (or set) the preprocessor against every dynscale backbone with loaded weights."""
+        from .backbones import DynscaleBackbone
+
+        model = _unwrap(runner.model)
+        pre = getattr(model, 'data_preprocessor', None)
+        for m in model.modules():
+            if not isinstance(m, DynscaleBackbone) or m.input_normalization is None or pre is None:
+                continue
+            norm = m.input_normalization
+            have = _preprocessor_normalization(pre)
+            if self.mode == 'from_checkpoint':
+                for name, val in (('mean', norm.mean), ('std', norm.std)):
+                    old = pre._buffers.get(name)
+                    t = torch.tensor(val, dtype=torch.float32).view(-1, 1, 1)
+                    if old is not None:
+                        pre._buffers[name] = t.to(old.device)
+                    else:
+                        pre.register_buffer(name, t, False)
+                pre._enable_normalize = True
+                flag = norm.channel_order == 'RGB'
+                for attr in ('_channel_conversion', 'channel_conversion'):
+                    if hasattr(pre, attr):
+                        setattr(pre, attr, flag)
+                print_log(f'data_preprocessor normalisation set from the {m.arch} weights: {norm}', logger='current')
+                continue
+            if have is None or not norm.matches(*have):
+                got = 'no normalisation' if have is None else f'{have[2]} mean {have[0]} std {have[1]}'
+                raise ValueError(
+                    f'the {m.arch} weights expect inputs {norm}, but the data_preprocessor gives {got}. Set '
+                    f'data_preprocessor=dict(mean={list(norm.mean)}, std={list(norm.std)}, '
+                    f'bgr_to_rgb={norm.channel_order == "RGB"}) or '
+                    f"default_hooks.input_normalization=dict(type='InputNormalizationHook', mode='from_checkpoint')")
+
+    def before_train(self, runner):
+        self.apply(runner)
+
+    def before_val(self, runner):
+        self.apply(runner)
+
+    def before_test(self, runner):
+        self.apply(runner)

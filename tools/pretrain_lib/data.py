@@ -197,6 +197,13 @@ class RobustImageFolder(Dataset):
     def __len__(self):
         return len(self.samples)
 
+    def remap_targets(self, index_map):
+        """Replace every target ``t`` by ``index_map[t]`` (e.g. Imagenette folder order -> ImageNet-1k indices);
+        returns self."""
+        self.samples = [(p, index_map[t]) for p, t in self.samples]
+        self.targets = [t for _, t in self.samples]
+        return self
+
     def select(self, indices):
         """Keep only the samples at ``indices`` (None keeps all); returns self."""
         if indices is not None:

@@ -243,7 +243,17 @@ def build_model(args, num_classes):
         kw.setdefault('width_range', tuple(args.widths))
     if family == 'rsnet' and args.resolutions:
         kw.setdefault('resolutions', tuple(sorted(args.resolutions, reverse=True)))
-    model = backbones.create(args.model, num_classes=num_classes, **kw)
+    if args.pretrained:
+        from .pretrained import pretrained_info
+        _, file_classes, _, _ = pretrained_info(args.pretrained, args.pretrained_source)
+        drop = bool(file_classes) and file_classes != num_classes
+        model = backbones.create(args.model, pretrained=args.pretrained, source=args.pretrained_source,
+                                 num_classes=num_classes, drop_head=drop, **kw)
+        LOG.info(f'loaded --pretrained {args.pretrained} ({model.pretrained_meta.get("origin", "dynscale")}): '
+                 + ('new classifier for %d classes (the file has %d)' % (num_classes, file_classes) if drop else
+                    f'classifier of {num_classes} classes kept') + f'; inputs {model.pixel_mean} / {model.pixel_std}')
+    else:
+        model = backbones.create(args.model, num_classes=num_classes, **kw)
     model.build_kwargs = kw  # recorded in the exported checkpoint's metadata (rebuild the same variant)
     if args.init_checkpoint:
         rep = load_backbone_state(model, args.init_checkpoint, strict=False, logger=LOG)
@@ -279,6 +289,16 @@ class Trainer:
         self.train_set = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
         self.classes = self.train_set.classes
         num_classes = a.num_classes or len(self.classes)
+        index_map = None
+        if a.pretrained and not a.num_classes:
+            from .pretrained import imagenet_index_map, pretrained_info
+            file_classes = pretrained_info(a.pretrained, a.pretrained_source)[1]
+            index_map = imagenet_index_map(a.data_path, self.classes) if file_classes == 1000 else None
+            if index_map is not None:  # an ImageNet subset (Imagenette): keep the 1000-class classifier
+                num_classes = 1000
+                self.train_set.remap_targets(index_map)
+                LOG.info(f'{len(self.classes)} class folders mapped to their ImageNet-1k indices (classes.txt); the '
+                         f'1000-class classifier of --pretrained is kept')
         self.model = build_model(a, num_classes)
         self.method = pm.build_method(a, self.model)
         mean, std = getattr(self.model, 'pixel_mean'), getattr(self.model, 'pixel_std')
@@ -292,6 +312,8 @@ class Trainer:
             val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images, a.seed)
         if self.val_set.classes != self.classes:
             raise ValueError(f'{val_root} and {train_root} hold different class folders')
+        if index_map is not None:
+            self.val_set.remap_targets(index_map)
         self.val_set.select(pdata.subset_indices(len(self.val_set), a.max_val_samples, a.seed))
         self.sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True, seed=a.seed)
         kw = dict(num_workers=a.workers, pin_memory=a.pin_mem and info.device.type == 'cuda',
@@ -583,7 +605,7 @@ class Trainer:
         """Full evaluation table (+ MutualNet budget query, SACT MACs statistics); returns the rows."""
         a = self.args
         slim = isinstance(self.method, pm.SlimmableMethod)
-        LOG.info('final evaluation' + (' (BN calibration per point)' if slim else ''))
+        LOG.info('final evaluation' + (f' (BN statistics: {a.bn_calibration})' if slim else ''))
         model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
         rows = pm.final_evaluation(self.method, model, self.val_loader, self.calib_loader, self.info, self.autocast, a,
                                    LOG.info)

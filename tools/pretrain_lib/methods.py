@@ -465,7 +465,9 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
 
     Slimmable: per point, ``calibrate_bn`` on ``args.calib_batches`` training batches (post-statistics BN,
     Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's ``ComputePostBN``),
-    buffers broadcast from rank 0, then one val pass. Others: one val pass for all points.
+    buffers broadcast from rank 0, then one val pass; ``args.bn_calibration`` ``'auto'`` / ``'never'`` uses the
+    statistics stored for the point instead (US-Nets' released per-width statistics). Others: one val pass for
+    all points.
 
     Returns:
         list[dict]: rows with ``width``, ``resolution``, ``macs``, ``top1``, ``top5`` (+ SACT statistics).
@@ -476,14 +478,22 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
     rows = []
     if is_slim:
         m = _copy_model(model)
+        policy = getattr(args, 'bn_calibration', 'always')
         for (w, r) in points:
-            batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
-            method.slim.calibrate_bn(m, batches, width=w, resolution=r, num_batches=args.calib_batches)
-            pdist.broadcast_buffers(m, info)
-            row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
-            row['calibrated'] = True
+            stored = (w, None) in m.bn_configs and r in (None, args.val_crop_size)
+            if policy == 'never' or (policy == 'auto' and stored):
+                # the statistics stored with the weights (US-Nets' released per-width post-statistics)
+                row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last)[0]
+                row['calibrated'] = False
+            else:
+                batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
+                method.slim.calibrate_bn(m, batches, width=w, resolution=r, num_batches=args.calib_batches)
+                pdist.broadcast_buffers(m, info)
+                row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
+                row['calibrated'] = True
             rows.append(row)
-            log(f'  evaluated width {w} @ {r or args.val_crop_size}px: top-1 {row["top1"]:.2f}')
+            kind = 'calibrated' if row['calibrated'] else 'stored'
+            log(f'  evaluated width {w} @ {r or args.val_crop_size}px ({kind} BN statistics): top-1 {row["top1"]:.2f}')
     else:
         rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact)
     for row in rows:

@@ -4,3 +4,5 @@
 # "X is not in the mmdet::model registry".
 _base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['plugins.mm'], allow_failed_imports=False)
+# the data_preprocessor's pixel mean/std must match the pretrained backbone weights (plugins.mm.hooks)
+default_hooks = dict(input_normalization=dict(type='InputNormalizationHook'))

@@ -2,7 +2,8 @@
 # MutualNet's sandwich rule over widths and scales 1000 x {600, 480, 360, 240}; see
 # faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py for the method.
 _base_ = './faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
-pretrained = 'checkpoints/us_mobilenet_v2_mutualnet_imagenet.pth'
+# MODEL_ZOO.md row us_mobilenet_v2.mutualnet_in1k: convert the released file with the command given there
+pretrained = 'checkpoints/us_mobilenet_v2_mutualnet_in1k.pth'
 model = dict(
     backbone=dict(
         arch='us_mobilenet_v2',

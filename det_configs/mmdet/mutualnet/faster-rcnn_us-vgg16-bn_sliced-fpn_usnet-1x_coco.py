@@ -2,7 +2,8 @@
 # VGG-16-BN Faster R-CNN + FPN trained with the sandwich rule over widths only, every sub-network at
 # 1000 x 600.
 _base_ = './faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
-pretrained = 'checkpoints/us_vgg16_bn_usnet_imagenet.pth'
+# MODEL_ZOO.md row us_vgg16_bn.tv_in1k: convert the released file with the command given there
+pretrained = 'checkpoints/us_vgg16_bn_tv_in1k.pth'
 model = dict(
     sandwich=dict(resolutions=None),
     backbone=dict(init_cfg=dict(checkpoint=pretrained)))

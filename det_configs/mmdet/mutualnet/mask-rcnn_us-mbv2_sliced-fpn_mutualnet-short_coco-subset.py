@@ -19,7 +19,7 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        init_cfg=None),
+        init_cfg=dict()),
     neck=dict(type='SlicedFPN', in_channels=[24, 32, 96, 320]),
     # a light RoI stage for CPU (the 1x setting samples 512 RoIs from 1000 proposals), and a low score
     # threshold so that a barely trained model still yields detections for the COCO evaluation

@@ -8,18 +8,17 @@
 # * before each evaluation the BN statistics of the evaluated (width, scale) are re-estimated
 #   (post-statistics BN); evaluate another sub-network with
 #   tools/test_det_mm.py <config> <checkpoint> --width 0.5 --scale 480
-# Backbone: ImageNet-pretrained with MutualNet (width [0.25, 1], resolutions {224, 192, 160, 128}).
-# A checkpoint that carries calibrated BN statistics for more (width, resolution) pairs than the
-# model's width_list fails the strict key check (the keys are listed): add the pairs to
-# backbone.width_list, or set init_cfg.strict=False (those ImageNet statistics are re-estimated
-# anyway: BN trains at every width and is calibrated before evaluation).
+# Backbone: torchvision's ImageNet VGG-16-BN at width 1.0 (MODEL_ZOO.md row us_vgg16_bn.tv_in1k; MutualNet
+# released no VGG): its BN statistics exist for width 1.0 only, the other widths train with batch statistics
+# and are calibrated before evaluation.  A slimmable checkpoint defines the BN configurations the model keeps.
 # The slimmable BN trains at every width (batch statistics), so no stage is frozen and norm_eval is
 # False: a frozen (eval-mode) BN at a width without private statistics cannot normalise.
 _base_ = [
     '../_base_/models/mask-rcnn_fpn.py', '../_base_/datasets/coco_instance_1000x600.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime.py'
 ]
-pretrained = 'checkpoints/us_vgg16_bn_mutualnet_imagenet.pth'
+# MODEL_ZOO.md row us_vgg16_bn.tv_in1k: convert the released file with the command given there
+pretrained = 'checkpoints/us_vgg16_bn_tv_in1k.pth'
 model = dict(
     type='SlimmableTwoStageDetector',
     sandwich=dict(num_subnets=4, resolutions=(600, 480, 360, 240)),

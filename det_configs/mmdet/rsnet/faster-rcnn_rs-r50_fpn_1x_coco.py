@@ -13,8 +13,12 @@ _base_ = [
     '../_base_/models/faster-rcnn_fpn.py', '../_base_/datasets/coco_detection.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime.py'
 ]
-pretrained = 'checkpoints/rs_resnet50_imagenet.pth'
+# MODEL_ZOO.md row rs_resnet50.rsnet_in1k: convert the released file with the command given there
+pretrained = 'checkpoints/rs_resnet50_rsnet_in1k.pth'
+# the released RS-Nets weights expect unnormalised RGB in [0, 1] (mean 0, std 255), checked by
+# InputNormalizationHook
 model = dict(
+    data_preprocessor=dict(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0], bgr_to_rgb=True),
     type='RSNetTwoStageDetector',
     train_resolutions=None,  # None = all of the backbone's resolutions
     max_size=1333,

@@ -18,7 +18,7 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        init_cfg=None),
+        init_cfg=dict()),
     neck=dict(in_channels=[256, 512, 1024, 2048]),
     # a light RoI stage for CPU (the 1x setting samples 512 RoIs from 1000 proposals), and a low score
     # threshold so that a barely trained model still yields detections for the COCO evaluation

@@ -16,7 +16,7 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        init_cfg=None),
+        init_cfg=dict()),
     neck=dict(in_channels=[256, 512, 1024, 2048], start_level=1, num_outs=4),
     rpn_head=dict(
         anchor_generator=dict(scales=[8], ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64])),

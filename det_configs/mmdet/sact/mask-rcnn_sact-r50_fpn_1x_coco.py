@@ -17,7 +17,8 @@ _base_ = [
     '../_base_/models/mask-rcnn_fpn.py', '../_base_/datasets/coco_instance_1000x600.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime.py'
 ]
-pretrained = 'checkpoints/sact_resnet50_imagenet.pth'
+# MODEL_ZOO.md row sact_resnet50.timm_a1h_in1k: convert the released file with the command given there
+pretrained = 'checkpoints/sact_resnet50_timm_a1h_in1k.pth'
 model = dict(
     type='SACTTwoStageDetector',
     ponder_tau=0.005,

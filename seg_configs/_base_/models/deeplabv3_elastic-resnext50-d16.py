@@ -27,7 +27,7 @@ model = dict(
         norm_cfg=norm_cfg,
         norm_eval=False,
         with_cp=False,
-        init_cfg=None),
+        init_cfg=dict()),  # paper initialisation; a config adds type='Pretrained', checkpoint=...
     decode_head=dict(
         type='DeepLabV3Head',
         in_channels=2048,

@@ -22,7 +22,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
         norm_eval=False,
-        init_cfg=None),
+        init_cfg=dict()),  # paper initialisation; a config adds type='Pretrained', checkpoint=...
     decode_head=dict(
         type='RefineNetHead',
         in_channels=[256, 512, 1024, 2048],

@@ -8,6 +8,8 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=33069, val_interval=3307)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
+    # pixel mean/std of the data_preprocessor must match the pretrained backbone weights (plugins.mm.hooks)
+    input_normalization=dict(type='InputNormalizationHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),

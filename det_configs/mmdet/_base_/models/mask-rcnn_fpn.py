@@ -12,4 +12,4 @@ model = dict(
         frozen_stages=1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=True,
-        init_cfg=None))
+        init_cfg=dict()))  # paper initialisation; a config adds type='Pretrained', checkpoint=...

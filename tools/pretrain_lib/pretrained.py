@@ -1,0 +1,106 @@
+"""``--pretrained FILE``: start from (or evaluate) converted, released or dynscale weights.
+
+The file's origin decides what ``--evaluate`` reproduces (each origin's own test protocol,
+``backbones.pretrained.PROTOCOLS``) and which training rule fine-tunes it (MutualNet Sec. 4.2 transfer
+learning: the method's own rule over widths and resolutions, a new classifier):
+
+==========================  ==========  ==========================================================================
+protocol                    method      evaluation
+==========================  ==========  ==========================================================================
+``resize256-crop224``       standard    Resize 256 -> CenterCrop 224 (allenai/elastic, torchvision, timm)
+                            (sact for SACT models, usnet for slimmable targets of dense weights)
+``usnet-stored``            usnet       every stored width with its stored statistics (no calibration)
+``mutualnet-recalibrate``   mutualnet   widths x {224, 192, 160, 128}, the 224 crop resized (align_corners=True),
+                                        BN recalibrated on 9 training batches per point
+``rsnet-multires``          rsnet       Resize s / 0.875 -> CenterCrop s per resolution, unnormalised, private BN
+==========================  ==========  ==========================================================================
+
+Flags given on the command line always win over these defaults.  ImageNet class indices: a 1000-class
+model evaluated on a subset whose ``classes.txt`` gives ``imagenet1k_index=<i>`` per class (Imagenette)
+has its labels mapped to those indices.
+"""
+import os
+import re
+
+import backbones
+from backbones.pretrained import identify, read_source
+
+__all__ = ['pretrained_info', 'apply_pretrained_defaults', 'imagenet_index_map']
+
+_METHOD_OF_PROTOCOL = {'usnet-stored': 'usnet', 'mutualnet-recalibrate': 'mutualnet', 'rsnet-multires': 'rsnet'}
+
+
+def pretrained_info(path, source=None):
+    """``(model name, num_classes or None, protocol, meta)`` of a weights file (read once, not converted).
+
+    Raises:
+        as :func:`backbones.pretrained.identify` (unreadable, unsupported or unknown files).
+    """
+    src = read_source(path)
+    release = identify(src, source)
+    if release is None:  # dynscale checkpoint
+        meta = src.meta
+        heads = [v for k, v in src.state_dict.items() if re.search(r'(^|\.)head\.\d+\.weight$', k) and v.dim() == 2]
+        return (meta.get('variant'), heads[-1].shape[0] if heads else meta.get('num_classes'),
+                meta.get('eval_protocol', 'resize256-crop224'), meta)
+    return release.models[0], release.num_classes or None, release.protocol, dict(release.meta)
+
+
+def apply_pretrained_defaults(args, log=print):
+    """Fill ``--model``, ``--method`` and the evaluation settings of ``args`` from ``args.pretrained``'s protocol
+    (only those not given explicitly).  Returns the file's ``(model, num_classes, protocol, meta)``.
+
+    Raises:
+        ValueError: ``--model`` names a model the file does not fit (the message names the one it fits).
+    """
+    explicit = set(getattr(args, 'explicit_args', []))
+    model, file_classes, protocol, meta = pretrained_info(args.pretrained, args.pretrained_source)
+    if args.model is None:
+        if model is None:
+            raise ValueError(f'{args.pretrained} does not say which model it holds: pass --model')
+        args.model = model
+    family = backbones.model_family(args.model)
+    method = _METHOD_OF_PROTOCOL.get(protocol)
+    if method is None:
+        method = {'sact': 'sact', 'slimmable': 'usnet', 'rsnet': 'rsnet'}.get(family, 'standard')
+    if 'method' not in explicit and args.method != method:
+        args.method = method
+    if protocol == 'mutualnet-recalibrate':
+        if 'resolutions' not in explicit and not args.resolutions:
+            args.resolutions = [224, 192, 160, 128]
+        if 'calib_batches' not in explicit:
+            args.calib_batches = 9
+        if 'val_resize_mode' not in explicit:
+            args.val_resize_mode = 'interpolate'
+    if protocol == 'usnet-stored' and 'bn_calibration' not in explicit:
+        args.bn_calibration = 'auto'  # stored statistics where the file has them
+    if family == 'slimmable' and 'eval_widths' not in explicit and not args.eval_widths:
+        stored = meta.get('width_mult_list') or [c[0] for c in meta.get('stored_bn_configs') or [] if c[1] is None]
+        if stored:
+            args.eval_widths = sorted(set(float(w) for w in stored), reverse=True)
+    if family == 'slimmable' and 'widths' not in explicit and not args.widths and meta.get('widths'):
+        args.widths = [float(w) for w in meta['widths']]
+    if family == 'rsnet' and 'resolutions' not in explicit and meta.get('resolutions'):
+        args.resolutions = list(meta['resolutions'])
+    if protocol == 'rsnet-multires' and 'val_resize_mode' not in explicit:
+        args.val_resize_mode = 'crop'
+    log(f'--pretrained {args.pretrained}: {meta.get("origin", "dynscale")} weights for {args.model} '
+        f'({file_classes or "no"} classes), protocol {protocol}, method {args.method}')
+    return model, file_classes, protocol, meta
+
+
+def imagenet_index_map(root, classes):
+    """Folder index -> ImageNet-1k index from ``<root>/../classes.txt`` or ``<root>/classes.txt`` lines
+    ``<k> <wnid> <name> imagenet1k_index=<i>`` (Imagenette), or None when there is no such file."""
+    for path in (os.path.join(root, 'classes.txt'), os.path.join(os.path.dirname(root.rstrip('/')), 'classes.txt')):
+        if not os.path.isfile(path):
+            continue
+        by_wnid = {}
+        with open(path) as f:
+            for line in f:
+                m = re.search(r'(n\d{8}).*imagenet1k_index=(\d+)', line)
+                if m:
+                    by_wnid[m.group(1)] = int(m.group(2))
+        if by_wnid and all(c in by_wnid for c in classes):
+            return [by_wnid[c] for c in classes]
+    return None
