@@ -405,3 +405,76 @@ def test_imagenette_slice(shared_dir, tmp_path):
     assert [r['resolution'] for r in rows] == [64, 48] and rows[0]['n'] == 16
     ck, meta = _check_outputs(tmp_path, steps=2)
     assert meta['num_classes_pretrain'] == 10
+
+
+# ------------------------------------------------------------------------------------ --pretrained
+def _imagenette_slice(shared_dir):
+    root = os.path.join(shared_dir, 'datasets', 'imagenette')
+    if not os.path.isfile(os.path.join(root, 'classes.txt')):
+        pytest.skip(f'Imagenette missing: expected {root}/classes.txt')
+    return root
+
+
+def _official(name, folder):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from official_files import MANIFEST_DIR, write_official
+    if not os.path.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    return write_official(name, os.path.join(str(folder), name + '.pth.tar'))[0]
+
+
+EVAL = ['--workers', '0', '--batch-size', '4', '--max-val-samples', '8', '--max-train-samples', '8',
+        '--no-tensorboard', '--evaluate']
+
+
+def test_evaluate_pretrained_usnet_uses_stored_statistics_per_width(shared_dir, tmp_path):
+    path = _official('us_mobilenet_v2', tmp_path)
+    rows = pretrain.main(['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'),
+                          '--pretrained', path, *EVAL])
+    assert [r['width'] for r in rows] == sorted([round(0.35 + 0.025 * i, 4) for i in range(27)], reverse=True)
+    assert all(not r['calibrated'] and r['resolution'] == 224 for r in rows)
+    assert rows[0]['macs'] == pytest.approx(300.8e6, rel=1e-3)
+    with open(os.path.join(tmp_path, 'ev', 'log.txt')) as f:
+        log = f.read()
+    assert 'mapped to their ImageNet-1k indices' in log and 'protocol' not in log  # protocol is printed to stdout
+
+
+def test_evaluate_pretrained_mutualnet_recalibrates_every_point(shared_dir, tmp_path):
+    path = _official('mutualnet_mobilenet_v1', tmp_path)
+    rows = pretrain.main(['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'),
+                          '--pretrained', path, *EVAL, '--calib-batches', '1'])
+    assert [(r['width'], r['resolution']) for r in rows] == [(w, r) for w in (1.0, 0.25) for r in (224, 192, 160, 128)]
+    assert all(r['calibrated'] for r in rows)
+    smallest = [r['macs'] for r in rows if (r['width'], r['resolution']) == (0.25, 128)]
+    assert smallest == [pytest.approx(13.6e6, rel=5e-3)]  # MutualNet README: 13 MFLOPs at 0.25-128
+
+
+def test_evaluate_pretrained_rsnet_feeds_unnormalised_inputs(shared_dir, tmp_path):
+    path = _official('parallel_resnet18', tmp_path)
+    argv = ['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'), '--pretrained', path,
+            *EVAL]
+    args = pretrain.parse_args(argv)
+    assert args.method == 'rsnet' and args.model == 'rs_resnet18' and args.resolutions == [224, 192, 160, 128, 96]
+    rows = pretrain.main(argv)
+    assert [r['resolution'] for r in rows] == [224, 192, 160, 128, 96]
+    with open(os.path.join(tmp_path, 'ev', 'log.txt')) as f:
+        assert 'inputs (0.0, 0.0, 0.0) / (1.0, 1.0, 1.0)' in f.read()
+
+
+def test_evaluate_refuses_a_classifier_it_would_have_to_replace(tiny, tmp_path):
+    path = _official('parallel_resnet18', tmp_path)
+    with pytest.raises(ValueError, match='1000 classes but .* has 4 class folders'):
+        pretrain.main(['--data-path', tiny, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL])
+
+
+def test_transfer_learning_from_converted_mutualnet_weights(tiny, tmp_path):
+    import convert_weights
+    conv = str(tmp_path / 'mn1.pth')
+    assert convert_weights.main([_official('mutualnet_mobilenet_v1', tmp_path), conv]) == 0
+    rows = _run(tiny, tmp_path / 'ft', '--pretrained', conv, '--resolutions', '32', '24', '--calib-batches', '1')
+    src = torch.load(conv, map_location='cpu', weights_only=True)['state_dict']
+    ck = torch.load(os.path.join(tmp_path, 'ft', 'last.pth'), map_location='cpu', weights_only=False)
+    assert ck['args']['method'] == 'mutualnet' and ck['args']['model'] == 'us_mobilenet_v1'
+    assert ck['model']['model.head.2.weight'].shape == (4, 1024)  # a new classifier for the 4 classes
+    assert src['head.2.weight'].shape == (1000, 1024)
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.25) for r in (32, 24)}

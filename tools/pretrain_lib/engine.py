@@ -290,15 +290,22 @@ class Trainer:
         self.classes = self.train_set.classes
         num_classes = a.num_classes or len(self.classes)
         index_map = None
-        if a.pretrained and not a.num_classes:
+        if a.pretrained:
             from .pretrained import imagenet_index_map, pretrained_info
             file_classes = pretrained_info(a.pretrained, a.pretrained_source)[1]
-            index_map = imagenet_index_map(a.data_path, self.classes) if file_classes == 1000 else None
+            if not a.num_classes and file_classes == 1000:
+                index_map = imagenet_index_map(a.data_path, self.classes)
             if index_map is not None:  # an ImageNet subset (Imagenette): keep the 1000-class classifier
                 num_classes = 1000
                 self.train_set.remap_targets(index_map)
                 LOG.info(f'{len(self.classes)} class folders mapped to their ImageNet-1k indices (classes.txt); the '
                          f'1000-class classifier of --pretrained is kept')
+            elif a.evaluate and file_classes and file_classes != num_classes:
+                raise ValueError(
+                    f'--evaluate --pretrained {a.pretrained}: the file classifies {file_classes} classes but '
+                    f'{a.data_path} has {num_classes} class folders, so its classifier would be replaced by an '
+                    f'untrained one. Evaluate on the dataset it was trained for (ImageNet val, or a subset whose '
+                    f'classes.txt gives imagenet1k_index=<i> per class), or fine-tune first (drop --evaluate)')
         self.model = build_model(a, num_classes)
         self.method = pm.build_method(a, self.model)
         mean, std = getattr(self.model, 'pixel_mean'), getattr(self.model, 'pixel_std')

@@ -43,7 +43,13 @@ def pretrained_info(path, source=None):
         heads = [v for k, v in src.state_dict.items() if re.search(r'(^|\.)head\.\d+\.weight$', k) and v.dim() == 2]
         return (meta.get('variant'), heads[-1].shape[0] if heads else meta.get('num_classes'),
                 meta.get('eval_protocol', 'resize256-crop224'), meta)
-    return release.models[0], release.num_classes or None, release.protocol, dict(release.meta)
+    meta = dict(release.meta)
+    bk = release.build_kwargs
+    if bk.get('resolutions'):
+        meta.setdefault('resolutions', list(bk['resolutions']))
+    if bk.get('width_range'):
+        meta.setdefault('widths', list(bk['width_range']))
+    return release.models[0], release.num_classes or None, release.protocol, meta
 
 
 def apply_pretrained_defaults(args, log=print):
