@@ -338,7 +338,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * a.epochs
 
         # model, optimizer, schedule, AMP, EMA, DDP
-        self.net = pm.TrainNet(self.model, self.method.criterion())
+        self.net = pm.TrainNet(self.model, self.method.policy)
         if a.sync_bn and info.device.type != 'cuda':
             raise ValueError('--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm has no CPU implementation); '
                              'drop --sync-bn for CPU runs')

@@ -1,7 +1,9 @@
 """One training step and one evaluation protocol per ``--method``.
 
-The method maths (sandwich rule, inplace distillation, post-statistics BN, MRED, ponder cost) lives in
-:mod:`backbones`; this module only schedules the forward/backward passes around it:
+The method maths and its step logic (which sub-networks, their losses, post-statistics BN) live in the
+training core :mod:`backbones.training` (one policy per method, shared with the MMSeg, MMDet and Detectron2
+frontends); this module only runs the policy's sub-networks through the classifier with the engine's
+forward/backward passes (DDP ``no_sync``, AMP, gradient accumulation):
 
 * ``standard``: cross-entropy (Elastic and the plain baselines; Wang et al. 2019).
 * ``usnet``: sandwich rule (max, min and n-2 random widths), inplace distillation from the max width
@@ -15,7 +17,7 @@ The method maths (sandwich rule, inplace distillation, post-statistics BN, MRED,
 * ``sact``: cross-entropy (label smoothing) + tau * ponder cost (Figurnov et al. 2017, eq. 8).
 
 Evaluation: top-1/top-5 at every requested width x resolution; slimmable models get post-statistics
-BN calibration (``backbones.slimmable.calibrate_bn``) per point first; SACT also reports the mean/std
+BN calibration (``backbones.training.calibrate``) per point first; SACT also reports the mean/std
 of its data-dependent MACs and the ponder cost.
 """
 import contextlib
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import backbones
+from backbones import training
 from backbones.complexity import complexity
 
 from . import dist as pdist
@@ -62,34 +65,35 @@ def resize_to(x, resolution):
 
 
 class TrainNet(nn.Module):
-    """The trainable whole: backbone ``model`` plus the method's loss parameters (RS-Net's MRED
-    ``alpha``), with one ``forward`` so that DDP sees every call.
+    """The trainable whole: backbone ``model`` plus the policy's loss parameters (RS-Net's MRED ``alpha``), with
+    one ``forward`` so that DDP sees every call.
 
-    ``forward(x, width=None, call='logits', target=None)``:
-      * ``'logits'``: ``[N,3,H,W] -> [N,K]`` at ``width`` (slimmable) or as built;
-      * ``'ponder'``: ``(logits, ponder maps)`` (SACT ``forward_with_ponder``);
-      * ``'mred'``: list of ``[N,3,s,s]`` -> ``(loss, parts, logits list)`` (RS-Net
-        ``forward_parallel`` + ``MREDLoss``).
+    ``forward(x, subnet=None, call='logits', target=None)``:
+      * ``'logits'``: ``[N,3,H,W] -> [N,K]`` in ``subnet``'s configuration (the policy's context: width,
+        private BN) or as built;
+      * ``'combine'``: list of ``[N,3,s,s]`` (one per sub-network of the step, policy order) ->
+        ``(losses, logits list)``: every sub-network then the policy's :meth:`combine` (RS-Net MRED).
     """
 
-    def __init__(self, model, criterion=None):
+    def __init__(self, model, policy):
         super().__init__()
         self.model = model
-        self.criterion = criterion
+        self.policy = policy
+        self.criterion = getattr(policy, 'mred', None)  # registered: the optimiser and DDP see its alpha
 
-    def forward(self, x, width=None, call='logits', target=None):
+    def forward(self, x, subnet=None, call='logits', target=None, subnets=None):
         if call == 'logits':
-            if width is None:
+            if subnet is None:
                 return self.model(x)
-            with self.model.width_context(width):
+            with self.policy.context(self.model, subnet):
                 return self.model(x)
-        if call == 'ponder':
-            return self.model.forward_with_ponder(x)
-        if call == 'mred':
-            logits = self.model.forward_parallel(list(x))
-            loss, parts = self.criterion(logits, target)
-            return loss, parts, logits
-        raise ValueError(f"call must be 'logits', 'ponder' or 'mred', got {call!r}")
+        if call == 'combine':
+            logits = []
+            for sub, xi in zip(subnets, x):
+                with self.policy.context(self.model, sub):
+                    logits.append(self.model(xi))
+            return self.policy.combine(logits, target), logits
+        raise ValueError(f"call must be 'logits' or 'combine', got {call!r}")
 
 
 class StepContext:
@@ -133,32 +137,53 @@ class Method:
         self.args = args
         self.model = model
         self.ce = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.policy = self.build_policy()
 
     # ------------------------------------------------------------------ setup
-    def criterion(self):
-        """``nn.Module`` with trainable loss parameters (or None)."""
-        return None
+    def build_policy(self):
+        """The training policy of the method (:mod:`backbones.training`)."""
+        return training.StandardPolicy(seed=self.args.seed)
 
     def train_resolutions(self):
         """Resolutions the training loader must produce per image (None: one crop of train_crop_size)."""
         return None
 
     # ------------------------------------------------------------------ training
-    def net_input(self, images):
-        return images
+    def net_input(self, images, subnet):
+        """The batch for ``subnet``: resized (bilinear, ``align_corners=True``) to its input size."""
+        return resize_to(images, subnet.input_size)
 
     def train_step(self, net, images, target, ctx):
-        """One micro-batch: forward(s) + backward(s).
+        """One micro-batch: the policy's sub-networks of this step, each a forward + backward on the same images
+        (resized to the sub-network's input size), its losses from the policy (ground truth, inplace distillation,
+        extra terms such as the ponder cost).
 
         Returns:
-            dict: ``loss`` (float, summed over passes), ``correct`` (top-1 hits of the primary output),
-            ``n`` (images), plus method-specific floats.
+            dict: ``loss`` (float, summed over passes), ``correct`` (top-1 hits of the first sub-network), ``n``
+            (images), plus per-pass floats (``loss_max``/``loss_min``, ``ponder_cost`` ...).
         """
-        with ctx.pass_context(True), ctx.autocast():
-            out = net(images)
-            loss = self.ce(out, target)
-        ctx.backward(loss)
-        return {'loss': loss.item(), 'correct': _correct(out, target), 'n': target.shape[0]}
+        subnets = self.policy.subnets(ctx.step_index)
+        teacher, total, out = None, 0.0, {'n': target.shape[0]}
+        for k, sub in enumerate(subnets):
+            with ctx.pass_context(k == len(subnets) - 1), ctx.autocast():
+                logits = net(self.net_input(images, sub), subnet=sub)
+                task = {'loss': self.ce(logits, target)} if sub.gt_weight else {}
+                losses = self.policy.subnet_losses(sub, task, logits, teacher)
+                losses.update(self.policy.extra_losses(self.model))
+                loss = sum(v for key, v in losses.items() if key.startswith('loss'))
+            ctx.backward(loss)
+            total += loss.item()
+            if k == 0:
+                out['correct'] = _correct(logits, target)
+            if sub.teacher:
+                teacher = logits.detach()
+            if len(subnets) > 1 and sub.tag in ('max', 'min'):
+                out[f'loss_{sub.tag}'] = loss.item()
+            for key, v in losses.items():
+                if not key.startswith('loss') and torch.is_tensor(v) and v.numel() == 1:
+                    out[key] = v.item()
+        out['loss'] = total
+        return out
 
     # ------------------------------------------------------------------ evaluation
     def val_resolutions(self):
@@ -196,14 +221,12 @@ class StandardMethod(Method):
 
 
 class SlimmableMethod(Method):
-    """US-Nets (``usnet``) and MutualNet (``mutualnet``): sandwich rule + inplace distillation."""
+    """US-Nets (``usnet``) and MutualNet (``mutualnet``): :class:`backbones.training.SandwichPolicy` (sandwich rule,
+    inplace distillation, random input sizes for MutualNet)."""
 
     name = 'usnet'
 
     def __init__(self, args, model):
-        super().__init__(args, model)
-        from backbones import slimmable
-        self.slim = slimmable
         lo, hi = model.width_range
         if args.widths:
             lo, hi = args.widths
@@ -221,32 +244,16 @@ class SlimmableMethod(Method):
             raise ValueError('--method mutualnet needs --resolutions (e.g. 224 192 160 128)')
         if self.name == 'usnet' and args.resolutions:
             raise ValueError('--method usnet trains at one resolution; --resolutions is for mutualnet/rsnet')
+        if self.resolutions and max(self.resolutions) != args.train_crop_size:
+            raise ValueError(f'the largest --resolutions ({max(self.resolutions)}) is the teacher\'s input and must '
+                             f'equal --train-crop-size ({args.train_crop_size})')
+        super().__init__(args, model)
 
-    def train_step(self, net, images, target, ctx):
+    def build_policy(self):
         a = self.args
-        max_res = max(self.resolutions) if self.resolutions else None
-        rule = self.slim.SandwichRule(self.width_range, num_subnets=a.num_subnets, resolutions=self.resolutions,
-                                      max_resolution=max_res, seed=a.seed * 1_000_003 + ctx.step_index)
-        configs = rule.sample()
-        teacher, total, out = None, 0.0, {}
-        for k, cfg in enumerate(configs):
-            with ctx.pass_context(k == len(configs) - 1), ctx.autocast():
-                logits = net(resize_to(images, cfg.resolution), width=cfg.width)
-                if cfg.is_teacher:
-                    loss = self.ce(logits, target)
-                    teacher = logits.detach()
-                    out['correct'] = _correct(logits, target)
-                    out['loss_max'] = loss.item()
-                elif a.inplace_distill and teacher is not None:
-                    loss = self.slim.inplace_distillation_loss(logits, teacher)
-                else:
-                    loss = self.ce(logits, target)
-            ctx.backward(loss)
-            total += loss.item()
-            if k == 1:
-                out['loss_min'] = loss.item()
-        out.update(loss=total, n=target.shape[0])
-        return out
+        return training.SandwichPolicy(self.width_range, num_subnets=a.num_subnets, input_sizes=self.resolutions,
+                                       distill='inplace' if a.inplace_distill else None,
+                                       student_gt_weight=0.0 if a.inplace_distill else 1.0, seed=a.seed)
 
     def val_resolutions(self):
         if self.args.eval_resolutions:
@@ -295,28 +302,32 @@ class RSNetMethod(Method):
     train_multires = True
 
     def __init__(self, args, model):
-        super().__init__(args, model)
         self.resolutions = list(model.resolutions)
         want = sorted(args.resolutions or [], reverse=True)
         if want and want != self.resolutions:
             raise ValueError(f'--resolutions {args.resolutions} differ from the model\'s {self.resolutions} (set by '
                              f'--model-kwargs); give the same list to both')
+        super().__init__(args, model)
 
-    def criterion(self):
-        from backbones.rsnet import MREDLoss
+    def build_policy(self):
         kd = None if self.args.kd_type == 'none' else self.args.kd_type
-        return MREDLoss(len(self.resolutions), kd=kd)
+        return training.ResolutionPolicy(self.resolutions, mred=kd, seed=self.args.seed)
 
     def train_resolutions(self):
         return self.resolutions
 
     def train_step(self, net, images, target, ctx):
+        """Every resolution's image (the loader's shared crop resized per resolution) through its private BN, one
+        MRED loss over their logits (:meth:`backbones.training.ResolutionPolicy.combine`)."""
+        subnets = self.policy.subnets(ctx.step_index)
         with ctx.pass_context(True), ctx.autocast():
-            loss, parts, logits = net(images, call='mred', target=target)
+            losses, logits = net(images, call='combine', target=target, subnets=subnets)
+        loss = losses['loss_mred']
         ctx.backward(loss)
         out = {'loss': loss.item(), 'correct': _correct(logits[0], target), 'n': target.shape[0]}
         # log the ensemble CE, the distillation sum and the learned ensemble weights softmax(alpha)_j
-        for k, v in (parts or {}).items():
+        for k, v in losses.items():
+            k = k[len('mred_'):]
             if (k in ('ce_ens', 'kd') or k.startswith('w_')) and torch.is_tensor(v) and v.numel() == 1:
                 out[k] = v.item()
         return out
@@ -348,21 +359,9 @@ class SACTMethod(Method):
 
     name = 'sact'
 
-    def __init__(self, args, model):
-        super().__init__(args, model)
-        self.tau = args.tau if args.tau is not None else getattr(model, 'tau', 0.01)
-
-    def train_step(self, net, images, target, ctx):
-        from backbones.sact import ponder_loss
-        with ctx.pass_context(True), ctx.autocast():
-            logits, ponder = net(images, call='ponder')
-            ce = self.ce(logits, target)
-            pl = ponder_loss(ponder, self.tau)
-            loss = ce + pl
-        ctx.backward(loss)
-        rho = sum(p.detach().float().mean() for p in ponder).item()
-        return {'loss': loss.item(), 'correct': _correct(logits, target), 'n': target.shape[0], 'ce': ce.item(),
-                'ponder_cost': rho}
+    def build_policy(self):
+        a = self.args
+        return training.PonderPolicy(a.tau if a.tau is not None else getattr(self.model, 'tau', 0.01), seed=a.seed)
 
 
 METHOD_CLASSES = {'standard': StandardMethod, 'usnet': SlimmableMethod, 'mutualnet': MutualNetMethod,
@@ -463,11 +462,11 @@ def _copy_model(model):
 def final_evaluation(method, model, val_loader, calib_loader, info, autocast, args, log):
     """Full grid evaluation (on a copy of ``model``: calibration must not touch the exported weights).
 
-    Slimmable: per point, ``calibrate_bn`` on ``args.calib_batches`` training batches (post-statistics BN,
-    Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's ``ComputePostBN``),
-    buffers broadcast from rank 0, then one val pass; ``args.bn_calibration`` ``'auto'`` / ``'never'`` uses the
-    statistics stored for the point instead (US-Nets' released per-width statistics). Others: one val pass for
-    all points.
+    Slimmable: per point, ``backbones.training.calibrate`` on ``args.calib_batches`` training batches
+    (post-statistics BN, Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's
+    ``ComputePostBN``; statistics averaged over ranks), then one val pass; ``args.bn_calibration`` ``'auto'`` /
+    ``'never'`` uses the statistics stored for the point instead (US-Nets' released per-width statistics). Others:
+    one val pass for all points.
 
     Returns:
         list[dict]: rows with ``width``, ``resolution``, ``macs``, ``top1``, ``top5`` (+ SACT statistics).
@@ -486,9 +485,10 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
                 row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last)[0]
                 row['calibrated'] = False
             else:
-                batches = calibration_batches(calib_loader, args.calib_batches, info, args.channels_last)
-                method.slim.calibrate_bn(m, batches, width=w, resolution=r, num_batches=args.calib_batches)
-                pdist.broadcast_buffers(m, info)
+                batches = (resize_to(x, r) for x in calibration_batches(calib_loader, args.calib_batches, info,
+                                                                        args.channels_last))
+                # statistics averaged over the ranks inside calibrate: every rank evaluates the same network
+                training.calibrate(m, batches, width=w, bn_resolution=r, num_batches=args.calib_batches)
                 row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
                 row['calibrated'] = True
             rows.append(row)

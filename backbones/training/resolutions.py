@@ -1,0 +1,101 @@
+"""RS-Nets training step: the same batch at several input sizes, each with its private BN; MRED over them.
+
+Wang et al. 2020 (RS-Nets), Sec. 3.1-3.2: shared convolutions, one private BN per training resolution; every
+step runs the batch at every resolution (image ``i`` resized to resolution ``i``, private BN ``i``) and the
+multi-resolution ensemble distillation loss combines their logits (per-resolution CE, the learned-ensemble
+CE, ensemble / top-down KL; :func:`backbones.rsnet.mred_loss`).  Detection has no MRED in the paper: each
+resolution is trained with the ground truth (``mred=False``), or one random resolution per step
+(``mode='random'``).
+"""
+import contextlib
+
+from .policy import Subnet, TrainingPolicy
+
+__all__ = ['ResolutionPolicy']
+
+
+class ResolutionPolicy(TrainingPolicy):
+    """Private-BN training over resolutions (RS-Nets).
+
+    Args:
+        bn_resolutions (Sequence[int]): resolutions trained per step, descending (each has a private BN).
+        input_sizes (Sequence[int] | None): the frontend's input size paired with each resolution (detection
+            shorter sides, segmentation crop sides); default ``bn_resolutions``.  The first is the batch as
+            loaded (``input_size=None``).
+        mode (str): ``'all'`` (every resolution each step) or ``'random'`` (one, drawn per step).
+        mred (str | None | bool): MRED distillation of :func:`backbones.rsnet.mred_loss` (``'ens_topdown'``,
+            ``'ens'``, None = CE terms only) when the frontend calls :meth:`combine`; ``False``: no MRED, each
+            resolution trained with its ground-truth loss.
+        ignore_index (int | None): label ignored by MRED (segmentation).
+        seed (int | None): seed of the random mode's draws.
+
+    Raises:
+        ValueError: empty or non-descending resolutions, mismatched ``input_sizes``, unknown mode.
+    """
+
+    method = 'rsnet'
+    find_unused_parameters = True  # a private BN not selected in a step gets no gradient
+    needs_calibration = False
+
+    def __init__(self, bn_resolutions, input_sizes=None, mode='all', mred='ens_topdown', ignore_index=None,
+                 seed=None):
+        super().__init__(seed)
+        res = tuple(int(r) for r in bn_resolutions)
+        if not res or list(res) != sorted(res, reverse=True) or len(set(res)) != len(res):
+            raise ValueError(f'bn_resolutions must be distinct and descending, got {tuple(bn_resolutions)}')
+        sizes = tuple(int(s) for s in (input_sizes or res))
+        if len(sizes) != len(res):
+            raise ValueError(f'input_sizes {sizes} must pair one-to-one with bn_resolutions {res}')
+        if mode not in ('all', 'random'):
+            raise ValueError(f"mode must be 'all' or 'random', got {mode!r}")
+        if mode == 'random' and mred is not False:
+            raise ValueError("MRED combines every resolution of a step: use mode='all' with MRED, or mred=False")
+        self.bn_resolutions, self.input_sizes, self.mode = res, sizes, mode
+        self.mred_type = mred
+        self._mred = None
+        self.ignore_index = ignore_index
+
+    @property
+    def mred(self):
+        """The :class:`backbones.rsnet.MREDLoss` module (holds the trainable ensemble scores ``alpha``; register it
+        in the framework's model so the optimiser updates it), or None without MRED."""
+        if self.mred_type is False:
+            return None
+        if self._mred is None:
+            from ..rsnet import MREDLoss
+            self._mred = MREDLoss(len(self.bn_resolutions), kd=self.mred_type, ignore_index=self.ignore_index)
+        return self._mred
+
+    def subnets(self, step):
+        """``r<res>`` per resolution (descending), or one drawn per step in ``'random'`` mode."""
+        pairs = list(zip(self.bn_resolutions, self.input_sizes))
+        if self.mode == 'random':
+            pairs = [self.rng(step).choice(pairs)]
+        top = self.input_sizes[0]
+        return [Subnet(f'r{r}', bn_resolution=r, input_size=None if s == top else s) for r, s in pairs]
+
+    def context(self, backbone, subnet):
+        """The private BN of ``subnet.bn_resolution`` (``backbone.resolution_context``)."""
+        if subnet.bn_resolution is None:
+            return contextlib.nullcontext()
+        return backbone.resolution_context(subnet.bn_resolution)
+
+    def combine(self, logits_list, target):
+        """MRED over the step's logits (ordered like :meth:`subnets`, resized to one size by the frontend).
+
+        Returns:
+            dict: ``loss_mred`` and the logged parts ``mred_*`` (detached).
+
+        Raises:
+            ValueError: MRED disabled (``mred=False``) or shapes that do not fit.
+        """
+        if self.mred is None:
+            raise ValueError('this ResolutionPolicy trains each resolution with its own loss (mred=False)')
+        loss, parts = self.mred(list(logits_list), target)
+        out = {'loss_mred': loss}
+        out.update({f'mred_{k}': v for k, v in parts.items()})
+        return out
+
+    def __repr__(self):
+        return (f'ResolutionPolicy(bn_resolutions={self.bn_resolutions}, input_sizes={self.input_sizes}, '
+                f'mode={self.mode!r}, mred={self.mred_type!r})')
