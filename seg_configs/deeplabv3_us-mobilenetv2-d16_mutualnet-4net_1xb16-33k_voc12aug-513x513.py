@@ -22,4 +22,4 @@ model = dict(
     train_cfg=dict(resolutions=(513, 417, 321, 209), max_resolution=513),
     test_cfg=dict(mode='whole', width=1.0, resolution=None))
 # post-statistics BN for test_cfg's (width, resolution) before every evaluation
-custom_hooks = [dict(type='SlimmableBNCalibrationHook', num_batches=20)]
+custom_hooks = [dict(type='BNCalibrationHook', num_batches=20)]

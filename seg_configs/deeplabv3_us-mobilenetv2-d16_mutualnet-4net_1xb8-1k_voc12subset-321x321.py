@@ -15,7 +15,7 @@ model = dict(
     train_cfg=dict(resolutions=(321, 257, 193, 129), max_resolution=321),
     test_cfg=dict(mode='whole', width=1.0, resolution=None))
 # post-statistics BN for test_cfg's (width, resolution) before every evaluation
-custom_hooks = [dict(type='SlimmableBNCalibrationHook', num_batches=5)]
+custom_hooks = [dict(type='BNCalibrationHook', num_batches=5)]
 crop_size = (321, 321)
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -215,10 +215,11 @@ def test_mutualnet_train_step_runs_sandwich_widths_and_scales():
 def test_sandwich_rule_over_many_steps_covers_all_scales():
     model, _ = _build(MUTUALNET, sandwich=dict(seed=0))
     scales = set()
-    for _ in range(30):
-        subs = model.train_subnets()
-        assert subs[0][2] is None and subs[1][1] == model.backbone.model.width_range[0]
-        scales |= {s[2] for s in subs[1:]}
+    for step in range(30):
+        subs = model.policy.subnets(step)  # a pure function of (seed, step): the same on every rank
+        assert subs == model.policy.subnets(step)
+        assert subs[0].input_size is None and subs[1].width == model.backbone.model.width_range[0]
+        scales |= {s.input_size for s in subs[1:]}
     assert scales == {None, 208, 152, 104}  # None = the largest scale (256), no rescaling
 
 
@@ -348,7 +349,7 @@ def test_test_tool_maps_width_scale_and_rejects_wrong_detectors(tmp_path):
         [osp.join(CFG_DIR, MUTUALNET), str(ckpt), '--width', '0.5', '--scale', '152',
          '--calib-batches', '3']))
     assert cfg.model.test_width == 0.5 and cfg.model.test_resolution == 152
-    hooks = [h for h in cfg.custom_hooks if h['type'] == 'SlimmableDetBNCalibrationHook']
+    hooks = [h for h in cfg.custom_hooks if h['type'] == 'BNCalibrationHook']
     assert len(hooks) == 1 and hooks[0]['num_batches'] == 3
     elastic = osp.join(CFG_DIR, 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py')
     cfg = test_det_mm.build_cfg(test_det_mm.parse_args([elastic, str(ckpt), '--scale', '200']))

@@ -422,7 +422,7 @@ def test_method_configs_run_in_runner(name, tmp_path):
     cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     for h in cfg.get('custom_hooks', []):
-        if h['type'] == 'SlimmableBNCalibrationHook':
+        if h['type'] == 'BNCalibrationHook':
             h['num_batches'] = 1
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -114,9 +114,9 @@ def build_cfg(args):
                 t['scale'] = (max(t['scale']), args.scale)
     if slim:
         hooks = [dict(h) for h in cfg.get('custom_hooks', [])]
-        calib = [h for h in hooks if h.get('type') == 'SlimmableDetBNCalibrationHook']
+        calib = [h for h in hooks if h.get('type') == 'BNCalibrationHook']
         if not calib:
-            calib = [dict(type='SlimmableDetBNCalibrationHook')]
+            calib = [dict(type='BNCalibrationHook')]
             hooks += calib
         if args.calib_batches is not None:
             calib[0]['num_batches'] = args.calib_batches

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 tools/test_seg.py CONFIG CHECKPOINT --launcher pytorch
 
 --width / --resolution set model.test_cfg.width / .resolution (slimmable: evaluate that sub-network after
-BN calibration by the config's SlimmableBNCalibrationHook; RS-Net: test at that resolution with its BN).
+BN calibration by the config's BNCalibrationHook; RS-Net: test at that resolution with its BN).
 SACT configs save ponder-cost maps to <work_dir>/ponder_maps.  Metrics are printed and logged.
 """
 import argparse

@@ -157,7 +157,8 @@ def calibrate(model, batches, backbone=None, width=None, bn_resolution=None, hea
         width (float | None): width multiplier (None: the backbone's current one).
         bn_resolution (int | None): statistics key of the resolution (MutualNet per-(width, resolution)
             statistics); None: the width-only statistics (US-Nets).
-        heads (bool): also re-estimate the BNs of ``model`` outside the backbone.
+        heads (bool | nn.Module): also re-estimate the BNs outside the backbone: of ``model`` (True) or of the
+            given module (e.g. a detector's neck: only what ``forward`` runs may be re-estimated).
         forward (callable | None): ``forward(model, batch)``; default ``model(batch)``.
         num_batches (int | None): stop after this many batches.
 
@@ -180,6 +181,8 @@ def calibrate(model, batches, backbone=None, width=None, bn_resolution=None, hea
     with stack:
         stack.enter_context(backbone.width_context(w, bn_resolution))
         targets = bn_statistics_modules(backbone)
-        if heads:
+        if heads is True:
             targets += head_batchnorms(model, backbone)
+        elif heads:
+            targets += head_batchnorms(heads, backbone)
         return reset_and_average(model, targets, batches, forward, num_batches)

@@ -9,7 +9,8 @@ Importing this package registers everything (a config only needs
 * segmentors (``plugins.mm.segmentors``): ``SACTEncoderDecoder``, ``RSNetEncoderDecoder``,
   ``SlimmableEncoderDecoder``;
 * datasets (``plugins.mm.datasets``): ``NYUDv2Dataset``, ``VOCSegDataset``;
-* hooks (``plugins.mm.hooks``): ``SlimmableBNCalibrationHook``, ``PonderMapSaveHook``, ``InputNormalizationHook``;
+* hooks (``plugins.mm.hooks``): ``BNCalibrationHook`` (segmentors and detectors), ``PonderMapSaveHook``,
+  ``InputNormalizationHook``;
 * ``plugins.mm.cli``: argument/config plumbing of ``tools/train_seg.py`` and ``tools/test_seg.py``.
 
 The environment is checked first (:func:`plugins._compat.check_mm_environment`), so a missing or
@@ -32,6 +33,6 @@ from .backbones import (  # noqa: E402,F401
 )
 from .datasets import NYUDv2Dataset, VOCSegDataset, make_synthetic_voc  # noqa: E402,F401
 from .heads import DeepLabV3Head  # noqa: E402,F401
-from .hooks import InputNormalizationHook, PonderMapSaveHook, SlimmableBNCalibrationHook  # noqa: E402,F401
+from .hooks import BNCalibrationHook, InputNormalizationHook, PonderMapSaveHook  # noqa: E402,F401
 from .refinenet_head import RefineNetHead  # noqa: E402,F401
 from .segmentors import RSNetEncoderDecoder, SACTEncoderDecoder, SlimmableEncoderDecoder  # noqa: E402,F401

@@ -16,7 +16,6 @@ Registered in ``mmdet.registry`` (import ``plugins.mm`` through ``custom_imports
 ``SlicedFPN``                      FPN whose lateral convs slice their input channels
                                    (:class:`backbones.slimmable.InputSlicedConv2d`), so one set of
                                    neck/head weights serves every backbone width.
-``SlimmableDetBNCalibrationHook``  post-statistics BN for a chosen (width, scale) before val/test.
 ``DetPonderMapSaveHook``           saves the SACT ponder-cost map of each test image as ``.npy``.
 ``CheckedCocoDataset``             ``CocoDataset`` that names the missing path and the expected layout.
 =================================  ==================================================================
@@ -24,8 +23,9 @@ Registered in ``mmdet.registry`` (import ``plugins.mm`` through ``custom_imports
 All detectors subclass :class:`mmdet.models.detectors.TwoStageDetector`, so the same class is a Faster
 R-CNN (``roi_head`` without a mask branch) or a Mask R-CNN (with ``mask_head``); the configs in
 ``det_configs/mmdet/`` build both.  The framework-free pieces (sandwich sampling, BN calibration,
-ponder loss, input-sliced convs) come from :mod:`backbones`; this module only adapts them to MMDet's
-data structures.
+ponder loss, input-sliced convs) come from :mod:`backbones`: what a training step runs is the training core's
+policy (:mod:`backbones.training`, shared with the MMSeg, Detectron2 and pretraining frontends), BN calibration
+is :class:`plugins.mm.hooks.BNCalibrationHook`; this module only adapts them to MMDet's data structures.
 
 Scales follow MMDet's ``Resize(scale=(max_size, short_side), keep_ratio=True)`` rule: an image of
 original size (h, w) is resized by ``min(max_size / max(h, w), short_side / min(h, w))``.  The
@@ -46,18 +46,19 @@ from mmdet.models.necks import FPN
 from mmdet.registry import DATASETS, HOOKS, MODELS
 from mmdet.structures.bbox import BaseBoxes
 from mmengine.hooks import Hook
-from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.structures import InstanceData
 
 from backbones import sact as _sact
 from backbones import slimmable as _slim
+from backbones import training
 
 from .backbones import DynscaleBackbone
+from .hooks import _RenamedHook
+from .segmentors import current_step
 
 __all__ = ['SlimmableTwoStageDetector', 'SACTTwoStageDetector', 'RSNetTwoStageDetector', 'SlicedFPN',
-           'SlimmableDetBNCalibrationHook', 'DetPonderMapSaveHook', 'CheckedCocoDataset', 'rescale_batch',
-           'rescaled_size', 'check_coco_layout']
+           'DetPonderMapSaveHook', 'CheckedCocoDataset', 'rescale_batch', 'rescaled_size', 'check_coco_layout']
 
 
 # ------------------------------------------------------------------------------------ rescaling
@@ -187,8 +188,9 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
     """Two-stage detector that trains several sub-networks (width and/or input scale) on each batch
     and predicts at a chosen (width, scale).
 
-    ``loss`` runs every sub-network returned by :meth:`train_subnets` on the same batch (rescaled by
-    :func:`rescale_batch` when its scale differs from the pipeline's) through the *shared* backbone,
+    ``loss`` runs every sub-network of the step of the training policy (:attr:`policy`, set by the subclass) on
+    the same batch (rescaled by :func:`rescale_batch` to the sub-network's shorter side when it differs from the
+    pipeline's) through the *shared* backbone,
     neck and heads, and returns the union of their losses (the first sub-network's keys unprefixed,
     the others prefixed by their tag).  ``BaseModel.parse_losses`` sums every ``loss*`` key, so one
     backward pass accumulates the gradients of all sub-networks before one optimizer step, the same
@@ -210,14 +212,10 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
         self.test_width = test_width
         self.test_resolution = test_resolution
         self._last_subnets = []
-
-    # subclasses: [(tag, width or None, short side or None)], the first one unprefixed
-    def train_subnets(self):
-        """Sub-networks of one training step (overridden by subclasses)."""
-        return [('', None, None)]
+        self.policy = training.StandardPolicy()
 
     def subnet_context(self, width, resolution):
-        """Context that switches the backbone to (``width``, ``resolution``); overridden."""
+        """Evaluation context of the backbone at (``width``, ``resolution``); overridden."""
         return contextlib.nullcontext()
 
     def _pad_cfg(self):
@@ -242,12 +240,13 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
         """
         losses = {}
         self._last_subnets = []
-        for tag, width, res in self.train_subnets():
-            inputs, samples = self._at_scale(batch_inputs, batch_data_samples, res, with_gt=True)
-            with self.subnet_context(width, res):
-                sub = super().loss(inputs, samples)
-            self._last_subnets.append((tag, width, res, tuple(inputs.shape[-2:])))
-            losses.update(_prefixed(sub, tag))
+        for k, sub in enumerate(self.policy.subnets(current_step(self))):
+            tag = '' if k == 0 else sub.tag  # the first (largest) sub-network's keys stay MMDet's own
+            inputs, samples = self._at_scale(batch_inputs, batch_data_samples, sub.input_size, with_gt=True)
+            with self.policy.context(self.backbone.model, sub):
+                raw = super().loss(inputs, samples)
+            self._last_subnets.append((tag, sub.width, sub.input_size, tuple(inputs.shape[-2:])))
+            losses.update(_prefixed(self.policy.subnet_losses(sub, raw), tag))
         return losses
 
     def predict(self, batch_inputs, batch_data_samples, rescale=True):
@@ -272,7 +271,7 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
 class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
     """US-Net / MutualNet detector: sandwich-rule training over widths and input scales.
 
-    Each training step samples the sub-networks with :class:`backbones.slimmable.SandwichRule`
+    Each training step runs the sub-networks of :class:`backbones.training.SandwichPolicy`
     (US-Nets, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at
     the largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
     uniformly from ``resolutions`` (MutualNet) or all at the pipeline's scale (US-Net,
@@ -312,9 +311,10 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
         res = tuple(cfg['resolutions']) if cfg['resolutions'] else None
         self.resolutions = res
         self.max_resolution = max(res) if res else None
-        seed = cfg['seed'] if cfg['seed'] is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        self.sandwich = _slim.SandwichRule(bb.model.width_range, num_subnets=cfg['num_subnets'],
-                                           resolutions=res, max_resolution=self.max_resolution, seed=seed)
+        # every sub-network trained with the ground truth (MutualNet's detection setting, Sec. 4.3)
+        self.policy = training.SandwichPolicy(bb.model.width_range, num_subnets=cfg['num_subnets'], input_sizes=res,
+                                              max_input_size=self.max_resolution, distill=None,
+                                              student_gt_weight=1.0, seed=cfg['seed'])
         lo, hi = bb.model.width_range
         if self.test_width is not None and not lo <= self.test_width <= hi:
             raise ValueError(f'test_width={self.test_width} is outside the width range [{lo}, {hi}] '
@@ -325,59 +325,55 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
         """``[(tag, width, shorter side or None, (H, W) of the batch)]`` of the last training step."""
         return list(self._last_subnets)
 
-    def train_subnets(self):
-        """Tagged (width, scale) list of one step: ``'', 'min', 'rand1', ...`` (the SandwichRule order)."""
-        subs = []
-        for i, s in enumerate(self.sandwich.sample()):
-            tag = '' if i == 0 else ('min' if i == 1 else f'rand{i - 1}')
-            # the teacher runs at the pipeline's (largest) scale: no rescaling round trip
-            res = None if (s.is_teacher or s.resolution == self.max_resolution) else s.resolution
-            subs.append((tag, s.width, res))
-        return subs
-
     def subnet_context(self, width, resolution):
-        """Backbone at ``width`` (None = largest width).
+        """Backbone at ``width`` (None = largest width) for evaluation: the statistics calibrated for the pair
+        (``width``, ``resolution``) when they exist, else the width-only ones
+        (:meth:`backbones.training.SandwichPolicy.eval_context`); a width without any statistics makes the
+        backbone raise ``ValueError`` naming ``calibrate_bn``."""
+        return training.SandwichPolicy.eval_context(self.backbone.model, width, resolution)
 
-        Training uses the width-only BN configuration (batch statistics in train mode).  In eval mode the
-        statistics calibrated for the pair (``width``, ``resolution``) are used when they exist (see
-        :meth:`calibrate_bn`), else the width-only ones; a width without any statistics makes the
-        backbone raise ``ValueError`` naming ``calibrate_bn``.
-        """
+    # ---------------------------------------------------------------- BN calibration (BNCalibrationHook)
+    #: BNs outside the backbone that calibration forwards (the neck); the RoI heads are not run
+    calibration_head_scope = property(lambda self: self.neck)
+
+    def calibration_config(self):
+        """``(width, shorter side)`` evaluation uses: ``test_width`` (largest by default), ``test_resolution``."""
         net = self.backbone.model
-        width = net.width_range[1] if width is None else width
-        key = None
-        if not self.training and resolution is not None:
-            w = _slim.normalize_width(width)
-            key = resolution if (w, resolution) in net.bn_configs else None
-        return net.width_context(width, key)
+        return (net.width_range[1] if self.test_width is None else self.test_width), self.test_resolution
+
+    def set_calibration_config(self, width=None, resolution=None):
+        """Evaluate (and calibrate) at ``width`` / shorter side ``resolution`` from now on; None keeps."""
+        if width is not None:
+            self.test_width = width
+        if resolution is not None:
+            self.test_resolution = resolution
+
+    def calibration_inputs(self, data):
+        """A dataloader batch preprocessed and rescaled to the evaluated shorter side: ``[N, 3, H, W]``."""
+        with torch.no_grad():
+            d = self.data_preprocessor(data, False)
+            x, _ = self._at_scale(d['inputs'], d['data_samples'], self.calibration_config()[1], with_gt=False)
+        return x
+
+    def calibration_forward(self, x):
+        """Backbone + neck on a calibration batch."""
+        return self.extract_feat(x)
 
     def calibrate_bn(self, data_batches, width=None, resolution=None):
-        """Post-statistics BN (US-Nets, Yu & Huang 2019, Sec. 3.3) of the backbone for one (width, scale).
+        """Post-statistics BN (US-Nets, Yu & Huang 2019, Sec. 3.3) of one (width, scale), outside a runner.
 
         Args:
-            data_batches (Iterable[dict]): dataloader batches (``inputs``/``data_samples``), preprocessed
-                here and rescaled to ``resolution``.
-            width (float | None): width to calibrate (None = ``test_width`` or the largest).
-            resolution (int | None): shorter side (None = ``test_resolution`` or the pipeline's).
+            data_batches (Iterable[dict]): dataloader batches (``inputs``/``data_samples``).
+            width (float | None), resolution (int | None): the configuration (None: the evaluation one).
 
         Returns:
-            int: number of batches forwarded.
+            int: number of batches forwarded (:func:`backbones.training.calibrate`).
         """
-        net = self.backbone.model
-        width = self.test_width if width is None else width
-        width = net.width_range[1] if width is None else width
-        resolution = self.test_resolution if resolution is None else resolution
-        batches = []
-        with torch.no_grad():
-            for data in data_batches:
-                d = self.data_preprocessor(data, False)
-                x, _ = self._at_scale(d['inputs'], d['data_samples'], resolution, with_gt=False)
-                batches.append(x)
-        # the batches are already at the detection scale: select the (width, resolution) statistics
-        # here and let calibrate_bn use the model's current configuration (no square resizing)
-        with net.width_context(width, resolution):
-            _slim.calibrate_bn(net, batches)
-        return len(batches)
+        self.set_calibration_config(width, resolution)
+        w, r = self.calibration_config()
+        batches = (self.calibration_inputs(d) for d in data_batches)
+        return training.calibrate(self, batches, backbone=self.backbone.model, width=w, bn_resolution=r,
+                                  heads=self.neck, forward=lambda m, x: m.calibration_forward(x))
 
 
 @MODELS.register_module()
@@ -414,16 +410,11 @@ class RSNetTwoStageDetector(_MultiScaleTwoStageDetector):
                 raise ValueError(f'resolution {r} has no private BN in {bb.arch}; its resolutions are '
                                  f'{trained} (set backbone.resolutions to include it)')
         self.train_resolutions = res
-
-    def train_subnets(self):
-        """``[('', None, None), ('r480', None, 480), ...]``: the largest scale first, unrescaled."""
-        top = self.train_resolutions[0]
-        return [('' if r == top else f'r{r}', None, None if r == top else r) for r in self.train_resolutions]
+        # every scale trained with the ground truth: the paper's MRED is defined for classification logits
+        self.policy = training.ResolutionPolicy(res, mred=False)
 
     def subnet_context(self, width, resolution):
-        """Private BN of ``resolution`` (the largest trained one for ``None`` during training)."""
-        if resolution is None and self.training:
-            resolution = self.train_resolutions[0]
+        """Private BN of ``resolution`` for evaluation (None: the backbone's resolution rule)."""
         return self.backbone.maybe_resolution(resolution)
 
 
@@ -453,15 +444,14 @@ class SACTTwoStageDetector(TwoStageDetector):
         tau = getattr(bb.model, 'tau', 0.01) if ponder_tau is None else ponder_tau
         if tau < 0:
             raise ValueError(f'ponder_tau must be >= 0, got {tau}')
-        self.ponder_tau = float(tau)
+        self.policy = training.PonderPolicy(float(tau))
+        self.ponder_tau = self.policy.tau
         self.save_ponder_maps = save_ponder_maps
 
     def loss(self, batch_inputs, batch_data_samples):
-        """Detector losses plus ``loss_ponder`` (tau-weighted) and the logged ``ponder_cost``."""
+        """Detector losses plus the policy's ``loss_ponder`` (tau-weighted) and the logged ``ponder_cost``."""
         losses = super().loss(batch_inputs, batch_data_samples)
-        costs = self.backbone.ponder_costs
-        losses['loss_ponder'] = _sact.ponder_loss(costs, self.ponder_tau)
-        losses['ponder_cost'] = sum(c.detach().float().mean() for c in costs)
+        losses.update(self.policy.extra_losses(self.backbone.model))
         return losses
 
     def predict(self, batch_inputs, batch_data_samples, rescale=True):
@@ -519,77 +509,8 @@ def _unwrap(model):
 
 
 @HOOKS.register_module()
-class SlimmableDetBNCalibrationHook(Hook):
-    """Post-statistics BN before evaluation (US-Nets, Yu & Huang 2019, Sec. 3.3): before each val/test
-    loop, reset the backbone's BN statistics for (``width``, ``resolution``) and re-estimate them with
-    cumulative averaging over ``num_batches`` training batches
-    (:meth:`SlimmableTwoStageDetector.calibrate_bn` -> :func:`backbones.slimmable.calibrate_bn`).
-    It also sets the detector's ``test_width``/``test_resolution`` so evaluation runs at the
-    calibrated sub-network.
-
-    Args:
-        width (float | None): width multiplier (None = the detector's ``test_width`` or the largest).
-        resolution (int | None): shorter side (None = the detector's ``test_resolution`` or the
-            pipeline's scale).
-        num_batches (int): training batches to forward (the US-Net recipe uses 5 batches of 1024 images;
-            with detection batches of 2 use more).
-        dataloader (dict | None): dataloader config (None = the runner's ``train_dataloader`` config).
-        on_val (bool), on_test (bool): calibrate before validation / testing.
-
-    Raises:
-        ValueError: ``num_batches < 1``, or the model is not a :class:`SlimmableTwoStageDetector`.
-    """
-
-    priority = 'ABOVE_NORMAL'
-
-    def __init__(self, width=None, resolution=None, num_batches=20, dataloader=None, on_val=True,
-                 on_test=True):
-        if num_batches < 1:
-            raise ValueError(f'num_batches must be >= 1, got {num_batches}')
-        self.width, self.resolution, self.num_batches = width, resolution, num_batches
-        self.dataloader_cfg = dataloader
-        self.on_val, self.on_test = on_val, on_test
-        self._loader = None
-
-    def _calibrate(self, runner):
-        model = _unwrap(runner.model)
-        if not isinstance(model, SlimmableTwoStageDetector):
-            raise ValueError('SlimmableDetBNCalibrationHook needs a SlimmableTwoStageDetector, '
-                             f'got {type(model).__name__}')
-        if self.width is not None:
-            model.test_width = self.width
-        if self.resolution is not None:
-            model.test_resolution = self.resolution
-        if self._loader is None:
-            cfg = self.dataloader_cfg
-            if cfg is None:
-                cfg = runner.cfg.get('train_dataloader')
-            if cfg is None:
-                raise ValueError('SlimmableDetBNCalibrationHook needs training data: give dataloader=... '
-                                 'or a train_dataloader in the config')
-            self._loader = runner.build_dataloader(cfg, seed=runner.seed) if isinstance(cfg, dict) else cfg
-
-        def batches():
-            for i, data in enumerate(self._loader):
-                if i >= self.num_batches:
-                    break
-                yield data
-        was_training = model.training
-        n = model.calibrate_bn(batches())
-        model.train(was_training)
-        w = model.test_width if model.test_width is not None else model.backbone.model.width_range[1]
-        print_log(f'BN calibration: width {w}, shorter side {model.test_resolution or "as pipeline"}, '
-                  f'{n} batches', logger='current')
-
-    def before_val_epoch(self, runner):
-        """Calibrate before validation."""
-        if self.on_val:
-            self._calibrate(runner)
-
-    def before_test_epoch(self, runner):
-        """Calibrate before testing."""
-        if self.on_test:
-            self._calibrate(runner)
+class SlimmableDetBNCalibrationHook(_RenamedHook):
+    """Former name of :class:`plugins.mm.hooks.BNCalibrationHook` (raises, naming it)."""
 
 
 @HOOKS.register_module()

@@ -1,5 +1,6 @@
 """MMEngine hooks for dynscale models: slimmable BN calibration before evaluation, SACT ponder-map saving,
 the check that the data preprocessor normalises inputs as the pretrained weights expect."""
+import itertools
 import os
 import os.path as osp
 
@@ -8,124 +9,115 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from torch import nn
 
 from .backbones import register_mm_module
 
-__all__ = ['SlimmableBNCalibrationHook', 'PonderMapSaveHook', 'InputNormalizationHook', 'calibrate_head_bn']
+__all__ = ['BNCalibrationHook', 'PonderMapSaveHook', 'InputNormalizationHook']
 
 
 def _unwrap(model):
     return model.module if is_model_wrapper(model) else model
 
 
-@torch.no_grad()
-def calibrate_head_bn(model, batches):
-    """Recompute the running statistics of every ``_BatchNorm`` outside the backbone (decode/auxiliary heads,
-    necks) as exact averages over ``batches`` (post-statistics BN, US-Nets Sec. 3.3), with the backbone at its
-    current width/statistics in eval mode.
-
-    Args:
-        model (nn.Module): an MMSeg segmentor (called as ``model(inputs)``, ``mode='tensor'``).
-        batches (list[Tensor]): preprocessed image batches ``[N, 3, H, W]`` (already at the evaluation scale).
-
-    Returns:
-        int: number of BN layers recalibrated.
-    """
-    backbone_mods = set(model.backbone.modules())
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m not in backbone_mods and m.track_running_stats]
-    if not bns:
-        return 0
-    modes = {m: m.training for m in model.modules()}
-    momenta = [bn.momentum for bn in bns]
-    try:
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-            bn.train()
-        for x in batches:
-            model(x)
-    finally:
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
-        for m, mode in modes.items():
-            m.training = mode
-    return len(bns)
-
-
 @register_mm_module(registry='HOOKS')
-class SlimmableBNCalibrationHook(Hook):
-    """Post-statistics BN before every validation/test epoch of a slimmable segmentor.
+class BNCalibrationHook(Hook):
+    """Post-statistics BN before every validation / test epoch, for slimmable segmentors and detectors.
 
-    Takes ``num_batches`` batches of the training dataloader (train-time augmentation, as US-Nets/MutualNet
-    calibrate), calls ``backbones.slimmable.calibrate_bn`` for the ``(width, resolution)`` that the model's
-    ``test_cfg`` evaluates (``SlimmableEncoderDecoder.calibration_config``), and with ``calibrate_head``
-    also recomputes the heads' BN statistics at that configuration (:func:`calibrate_head_bn`).
+    US-Nets (Yu & Huang 2019, Sec. 3.3) and MutualNet (Yang et al. 2020, Sec. 3.3) re-estimate the BN statistics
+    of each evaluated (width, resolution) after training.  The hook takes ``num_batches`` batches of the training
+    dataloader (training augmentation, as both papers calibrate), has the model preprocess and scale them to the
+    evaluated resolution (``model.calibration_inputs``), and calls :func:`backbones.training.calibrate` for the
+    model's evaluation configuration (``model.calibration_config()``): the backbone's statistics of that
+    configuration and the BNs of ``model.calibration_head_scope`` (a segmentor's decode head; a detector's neck)
+    are re-estimated.  Under DDP each rank forwards its own batches and the statistics are averaged over the ranks,
+    so every rank evaluates, and rank 0 checkpoints, the same network.
 
     Args:
         num_batches (int): batches to average over (MutualNet: 9 x 1024 images; US-Nets: ~2000 images).
-        calibrate_head (bool): also recalibrate the BNs shared by all widths in the decode head.
+        heads (bool): also re-estimate the BNs of the model's ``calibration_head_scope``.
+        width (float | None), resolution (int | None): evaluate and calibrate this configuration instead of the
+            model's (``model.set_calibration_config``).
+        dataloader (dict | None): dataloader config (None: the runner's training dataloader).
+        on_val (bool), on_test (bool): calibrate before validation / testing.
 
     Raises:
-        ValueError: the model has no ``calibration_config`` (not a :class:`SlimmableEncoderDecoder`) or no
-            training dataloader is configured.
+        ValueError: ``num_batches < 1``; a model without the calibration interface (not a slimmable segmentor /
+            detector of plugins.mm); no training data.
     """
 
     priority = 'ABOVE_NORMAL'
 
-    def __init__(self, num_batches=5, calibrate_head=True):
+    def __init__(self, num_batches=5, heads=True, width=None, resolution=None, dataloader=None, on_val=True,
+                 on_test=True):
         if num_batches < 1:
             raise ValueError(f'num_batches must be >= 1, got {num_batches}')
-        self.num_batches = num_batches
-        self.calibrate_head = calibrate_head
+        self.num_batches, self.heads = num_batches, heads
+        self.width, self.resolution = width, resolution
+        self.dataloader_cfg, self.on_val, self.on_test = dataloader, on_val, on_test
+        self._built_loader = None
 
     def _loader(self, runner):
         from mmengine.runner import BaseLoop
-        loop = getattr(runner, '_train_loop', None)
-        if isinstance(loop, BaseLoop):
-            return loop.dataloader
-        if getattr(self, '_built_loader', None) is None:
-            cfg = runner.cfg.get('train_dataloader') if getattr(runner, 'cfg', None) is not None else None
+        if self.dataloader_cfg is None:
+            loop = getattr(runner, '_train_loop', None)
+            if isinstance(loop, BaseLoop):
+                return loop.dataloader
+        if self._built_loader is None:
+            cfg = self.dataloader_cfg
+            if cfg is None and getattr(runner, 'cfg', None) is not None:
+                cfg = runner.cfg.get('train_dataloader')
             if not cfg:
-                raise ValueError('SlimmableBNCalibrationHook needs train_dataloader in the config: BN '
-                                 'statistics are calibrated on training batches')
-            self._built_loader = runner.build_dataloader(cfg, seed=runner.seed)
+                raise ValueError('BNCalibrationHook needs training data: give dataloader=... or a train_dataloader '
+                                 'in the config (BN statistics are calibrated on training batches)')
+            self._built_loader = runner.build_dataloader(cfg, seed=runner.seed) if isinstance(cfg, dict) else cfg
         return self._built_loader
 
-    def _batches(self, runner, model):
-        out = []
-        for data in self._loader(runner):
-            out.append(model.data_preprocessor(data, True)['inputs'])
-            if len(out) >= self.num_batches:
-                break
-        return out
-
     def calibrate(self, runner):
-        """Calibrate ``runner.model`` for its test configuration; returns ``(width, resolution)``."""
-        from backbones.slimmable import calibrate_bn
+        """Calibrate ``runner.model`` for its evaluation configuration; returns ``(width, resolution)``."""
+        from backbones.training import calibrate
         model = _unwrap(runner.model)
-        if not hasattr(model, 'calibration_config'):
-            raise ValueError(f'SlimmableBNCalibrationHook needs a SlimmableEncoderDecoder, '
-                             f'got {type(model).__name__}')
+        need = ('calibration_config', 'calibration_inputs', 'calibration_forward')
+        if not all(hasattr(model, n) for n in need):
+            raise ValueError(f'BNCalibrationHook needs a slimmable segmentor or detector (SlimmableEncoderDecoder, '
+                             f'SlimmableTwoStageDetector), got {type(model).__name__}')
+        if self.width is not None or self.resolution is not None:
+            model.set_calibration_config(self.width, self.resolution)
         width, res = model.calibration_config()
-        batches = self._batches(runner, model)
-        calibrate_bn(model, batches, width=width, resolution=res)
-        n_head = 0
-        if self.calibrate_head:
-            scaled = [model._scale(x, res) for x in batches]
-            with model.backbone.model.width_context(width, res):
-                n_head = calibrate_head_bn(model, scaled)
-        print_log(f'calibrated BN statistics for width {width}, resolution {res} on {len(batches)} batches '
-                  f'({n_head} head BN layers)', logger='current')
+        batches = (model.calibration_inputs(d) for d in itertools.islice(self._loader(runner), self.num_batches))
+        heads = model.calibration_head_scope if self.heads else False
+        n = calibrate(model, batches, backbone=model.backbone.model, width=width, bn_resolution=res,
+                      heads=heads if heads is not None else False, forward=lambda m, x: m.calibration_forward(x))
+        print_log(f'calibrated BN statistics for width {width}, resolution {res or "as loaded"} on {n} batches'
+                  + (' (averaged over ranks)' if _world() > 1 else ''), logger='current')
         return width, res
 
     def before_val_epoch(self, runner):
-        self.calibrate(runner)
+        if self.on_val:
+            self.calibrate(runner)
 
     def before_test_epoch(self, runner):
-        self.calibrate(runner)
+        if self.on_test:
+            self.calibrate(runner)
+
+
+def _world():
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _RenamedHook(Hook):
+    """A hook name that no longer exists: building it raises ValueError naming its replacement."""
+
+    new_name = 'BNCalibrationHook'
+
+    def __init__(self, *args, **kwargs):
+        raise ValueError(f'{type(self).__name__} was renamed: use type={self.new_name!r} (one hook for segmentors and '
+                         f'detectors; arguments num_batches, heads, width, resolution, dataloader)')
+
+
+@register_mm_module(registry='HOOKS')
+class SlimmableBNCalibrationHook(_RenamedHook):
+    """Former name of :class:`BNCalibrationHook` (raises, naming it)."""
 
 
 @register_mm_module(registry='HOOKS')

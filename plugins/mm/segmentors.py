@@ -2,29 +2,43 @@
 US-Net/MutualNet sandwich-rule training.
 
 All three subclass MMSeg's ``EncoderDecoder`` and keep its data flow (``data_preprocessor`` ->
-``extract_feat`` -> ``decode_head``); the method pieces come from :mod:`backbones` (one framework-agnostic
-implementation shared with the Detectron2 and MMDet plugins):
+``extract_feat`` -> ``decode_head``); what a training step runs comes from the training core
+:mod:`backbones.training` (one policy per method, shared with the MMDet, Detectron2 and pretraining
+frontends); this module only resizes batches and logits, calls the decode head and names the logged values:
 
-* :class:`SACTEncoderDecoder`: ``backbones.sact.ponder_loss`` / ``ponder_cost_map`` (Figurnov et al. 2017);
-* :class:`RSNetEncoderDecoder`: ``backbones.rsnet.MREDLoss`` / ``resize_logits`` (Wang et al. 2020, RS-Nets
-  supplementary Sec. 3);
-* :class:`SlimmableEncoderDecoder`: ``backbones.slimmable.SandwichRule`` / ``inplace_distillation_loss``
-  (Yu & Huang 2019 Sec. 3.2-3.3; Yang et al. 2020 Sec. 3.2), BN calibration in
-  :class:`plugins.mm.hooks.SlimmableBNCalibrationHook`.
+* :class:`SACTEncoderDecoder`: :class:`backbones.training.PonderPolicy` (Figurnov et al. 2017), ponder maps;
+* :class:`RSNetEncoderDecoder`: :class:`backbones.training.ResolutionPolicy` with MRED (Wang et al. 2020,
+  RS-Nets supplementary Sec. 3);
+* :class:`SlimmableEncoderDecoder`: :class:`backbones.training.SandwichPolicy` (Yu & Huang 2019 Sec.
+  3.2-3.3; Yang et al. 2020 Sec. 3.2), BN calibration by :class:`plugins.mm.hooks.BNCalibrationHook`.
 """
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import MessageHub
 from mmengine.structures import PixelData
 from mmseg.models.losses import accuracy
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.utils import resize
 from mmseg.utils import add_prefix
 
+from backbones import training
+
 from .backbones import DynscaleBackbone, register_mm_module
 
-__all__ = ['SACTEncoderDecoder', 'RSNetEncoderDecoder', 'SlimmableEncoderDecoder', 'scaled_size']
+__all__ = ['SACTEncoderDecoder', 'RSNetEncoderDecoder', 'SlimmableEncoderDecoder', 'scaled_size', 'current_step']
+
+
+def current_step(module):
+    """Index of the training iteration: MMEngine's ``iter`` (``RuntimeInfoHook``) when a runner drives training,
+    else a counter kept on ``module`` (advanced by each call)."""
+    hub = MessageHub.get_current_instance()
+    it = hub.get_info('iter') if hub is not None else None
+    if it is not None:
+        return int(it)
+    module._dynscale_step = getattr(module, '_dynscale_step', -1) + 1
+    return module._dynscale_step
 
 
 def scaled_size(size, resolution, max_resolution):
@@ -70,21 +84,17 @@ class SACTEncoderDecoder(EncoderDecoder):
     def __init__(self, *args, tau=None, **kwargs):
         super().__init__(*args, **kwargs)
         _check_backbone(self, 'sact', 'SACTEncoderDecoder')
-        self.tau = float(self.backbone.model.tau if tau is None else tau)
-        if self.tau < 0:
-            raise ValueError(f'tau must be >= 0, got {self.tau}')
+        self.policy = training.PonderPolicy(float(self.backbone.model.tau if tau is None else tau))
+        self.tau = self.policy.tau
 
     def loss(self, inputs, data_samples):
-        """Decode (+ auxiliary) losses plus ``loss_ponder``; ``ponder_cost`` is logged only."""
-        from backbones.sact import ponder_loss
+        """Decode (+ auxiliary) losses plus the policy's ``loss_ponder``; ``ponder_cost`` is logged only."""
         x = self.extract_feat(inputs)
-        costs = list(self.backbone.ponder_costs)
         losses = dict()
         losses.update(self._decode_head_forward_train(x, data_samples))
         if self.with_auxiliary_head:
             losses.update(self._auxiliary_head_forward_train(x, data_samples))
-        losses['loss_ponder'] = ponder_loss(costs, self.tau).to(inputs.device)
-        losses['ponder_cost'] = sum((r.detach().mean() for r in costs), torch.zeros((), device=inputs.device))
+        losses.update(self.policy.extra_losses(self.backbone.model))
         return losses
 
     def predict(self, inputs, data_samples=None):
@@ -139,7 +149,6 @@ class RSNetEncoderDecoder(EncoderDecoder):
 
     def __init__(self, *args, kd='ens_topdown', mred_weight=1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        from backbones.rsnet import MREDLoss
         _check_backbone(self, 'rsnet', 'RSNetEncoderDecoder')
         trained = tuple(self.backbone.model.resolutions)
         res = tuple((self.train_cfg or {}).get('resolutions', trained))
@@ -148,7 +157,8 @@ class RSNetEncoderDecoder(EncoderDecoder):
             raise ValueError(f'train_cfg.resolutions must be trained resolutions of the backbone {trained} '
                              f'in descending order, got {res}')
         self.resolutions = res
-        self.mred = MREDLoss(len(res), kd=kd, ignore_index=self.decode_head.ignore_index)
+        self.policy = training.ResolutionPolicy(res, mred=kd, ignore_index=self.decode_head.ignore_index)
+        self.mred = self.policy.mred  # a module of the segmentor: alpha is trained and checkpointed
         self.mred_weight = mred_weight
 
     def loss(self, inputs, data_samples):
@@ -156,23 +166,22 @@ class RSNetEncoderDecoder(EncoderDecoder):
         size = tuple(inputs.shape[-2:])
         gt = _stack_gt(data_samples)
         logits_list, losses = [], dict()
-        for r in self.resolutions:
-            hw = scaled_size(size, r, self.resolutions[0])
+        for sub in self.policy.subnets(current_step(self)):
+            r = sub.bn_resolution
+            hw = scaled_size(size, r, self.resolutions[0])  # the crop side scaled by r / largest resolution
             x = inputs if hw == size else resize(inputs, size=hw, mode='bilinear',
                                                  align_corners=self.align_corners)
-            with self.backbone.resolution_context(r):
+            with self.policy.context(self.backbone.model, sub):
                 feats = self.extract_feat(x)
                 z = self.decode_head.forward(feats)
                 if self.with_auxiliary_head:
                     aux = self._auxiliary_head_forward_train(feats, data_samples)
-                    losses.update(add_prefix(aux, f'r{r}'))
+                    losses.update(add_prefix(aux, sub.tag))
             z = resize(z, size=gt.shape[-2:], mode='bilinear', align_corners=self.align_corners)
             logits_list.append(z)
-            losses[f'acc_seg_r{r}'] = accuracy(z.detach(), gt, ignore_index=self.decode_head.ignore_index)
-        loss, parts = self.mred(logits_list, gt)
-        losses['loss_mred'] = self.mred_weight * loss
-        for k, v in parts.items():
-            losses[f'mred_{k}'] = v.to(inputs.device)
+            losses[f'acc_seg_{sub.tag}'] = accuracy(z.detach(), gt, ignore_index=self.decode_head.ignore_index)
+        for k, v in self.policy.combine(logits_list, gt).items():
+            losses[k] = self.mred_weight * v if k == 'loss_mred' else v.to(inputs.device)
         return losses
 
     def encode_decode(self, inputs, batch_img_metas):
@@ -204,8 +213,9 @@ class SlimmableEncoderDecoder(EncoderDecoder):
     """Sandwich-rule segmentor for US-Nets / MutualNet backbones (Yu & Huang 2019 Sec. 3.2-3.3; Yang et al.
     2020 Sec. 3.2).
 
-    One training step (``train_step``) samples ``num_subnets`` sub-networks with
-    ``backbones.slimmable.SandwichRule``: the max width at the full crop (teacher), the min width and
+    One training step (``train_step``) runs the ``num_subnets`` sub-networks of
+    :class:`backbones.training.SandwichPolicy` (the same on every rank): the max width at the full crop (teacher),
+    the min width and
     random widths, each at a resolution drawn from ``train_cfg.resolutions`` (MutualNet; crop resized
     bilinearly to ``r x r`` for a square crop of side ``max_resolution``) or at the crop as loaded
     (US-Nets, no ``resolutions``).  The teacher is trained with the ground truth; each student with
@@ -220,14 +230,14 @@ class SlimmableEncoderDecoder(EncoderDecoder):
 
     Evaluation runs at ``test_cfg.width`` (default max) and ``test_cfg.resolution`` (default: the input as
     it comes; otherwise scaled by ``resolution / max_resolution``) with the BN statistics calibrated for
-    that pair (:class:`plugins.mm.hooks.SlimmableBNCalibrationHook`).
+    that pair (:class:`plugins.mm.hooks.BNCalibrationHook`).
 
     Args:
         num_subnets (int): sub-networks per step (4 in both papers).
         distill (str | None): 'inplace' (KL to the teacher, US-Nets/MutualNet) or None.
         student_gt_weight (float): weight of the students' ground-truth loss (0 with inplace distillation,
             1 = "every sub-network trained with the ground truth").
-        seed (int | None): sampler seed.
+        seed (int | None): seed of the sub-network draws (None: drawn from torch's generator, agreed over ranks).
         **kwargs: ``EncoderDecoder`` arguments; ``train_cfg`` may hold ``resolutions`` (ints, pixels) and
             ``max_resolution`` (default max of ``resolutions``, the train crop side).
 
@@ -238,7 +248,6 @@ class SlimmableEncoderDecoder(EncoderDecoder):
 
     def __init__(self, *args, num_subnets=4, distill='inplace', student_gt_weight=0.0, seed=None, **kwargs):
         super().__init__(*args, **kwargs)
-        from backbones.slimmable import SandwichRule
         _check_backbone(self, 'slimmable', 'SlimmableEncoderDecoder')
         if self.with_auxiliary_head:
             raise ValueError('SlimmableEncoderDecoder does not support auxiliary heads (their input width '
@@ -246,16 +255,12 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         if not getattr(self.decode_head, 'input_sliced', False):
             raise ValueError('the decode head must accept every backbone width: use DeepLabV3Head or '
                              'RefineNetHead with input_sliced=True')
-        if distill not in ('inplace', None):
-            raise ValueError(f"distill must be 'inplace' or None, got {distill!r}")
         tc = dict(self.train_cfg or {})
         self.train_resolutions = tuple(tc['resolutions']) if tc.get('resolutions') else None
         default_max = max(self.train_resolutions) if self.train_resolutions else None
         self.max_resolution = tc.get('max_resolution') or default_max
-        self.sandwich = SandwichRule(self.backbone.model.width_range, num_subnets, self.train_resolutions,
-                                     self.max_resolution, seed)
-        self.distill = distill
-        self.student_gt_weight = student_gt_weight
+        self.policy = training.SandwichPolicy(self.backbone.model.width_range, num_subnets, self.train_resolutions,
+                                              self.max_resolution, distill, student_gt_weight, seed)
 
     def _scale(self, inputs, resolution):
         if resolution is None or self.max_resolution is None or resolution == self.max_resolution:
@@ -264,21 +269,13 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         return resize(inputs, size=hw, mode='bilinear', align_corners=True)
 
     def _subnet_losses(self, inputs, data_samples, sub, teacher):
-        x = self._scale(inputs, sub.resolution)
-        with self.backbone.width_context(sub.width):
+        x = self._scale(inputs, sub.input_size)
+        with self.policy.context(self.backbone.model, sub):
             z = self.decode_head.forward(self.extract_feat(x))
         gt_size = data_samples[0].gt_sem_seg.data.shape[-2:]
         z_full = resize(z, size=gt_size, mode='bilinear', align_corners=self.align_corners)
-        losses = {}
-        if sub.is_teacher or self.student_gt_weight > 0:
-            ce = self.decode_head.loss_by_feat(z, data_samples)
-            w = 1.0 if sub.is_teacher else self.student_gt_weight
-            for k, v in ce.items():
-                losses[k] = v * w if k.startswith('loss') else v
-        if not sub.is_teacher and self.distill == 'inplace' and teacher is not None:
-            from backbones.slimmable import inplace_distillation_loss
-            losses['loss_distill'] = inplace_distillation_loss(z_full, teacher)
-        return losses, z_full
+        task = self.decode_head.loss_by_feat(z, data_samples) if sub.gt_weight else {}
+        return self.policy.subnet_losses(sub, task, z_full, teacher), z_full
 
     def train_step(self, data, optim_wrapper):
         """Sandwich-rule step: forward/backward every sub-network, then one optimiser update.
@@ -292,18 +289,17 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         inputs, data_samples = data['inputs'], data['data_samples']
         count0 = optim_wrapper._inner_count  # one optimiser "iteration" for the whole step
         log_vars, total, teacher = OrderedDict(), 0.0, None
-        for k, sub in enumerate(self.sandwich.sample()):
-            name = 'max' if sub.is_teacher else ('min' if k == 1 else f'rand{k - 1}')
+        for sub in self.policy.subnets(current_step(self)):
             with optim_wrapper.optim_context(self):
                 losses, z = self._subnet_losses(inputs, data_samples, sub, teacher)
             loss, parts = self.parse_losses(losses)
             optim_wrapper._inner_count = count0
             optim_wrapper.backward(optim_wrapper.scale_loss(loss))
-            if sub.is_teacher:
+            if sub.teacher:
                 teacher = z.detach()
             total += float(parts.pop('loss').detach())
             for key, v in parts.items():
-                log_vars[f'{name}.{key}'] = v.detach()
+                log_vars[f'{sub.tag}.{key}'] = v.detach()
         optim_wrapper._inner_count = count0 + 1
         if optim_wrapper.should_update():
             optim_wrapper.step()
@@ -316,12 +312,11 @@ class SlimmableEncoderDecoder(EncoderDecoder):
         """Losses of one sandwich sample without the optimiser (for ``mode='loss'`` callers; training uses
         :meth:`train_step`, which back-propagates sub-network by sub-network)."""
         losses, teacher = {}, None
-        for k, sub in enumerate(self.sandwich.sample()):
-            name = 'max' if sub.is_teacher else ('min' if k == 1 else f'rand{k - 1}')
+        for sub in self.policy.subnets(current_step(self)):
             parts, z = self._subnet_losses(inputs, data_samples, sub, teacher)
-            if sub.is_teacher:
+            if sub.teacher:
                 teacher = z.detach()
-            losses.update(add_prefix(parts, name))
+            losses.update(add_prefix(parts, sub.tag))
         return losses
 
     def encode_decode(self, inputs, batch_img_metas):
@@ -337,7 +332,30 @@ class SlimmableEncoderDecoder(EncoderDecoder):
             z = self.decode_head.forward(self.extract_feat(x))
         return resize(z, size=inputs.shape[-2:], mode='bilinear', align_corners=self.align_corners)
 
+    # ---------------------------------------------------------------- BN calibration (BNCalibrationHook)
+    #: BNs outside the backbone re-estimated with it (the decode head is shared by every width)
+    calibration_head_scope = property(lambda self: self)
+
     def calibration_config(self):
         """``(width, resolution)`` that evaluation will use (from ``test_cfg``)."""
         tc = self.test_cfg or {}
         return tc.get('width', self.backbone.model.width_range[1]), tc.get('resolution')
+
+    def set_calibration_config(self, width=None, resolution=None):
+        """Evaluate (and calibrate) at ``width`` / ``resolution`` from now on (``test_cfg``); None keeps."""
+        self.test_cfg = dict(self.test_cfg or {})
+        if width is not None:
+            self.test_cfg['width'] = width
+        if resolution is not None:
+            self.test_cfg['resolution'] = resolution
+
+    def calibration_inputs(self, data):
+        """A dataloader batch preprocessed (training augmentation) and scaled to the evaluated resolution:
+        ``[N, 3, h, w]``."""
+        with torch.no_grad():
+            x = self.data_preprocessor(data, True)['inputs']
+        return self._scale(x, self.calibration_config()[1])
+
+    def calibration_forward(self, x):
+        """Backbone + decode head on a calibration batch (every BN of the evaluated network sees it)."""
+        return self.decode_head.forward(self.extract_feat(x))

@@ -25,4 +25,4 @@ model = dict(
     # threshold so that a barely trained model still yields detections for the COCO evaluation
     train_cfg=dict(rpn_proposal=dict(max_per_img=300), rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(max_per_img=300), rcnn=dict(score_thr=0.001)))
-custom_hooks = [dict(type='SlimmableDetBNCalibrationHook', num_batches=10)]
+custom_hooks = [dict(type='BNCalibrationHook', num_batches=10)]

@@ -37,4 +37,4 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     # channels of the four VGG stages at the full width; narrower widths use the first channels
     neck=dict(type='SlicedFPN', in_channels=[128, 256, 512, 512]))
-custom_hooks = [dict(type='SlimmableDetBNCalibrationHook', num_batches=50)]
+custom_hooks = [dict(type='BNCalibrationHook', num_batches=50)]
