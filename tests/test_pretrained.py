@@ -33,6 +33,8 @@ SUPPORTED = {
     'mutualnet_resnet50': 'us_resnet50',
     'parallel_resnet18': 'rs_resnet18', 'parallel_resnet50': 'rs_resnet50', 'parallel_resnet101': 'rs_resnet101',
     'parallel_mobilenetv2': 'rs_mobilenet_v2',
+    'densenet201': 'densenet201', 'densenet201_elastic': 'densenet201_elastic', 'dla60x': 'dla60x',
+    'dla60x_elastic': 'dla60x_elastic', 'dla102x': 'dla102x', 'dla102x_elastic': 'dla102x_elastic',
 }
 #: manifest -> the reason the loader gives (a regex of its message): "not supported yet"
 UNSUPPORTED = {
@@ -41,9 +43,6 @@ UNSUPPORTED = {
     'autoslim_mobilenet_v1': 'private affine per width', 'autoslim_mobilenet_v2': 'private affine per width',
     'autoslim_mnasnet': 'private affine per width', 'autoslim_resnet50': 'private affine per width',
     'mutualnet_mobilenet_v1_w1.6': 'wider max width',
-    'densenet201': 'no DenseNet-201 or DLA-X model', 'densenet201_elastic': 'no DenseNet-201 or DLA-X model',
-    'dla60x': 'no DenseNet-201 or DLA-X model', 'dla60x_elastic': 'no DenseNet-201 or DLA-X model',
-    'dla102x': 'no DenseNet-201 or DLA-X model', 'dla102x_elastic': 'no DenseNet-201 or DLA-X model',
 }
 
 
@@ -104,6 +103,80 @@ def _check_elastic(name, model, sd):
         assert torch.equal(msd['stages.3.2.se.fc2.bias'], sd[p + 'layer4.2.selayer.conv2.bias'])
 
 
+def _check_densenet(name, model, sd):
+    p = 'module.features.'
+    msd = model.state_dict()
+    assert torch.equal(msd['stem.conv.weight'], sd[p + 'conv0.weight'])
+    assert torch.equal(msd['stem.bn.running_mean'], sd[p + 'norm0.running_mean'])
+    assert torch.equal(msd['stages.1.transition.conv.weight'], sd[p + 'transition1.conv.weight'])
+    assert torch.equal(msd['stages.3.transition.norm.bias'], sd[p + 'transition3.norm.bias'])
+    assert torch.equal(msd['stages.3.norm_final.running_var'], sd[p + 'norm_final.running_var'])
+    assert torch.equal(msd['head.2.weight'], sd['module.classifier.weight'])
+    blocks = model.block_config
+    for b, n in enumerate(blocks):
+        for layer in (1, n):
+            s, t = f'{p}denseblock{b + 1}.denselayer{layer}.', f'stages.{b}.block.denselayer{layer}.'
+            assert torch.equal(msd[t + 'norm1.weight'], sd[s + 'norm1.weight'])
+            if 'elastic' not in name:
+                for part in ('conv1.weight', 'norm2.running_mean', 'conv2.weight'):
+                    assert torch.equal(msd[t + part], sd[s + part])
+            elif b < 3:  # Elastic layers: the half-resolution branch one-to-one
+                for part in ('conv1', 'conv1_d', 'conv2', 'conv2_d'):
+                    assert torch.equal(msd[f'{t}{part}.weight'], sd[f'{s}{part}.weight'])
+                for part in ('norm2', 'norm2_d'):
+                    assert torch.equal(msd[f'{t}{part}.running_var'], sd[f'{s}{part}.running_var'])
+            else:  # block 4 of the Elastic model: two full-resolution halves merged, full branch first
+                w1, w2, nb = msd[t + 'conv1.weight'], msd[t + 'conv2.weight'], msd[t + 'norm2.bias']
+                assert torch.equal(w1, torch.cat([sd[s + 'conv1.weight'], sd[s + 'conv1_d.weight']]))
+                assert torch.equal(nb, torch.cat([sd[s + 'norm2.bias'], sd[s + 'norm2_d.bias']]))
+                assert torch.equal(w2, torch.cat([sd[s + 'conv2.weight'], sd[s + 'conv2_d.weight']], 1))
+
+
+def _dla_target(blk):
+    level, _, path = blk.partition('.')
+    return f'stages.{int(level[5:]) - 2}' + (f'.{path}' if path else '')
+
+
+def _check_dla(name, model, sd):
+    p = 'module.'
+    msd = model.state_dict()
+    assert torch.equal(msd['stem.base_layer.0.weight'], sd[p + 'base_layer.0.weight'])
+    assert torch.equal(msd['stem.level1.1.running_mean'], sd[p + 'level1.1.running_mean'])
+    assert torch.equal(msd['head.2.weight'], sd[p + 'fc.weight'].flatten(1))  # 1x1-conv classifier -> Linear
+    assert torch.equal(msd['head.2.bias'], sd[p + 'fc.bias'])
+    assert torch.equal(msd['stages.3.root.conv.weight'], sd[p + 'level5.root.conv.weight'])
+    assert torch.equal(msd['stages.3.project.0.weight'], sd[p + 'level5.project.0.weight'])
+    settings = manifest(name)['settings']
+    for blk in settings.get('blocks_elastic_half_resolution_branch', []):
+        t = _dla_target(blk)
+        for part in ('conv1', 'conv2', 'conv3', 'conv1_d', 'conv2_d', 'conv3_d'):
+            assert torch.equal(msd[f'{t}.{part}.weight'], sd[f'{p}{blk}.{part}.weight'])
+        assert torch.equal(msd[f'{t}.bn2_d.running_var'], sd[f'{p}{blk}.bn2_d.running_var'])
+    for blk in settings.get('blocks_two_full_resolution_branches', []):
+        t = _dla_target(blk)
+        assert torch.equal(msd[f'{t}.conv1.weight'], torch.cat([sd[f'{p}{blk}.conv1.weight'],
+                                                                sd[f'{p}{blk}.conv1_d.weight']]))
+        assert torch.equal(msd[f'{t}.conv2.weight'], torch.cat([sd[f'{p}{blk}.conv2.weight'],
+                                                                sd[f'{p}{blk}.conv2_d.weight']]))
+        assert torch.equal(msd[f'{t}.conv3.weight'], torch.cat([sd[f'{p}{blk}.conv3.weight'],
+                                                                sd[f'{p}{blk}.conv3_d.weight']], 1))
+        assert torch.equal(msd[f'{t}.bn1.bias'], torch.cat([sd[f'{p}{blk}.bn1.bias'], sd[f'{p}{blk}.bn1_d.bias']]))
+        assert torch.equal(msd[f'{t}.bn3.weight'], sd[f'{p}{blk}.bn3.weight'])
+    if 'elastic' not in name:  # single-branch bottlenecks one-to-one
+        assert torch.equal(msd['stages.3.tree1.conv2.weight'], sd[p + 'level5.tree1.conv2.weight'])
+        assert torch.equal(msd['stages.0.tree2.bn3.running_var'], sd[p + 'level2.tree2.bn3.running_var'])
+    # the projections of depth > 1 tree nodes (no root of their own) are dropped, by name and with the reason
+    dead = sorted({k.rsplit('.project.', 1)[0] for k in sd if '.project.' in k
+                   and k.rsplit('.project.', 1)[0] + '.root.conv.weight' not in sd})
+    assert dead and all(not k.startswith(tuple(_dla_target(d[len(p):]) + '.project' for d in dead)) for k in msd)
+    rows = model.pretrained_meta['conversion_dropped']
+    dropped = {k for k, _ in rows}
+    assert dropped == {k for k in sd if k.rsplit('.project.', 1)[0] in dead}
+    assert all('never used' in why for _, why in rows)
+    assert sum(sd[k].numel() for k in dropped if not k.endswith(('running_mean', 'running_var', 'tracked'))) + \
+        sum(p.numel() for p in model.parameters()) == manifest(name)['parameter_count']
+
+
 def _check_slimmable(name, model, sd):
     widths = manifest(name)['settings']['width_mult_list']
     assert list(model.width_list) == widths
@@ -141,6 +214,10 @@ def test_official_file_converts_and_loads_strictly(name, tmp_path):
     assert meta['source_sha256'] == read_source(path).sha256
     if name.startswith(('resnext', 'se_')):
         _check_elastic(name, model, sd)
+    elif name.startswith('densenet'):
+        _check_densenet(name, model, sd)
+    elif name.startswith('dla'):
+        _check_dla(name, model, sd)
     elif name.startswith(('us_', 'mutualnet_')):
         _check_slimmable(name, model, sd)
         assert meta['eval_protocol'] == ('mutualnet-recalibrate' if name.startswith('mutualnet') else 'usnet-stored')
@@ -151,6 +228,48 @@ def test_official_file_converts_and_loads_strictly(name, tmp_path):
     rep = load_pretrained(model, path)
     assert rep.loaded == len(before) and not rep.missing and not rep.unexpected
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@needs_manifests
+@pytest.mark.parametrize('name', ['densenet201', 'densenet201_elastic', 'dla60x', 'dla60x_elastic', 'dla102x',
+                                  'dla102x_elastic'])
+def test_densenet_and_dla_files_are_recognised_by_their_layout_without_arch(name, tmp_path):
+    from official_files import container_of, state_dict_of
+
+    obj = container_of(name, state_dict_of(name))
+    obj['arch'] = 'my_run'
+    torch.save(obj, tmp_path / 'f.pth.tar')
+    rel = identify(str(tmp_path / 'f.pth.tar'))
+    assert (rel.origin, rel.name, rel.models, rel.num_classes) == ('allenai/elastic', name, (SUPPORTED[name],), 1000)
+
+
+@needs_manifests
+def test_densenet_and_dla_files_of_other_layouts_are_refused_naming_it(tmp_path):
+    from official_files import container_of, state_dict_of
+
+    sd = state_dict_of('dla60x')
+    sd = type(sd)((k, v) for k, v in sd.items() if not k.startswith('module.level5.'))
+    torch.save(dict(container_of('dla60x', sd), arch='x'), tmp_path / 'd.pth.tar')
+    with pytest.raises(UnsupportedCheckpointError, match=r'tree depths \[1, 2, 3, 0\]'):
+        identify(str(tmp_path / 'd.pth.tar'))
+    sd = state_dict_of('densenet201')
+    sd = type(sd)((k, v) for k, v in sd.items() if '.denseblock4.denselayer32.' not in k)
+    torch.save(dict(container_of('densenet201', sd), arch='x'), tmp_path / 'n.pth.tar')
+    with pytest.raises(UnsupportedCheckpointError, match=r'\[6, 12, 48, 31\]'):
+        identify(str(tmp_path / 'n.pth.tar'))
+    # a known arch name with a damaged layout: strict conversion lists the keys
+    torch.save(container_of('densenet201', sd), tmp_path / 'n2.pth.tar')
+    with pytest.raises(CheckpointMismatchError, match='unfilled model key: stages.3.block.denselayer32'):
+        backbones.create('densenet201', pretrained=str(tmp_path / 'n2.pth.tar'))
+
+
+@needs_manifests
+def test_dla_classifier_reshaped_and_features_only_dla_drops_it(tmp_path):
+    path, sd = write_official('dla60x_elastic', str(tmp_path / 'dla60x_elastic.pth.tar'))
+    model = backbones.create('dla60x_elastic', num_classes=0, output_stride=8, out_indices=(3,))
+    rep = load_pretrained(model, path)
+    assert {k for k, _ in rep.dropped} >= {'head.2.weight', 'head.2.bias', 'module.level3.project.0.weight'}
+    assert torch.equal(model.stages[3].root.conv.weight, sd['module.level5.root.conv.weight'])
 
 
 @needs_manifests

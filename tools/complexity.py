@@ -12,6 +12,11 @@ batch 1; parameters are the stored tensors (max width for slimmable models).  "r
 the authors' code in ``../shared/reference/official_implementations.md`` (same convention); "paper" is the
 figure printed in the paper or the authors' README (FLOPs there often include BN/ReLU/pool ops, see the
 reference for each).
+
+DLA-X rows: the authors' count includes the 1x1-conv projections their ``Tree`` builds at depth > 1 nodes and
+never uses (``backbones/dla.py``); dynscale does not build them.  :data:`UNUSED_IN_REFERENCE` holds their
+parameters and MACs (checked against the manifests in ``tests/test_complexity.py``); a row matches when dynscale's
+count plus that share is within 0.5% of the reference.
 """
 import argparse
 import json
@@ -29,6 +34,15 @@ REFERENCE = [
     ('SE-ResNeXt50+Elastic', 'se_resnext50_elastic', {}, None, 224, 27.804, 4.179, '-'),
     ('ResNeXt-101 32x4d', 'resnext101_32x4d', {}, None, 224, 44.178, 7.970, '-'),
     ('ResNeXt101+Elastic', 'resnext101_elastic', {}, None, 224, 44.265, 7.889, '44.3M / 7.9B'),
+    ('DenseNet-201', 'densenet201', {}, None, 224, 20.014, 4.291, '20.0M / 4.4B'),
+    ('DenseNet201+Elastic', 'densenet201_elastic', {}, None, 224, 19.483, 4.266, '19.5M / 4.3B'),
+    ('DLA-X60', 'dla60x', {}, None, 224, 17.650, 3.594, '17.6M / 3.6B'),
+    ('DLA-X60+Elastic', 'dla60x_elastic', {}, None, 224, 17.650, 3.110, '17.6M / 3.2B'),
+    ('DLA-X102', 'dla102x', {}, None, 224, 26.772, 5.976, '26.8M / 6.0B'),
+    # no row in the reference: counted the same way with the authors' classes (DLA([1, 1, 1, 3, 4, 1],
+    # block=BottleneckXElastic, residual_root=True); their code has no factory for it)
+    ('DLA-X102+sElastic', 'dla102x_selastic', {}, None, 224, 26.772, 4.965, '26.8M / 5.0B'),
+    ('DLA-X102+Elastic', 'dla102x_elastic', {}, None, 224, 24.917, 5.946, '24.9M / 6.0B'),
     ('US-MobileNet v1 1.0-224', 'us_mobilenet_v1', {}, 1.0, 224, 4.232, 0.5687, '568 MFLOPs'),
     ('US-MobileNet v1 0.95-224', 'us_mobilenet_v1', {}, 0.95, 224, 4.232, 0.5176, '518'),
     ('US-MobileNet v1 0.9-224', 'us_mobilenet_v1', {}, 0.9, 224, 4.232, 0.4662, '466'),
@@ -52,6 +66,16 @@ REFERENCE = [
 ]
 
 
+#: registered name -> (parameters, MACs at 224) of the DLA projections the reference builds and never uses
+UNUSED_IN_REFERENCE = {
+    'dla60x': (297_472, 77_070_336),             # level3, level4, level4.tree1: 128->256 at 28^2, 2x 256->512 at 14^2
+    'dla60x_elastic': (297_472, 77_070_336),
+    'dla102x': (462_848, 128_450_560),           # level3(.tree1): 2x 128->256 at 28^2; level4(.tree1(.tree1)): 3x
+    'dla102x_selastic': (462_848, 128_450_560),
+    'dla102x_elastic': (339_456, 128_450_560),   # level2(.tree1): 2x 32->128 at 56^2; level3, level4: 2x each
+}
+
+
 def measure(name, kwargs, width, size):
     """Build ``name`` and return ``(params, macs)`` at ``width`` and a ``size`` x ``size`` input."""
     import torch
@@ -63,15 +87,24 @@ def measure(name, kwargs, width, size):
     return res['params'], res['macs']
 
 
+def comparable(name, params, macs):
+    """``(params, macs)`` as the reference counts them: dynscale's plus :data:`UNUSED_IN_REFERENCE` (MACs at 224,
+    the size of every DLA row)."""
+    extra_p, extra_m = UNUSED_IN_REFERENCE.get(name, (0, 0))
+    return params + extra_p, macs + extra_m
+
+
 def rows():
-    """Yield one dict per REFERENCE row with measured and reference numbers and relative errors."""
+    """Yield one dict per REFERENCE row with measured and reference numbers and relative errors (errors of the
+    :func:`comparable` counts)."""
     for label, name, kw, width, size, ref_p, ref_m, paper in REFERENCE:
         p, m = measure(name, kw, width, size)
+        cp, cm = comparable(name, p, m)
         yield {'label': label, 'model': name, 'width': width, 'input': size,
                'params_M': p / 1e6, 'ref_params_M': ref_p,
-               'params_err_pct': None if ref_p is None else 100 * (p / 1e6 - ref_p) / ref_p,
-               'macs_G': m / 1e9, 'ref_macs_G': ref_m, 'macs_err_pct': 100 * (m / 1e9 - ref_m) / ref_m,
-               'paper': paper}
+               'params_err_pct': None if ref_p is None else 100 * (cp / 1e6 - ref_p) / ref_p,
+               'macs_G': m / 1e9, 'ref_macs_G': ref_m, 'macs_err_pct': 100 * (cm / 1e9 - ref_m) / ref_m,
+               'unused_in_reference': UNUSED_IN_REFERENCE.get(name), 'paper': paper}
 
 
 def main():
@@ -92,8 +125,11 @@ def main():
     for r in rows():
         out.append(r)
         refp = '-' if r['ref_params_M'] is None else f"{r['ref_params_M']:.3f}"
-        print(f"| {r['label']} | {r['params_M']:.3f} | {refp} | {r['macs_G']:.4f} | {r['ref_macs_G']:.4f} | "
-              f"{r['macs_err_pct']:+.2f}% | {r['paper']} |", flush=True)
+        un = r['unused_in_reference']
+        note = f' (+{un[0] / 1e6:.3f} unused in ref)' if un else ''
+        mnote = f' (+{un[1] / 1e9:.4f} unused in ref)' if un else ''
+        print(f"| {r['label']} | {r['params_M']:.3f}{note} | {refp} | {r['macs_G']:.4f}{mnote} | "
+              f"{r['ref_macs_G']:.4f} | {r['macs_err_pct']:+.2f}% | {r['paper']} |", flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(out, f, indent=1)

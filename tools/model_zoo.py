@@ -103,8 +103,6 @@ def render(with_complexity=True):
                '| slimmable_networks S-MobileNet v1/v2, S-ResNet-50, S-ShuffleNet, AutoSlim (4) | switchable BN with a '
                'private affine per width (dynscale slimmable BNs share one affine, US-Nets) |\n'
                '| MutualNet MobileNet v1 1.6x | max width 1.6 (dynscale MobileNet v1 stores width 1.0) |\n'
-               '| allenai/elastic DenseNet-201(+Elastic), DLA-X60(+Elastic), DLA-X102 | no dynscale DenseNet / DLA '
-               'model yet |\n'
                '| yikaiw/RS-Nets quantised (TensorFlow) models, mfigurnov/sact (TensorFlow) | not PyTorch files |\n')
     return '\n'.join(out)
 

@@ -27,7 +27,7 @@ PROTOCOLS = {
 
 
 class UnsupportedCheckpointError(CheckpointMismatchError):
-    """A recognised official file with no dynscale model (e.g. S-Nets, AutoSlim, DenseNet); the message
+    """A recognised official file with no dynscale model (e.g. S-Nets, AutoSlim, MutualNet MBv1 1.6x); the message
     says what it is and why it is not supported."""
 
 

@@ -6,10 +6,11 @@ README or paper states for exactly that release, and the converted file the 1x c
 ``MODEL_ZOO.md`` is rendered from this table (``python tools/convert_weights.py --zoo-markdown``), and a
 config whose checkpoint is missing prints the convert command of its row (:func:`missing_file_message`).
 
-Sources of the numbers: Elastic paper Table 2 (ImageNet top-1 = 100 - error of the "*" rows, which the
-README says are the released models); slimmable_networks README model zoo (US-Nets per-width error);
-MutualNet README query tables; RS-Nets README per-resolution table; torchvision 0.28 weight enums
-(``IMAGENET1K_V1``); timm 1.0 ``results-imagenet.csv`` / model cards.
+Sources of the numbers: Elastic paper Table 2 (ImageNet top-1 = 100 - error of the "*" and "+Elastic" rows, which
+the README says are the released models; none for DLA-X102, whose Table 2 row is the DLA paper's);
+slimmable_networks README model zoo (US-Nets per-width error); MutualNet README query tables; RS-Nets README
+per-resolution table; torchvision 0.28 weight enums (``IMAGENET1K_V1``); timm 1.0 ``results-imagenet.csv`` / model
+cards.
 """
 import os
 import posixpath
@@ -74,11 +75,22 @@ def _rows():
     E = 'allenai/elastic'
     s3 = 'http://ai2-vision.s3.amazonaws.com/elastic/imagenet_models/{}.pth.tar'
     paper = 'Elastic paper Table 2 (100 - top-1 error; README: released files are the evaluated models)'
-    rows = [ZooEntry(m, 'elastic_in1k', E, r, s3.format(r), f'{r}.pth.tar', {'224': t}, paper)
+    unused = ('the converter drops the {} tensors of the projections the authors\' DLA Tree computes but never uses '
+              '(listed in its summary; parameters here are without them)')
+    notes = {'dla60x': unused.format(18), 'dla60x_elastic': unused.format(18)}
+    rows = [ZooEntry(m, 'elastic_in1k', E, r, s3.format(r), f'{r}.pth.tar', {'224': t}, paper, note=notes.get(m, ''))
             for m, r, t in [('resnext50_32x4d', 'resnext50', 77.77), ('resnext50_elastic', 'resnext50_elastic', 78.44),
                             ('resnext101_32x4d', 'resnext101', 78.82),
                             ('resnext101_elastic', 'resnext101_elastic', 79.17),
-                            ('se_resnext50_elastic', 'se_resnext50_elastic', 78.62)]]
+                            ('se_resnext50_elastic', 'se_resnext50_elastic', 78.62),
+                            ('densenet201', 'densenet201', 77.75),
+                            ('densenet201_elastic', 'densenet201_elastic', 77.93),
+                            ('dla60x', 'dla60x', 78.08), ('dla60x_elastic', 'dla60x_elastic', 78.75)]]
+    # Table 2 has no "*" (authors' own) row for DLA-X102: its 21.5 error is the DLA paper's figure, so no top-1 is
+    # claimed for this release.  dla102x_elastic has no ImageNet release (converter support only).
+    rows.append(ZooEntry('dla102x', 'elastic_in1k', E, 'dla102x', s3.format('dla102x'), 'dla102x.pth.tar', {}, '',
+                         note='the Elastic paper reports no accuracy of the authors\' own DLA-X102 (Table 2 quotes '
+                              'the DLA paper\'s 21.5% top-1 error for its row without "*"); ' + unused.format(30)))
     us = 'JiahuiYu/slimmable_networks'
     v1 = {'w1.0': 71.8, 'w0.75': 69.5, 'w0.5': 64.2, 'w0.25': 55.7}
     v2 = {'w1.0': 71.5, 'w0.75': 69.6, 'w0.5': 65.1, 'w0.35': 62.3}
