@@ -29,7 +29,7 @@ import backbones  # noqa: E402
 from plugins.detectron2 import (  # noqa: E402
     DynscaleSimpleTrainer,
     DynscaleTrainer,
-    SubnetPlan,
+    build_policy,
     find_dynscale_backbone,
     get_dynscale_cfg,
     rescale_batch,
@@ -127,9 +127,7 @@ def _one_step(cfg):
     opt = DynscaleTrainer.build_optimizer(cfg, model)
     bb = find_dynscale_backbone(model)
     data = _batch()
-    trainer = DynscaleSimpleTrainer(
-        model, itertools.repeat(data), opt, SubnetPlan(cfg, bb), tau=cfg.MODEL.DYNSCALE.TAU
-    )
+    trainer = DynscaleSimpleTrainer(model, itertools.repeat(data), opt, build_policy(cfg, bb), bb, max_size=160)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with EventStorage(0) as storage:
         trainer.iter = 0
@@ -358,16 +356,18 @@ def test_sandwich_plan_teacher_min_and_scales():
         ['MODEL.DYNSCALE.NORM', 'BN', 'MODEL.DYNSCALE.SANDWICH.SEED', '3'],
     )
     bb = build_backbone(cfg, ShapeSpec(channels=3)).bottom_up
-    plan = SubnetPlan(cfg, bb)
-    specs = [plan.sample() for _ in range(20)]
+    from plugins.detectron2.trainer import _input_size
+
+    policy = build_policy(cfg, bb)
+    specs = [policy.subnets(step) for step in range(20)]
     for s in specs:
         assert len(s) == 4
-        assert s[0].width == bb.width_range[1] and s[0].scale == 64  # teacher: max width, largest scale
+        assert s[0].width == bb.width_range[1] and _input_size(policy, s[0]) == 64  # teacher: max width, scale
         assert s[1].width == bb.width_range[0]
         assert all(bb.width_range[0] <= x.width <= bb.width_range[1] for x in s)
-    assert {x.scale for s in specs for x in s[1:]} == {64, 48, 40}
+    assert {_input_size(policy, x) for s in specs for x in s[1:]} == {64, 48, 40}
     with pytest.raises(ValueError, match='FREEZE_AT 0'):
-        SubnetPlan(
+        build_policy(
             cfg,
             build_backbone(
                 _cfg(
@@ -421,8 +421,10 @@ def test_rsnet_scale_buckets():
             ref0 = bb.net.forward_features(x)['stage4']
     torch.testing.assert_close(got, ref1)
     assert not torch.allclose(got, ref0)
-    plan = SubnetPlan(cfg, bb)
-    assert [s.scale for s in plan.sample()] == list(bb.scales)  # RSNET_TRAIN_MODE "all"
+    from plugins.detectron2.trainer import _input_size
+
+    policy = build_policy(cfg, bb)
+    assert [_input_size(policy, s) for s in policy.subnets(0)] == list(bb.scales)  # RSNET_TRAIN_MODE "all"
 
 
 def test_ponder_cost_reaches_halting_branches():
@@ -433,7 +435,7 @@ def test_ponder_cost_reaches_halting_branches():
     model, trainer, latest, changed = _one_step(cfg)
     assert latest['loss_ponder'] == pytest.approx(0.5 * latest['ponder_cost'], rel=1e-4)
     # 3 backbone blocks + the res5 head block contribute
-    assert len(trainer.plan.backbone.ponder_costs) == 3 and len(model.roi_heads.res5.ponder_costs) == 1
+    assert len(trainer.backbone.ponder_costs) == 3 and len(model.roi_heads.res5.ponder_costs) == 1
     halting = [n for n in changed if '.halting.' in n]
     assert any(n.startswith('backbone.net.') for n in halting) and any(
         n.startswith('roi_heads.res5.') for n in halting
@@ -632,7 +634,7 @@ from detectron2.utils.events import EventStorage
 def main():
     torch.set_num_threads(1)
     from test_detectron2_plugin import _base_cfg, _batch
-    from plugins.detectron2 import DynscaleTrainer, DynscaleSimpleTrainer, SubnetPlan, find_dynscale_backbone
+    from plugins.detectron2 import DynscaleTrainer, DynscaleSimpleTrainer, build_policy, find_dynscale_backbone
     cfg = _base_cfg('rsnet', ['MODEL.DYNSCALE.RSNET_TRAIN_MODE', 'random', 'MODEL.DYNSCALE.NORM', 'BN',
                               'MODEL.BACKBONE.FREEZE_AT', '0',
                               'MODEL.DYNSCALE.SANDWICH.SEED', str(comm.get_rank())])
@@ -640,10 +642,10 @@ def main():
     model = DynscaleTrainer.build_model(cfg)
     opt = DynscaleTrainer.build_optimizer(cfg, model)
     bb = find_dynscale_backbone(model)
-    plan = SubnetPlan(cfg, bb)
-    ddp = DynscaleTrainer.wrap_ddp(cfg, model)
+    policy = build_policy(cfg, bb)
+    ddp = DynscaleTrainer.wrap_ddp(cfg, model, policy)
     assert ddp.find_unused_parameters
-    tr = DynscaleSimpleTrainer(ddp, itertools.repeat(_batch()), opt, plan)
+    tr = DynscaleSimpleTrainer(ddp, itertools.repeat(_batch()), opt, policy, bb, max_size=160)
     with EventStorage(0):
         for it in range(2):
             tr.iter = it

@@ -61,9 +61,8 @@ from .trainer import (  # noqa: E402
     DynscaleCheckpointer,
     DynscaleSimpleTrainer,
     DynscaleTrainer,
-    SubnetPlan,
+    build_policy,
     calibrate,
-    collect_ponder_costs,
     rescale_batch,
 )
 
@@ -77,7 +76,7 @@ __all__ = [
     'DynscaleCheckpointer',
     'DynscaleRes5ROIHeads',
     'SACTRes5Head',
-    'SubnetPlan',
+    'build_policy',
     'build_dynscale_backbone',
     'build_dynscale_fpn_backbone',
     'build_elastic_backbone',
@@ -89,7 +88,6 @@ __all__ = [
     'build_rsnet_backbone',
     'build_rsnet_fpn_backbone',
     'calibrate',
-    'collect_ponder_costs',
     'convert_norm',
     'find_dynscale_backbone',
     'rescale_batch',

@@ -25,10 +25,9 @@ What :class:`DynscaleTrainer` adds to detectron2's default training loop:
 
 import contextlib
 import logging
-import random
 import time
 import weakref
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 import numpy as np
@@ -42,16 +41,10 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
-from torch import nn
-
-import backbones
 
 from .backbone import _unwrap, find_dynscale_backbone
 
 logger = logging.getLogger(__name__)
-
-#: one sub-network of an iteration: width multiplier (None = unchanged), shorter side (None = as loaded)
-SubnetSpec = namedtuple('SubnetSpec', ['width', 'scale', 'tag'])
 
 
 # ------------------------------------------------------------------------------------------- resizing
@@ -122,110 +115,94 @@ def rescale_batch(batched_inputs, short, max_size):
     return out
 
 
-# ------------------------------------------------------------------------------------------- plans
-class SubnetPlan:
-    """Which sub-networks (width, scale) one training iteration runs, from ``cfg.MODEL.DYNSCALE``.
+# ------------------------------------------------------------------------------------------- policy
+def build_policy(cfg, backbone):
+    """The training policy (:mod:`backbones.training`) of one iteration, from ``cfg.MODEL.DYNSCALE``.
 
-    * slimmable + ``SANDWICH.ENABLED``: ``backbones.slimmable.SandwichRule`` (max width at the largest
-      scale = teacher, min width, random widths; scales from ``SANDWICH.TRAIN_SCALES``);
-    * slimmable otherwise: ``[WIDTH]`` at the loader's scale;
-    * RS-Net: every scale bucket (``RSNET_TRAIN_MODE "all"``) or one random bucket;
-    * other families: one pass, as loaded.
+    * slimmable + ``SANDWICH.ENABLED``: :class:`~backbones.training.SandwichPolicy` (max width at the largest
+      scale, min width, random widths; students' shorter sides from ``SANDWICH.TRAIN_SCALES``; every
+      sub-network trained with the ground truth, MutualNet Sec. 4.3);
+    * RS-Net: :class:`~backbones.training.ResolutionPolicy` over the scale buckets (``RSNET_TRAIN_MODE``
+      "all": every bucket; "random": one per iteration), each with the ground truth;
+    * SACT / ACT: :class:`~backbones.training.PonderPolicy` (``TAU``);
+    * otherwise one pass (slimmable backbones at ``WIDTH``).
+
+    Raises:
+        ValueError: the sandwich rule on a non-slimmable backbone, or with frozen BN / parameters.
     """
+    from backbones import training
 
-    def __init__(self, cfg, backbone):
-        D = cfg.MODEL.DYNSCALE
-        self.backbone = backbone
-        self.max_size = D.SANDWICH.MAX_SIZE
-        self.rule = None
-        self._rng = random.Random(None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED)
-        if D.SANDWICH.ENABLED:
-            if not backbone.is_slimmable:
-                raise ValueError(
-                    f'MODEL.DYNSCALE.SANDWICH.ENABLED needs a slimmable backbone; {backbone.name} is '
-                    f'{backbone.family!r}'
-                )
-            from backbones.slimmable import SandwichRule
-
-            frozen = [n for n, p in backbone.net.named_parameters() if not p.requires_grad]
-            if frozen or cfg.MODEL.DYNSCALE.NORM == 'FrozenBN':
-                raise ValueError(
-                    'the sandwich rule trains random widths, which have no frozen BN statistics: set '
-                    'MODEL.BACKBONE.FREEZE_AT 0 and MODEL.DYNSCALE.NORM "BN" or "SyncBN" (post-statistics '
-                    'BN calibrates each evaluated width afterwards)'
-                )
-            scales = tuple(int(s) for s in D.SANDWICH.TRAIN_SCALES) or None
-            self.rule = SandwichRule(
-                backbone.width_range,
-                num_subnets=D.SANDWICH.NUM_SUBNETS,
-                resolutions=scales,
-                max_resolution=max(scales) if scales else None,
-                seed=None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED,
+    D = cfg.MODEL.DYNSCALE
+    seed = None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED
+    if D.SANDWICH.ENABLED:
+        if not backbone.is_slimmable:
+            raise ValueError(
+                f'MODEL.DYNSCALE.SANDWICH.ENABLED needs a slimmable backbone; {backbone.name} is '
+                f'{backbone.family!r}'
             )
-        self.rs_mode = D.RSNET_TRAIN_MODE
-        self.max_size_rs = cfg.INPUT.MAX_SIZE_TRAIN
-
-    def sample(self):
-        """List of :class:`SubnetSpec` for the next iteration."""
-        bb = self.backbone
-        if self.rule is not None:
-            return [
-                SubnetSpec(
-                    c.width,
-                    c.resolution,
-                    f'w{c.width:.3f}_s{c.resolution}' if c.resolution else f'w{c.width:.3f}',
-                )
-                for c in self.rule.sample()
-            ]
-        if bb.is_resolution_switchable:
-            scales = list(bb.scales) if self.rs_mode == 'all' else [self._rng.choice(bb.scales)]
-            return [SubnetSpec(None, s, f's{s}') for s in scales]
-        return [SubnetSpec(None, None, '')]
-
-    def max_size_for(self, spec):
-        """Longer-side cap used when resizing the batch for ``spec``."""
-        return self.max_size if self.rule is not None else self.max_size_rs
+        frozen = [n for n, p in backbone.net.named_parameters() if not p.requires_grad]
+        if frozen or cfg.MODEL.DYNSCALE.NORM == 'FrozenBN':
+            raise ValueError(
+                'the sandwich rule trains random widths, which have no frozen BN statistics: set '
+                'MODEL.BACKBONE.FREEZE_AT 0 and MODEL.DYNSCALE.NORM "BN" or "SyncBN" (post-statistics '
+                'BN calibrates each evaluated width afterwards)'
+            )
+        scales = tuple(int(s) for s in D.SANDWICH.TRAIN_SCALES) or None
+        return training.SandwichPolicy(
+            backbone.width_range, num_subnets=D.SANDWICH.NUM_SUBNETS, input_sizes=scales,
+            max_input_size=max(scales) if scales else None, distill=None, student_gt_weight=1.0, seed=seed,
+        )
+    if backbone.is_resolution_switchable:
+        return training.ResolutionPolicy(
+            backbone.net.resolutions, input_sizes=backbone.scales, mode=D.RSNET_TRAIN_MODE, mred=False, seed=seed
+        )
+    if backbone.has_ponder_cost and getattr(backbone.net, 'act', 'none') != 'none':
+        return training.PonderPolicy(D.TAU, seed=seed)
+    return training.StandardPolicy(seed=seed)
 
 
-def collect_ponder_costs(model):
-    """Ponder-cost maps of the last forward of every SACT module in ``model`` (backbone, C4 res5 head)."""
-    costs = []
-    for m in _unwrap(model).modules():
-        pc = getattr(m, 'ponder_costs', None)
-        if pc and not isinstance(m, backbones.DynamicBackbone):
-            costs.extend(pc)
-    return costs
+def _input_size(policy, subnet):
+    """Shorter side a sub-network trains at: its own, else the policy's largest (the loader's scale)."""
+    if subnet.input_size is not None:
+        return subnet.input_size
+    if getattr(policy, 'max_input_size', None):
+        return policy.max_input_size
+    sizes = getattr(policy, 'input_sizes', None)
+    return sizes[0] if sizes else None
 
 
 # ------------------------------------------------------------------------------------------- loop
 class DynscaleSimpleTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose step runs the sub-networks of a :class:`SubnetPlan` and adds the ponder cost.
+    """``SimpleTrainer`` whose step runs the sub-networks of a training policy (:mod:`backbones.training`).
+
+    Each sub-network: the batch rescaled to its shorter side (longer side <= ``max_size``), the policy's
+    context (width), the RS-Net scale bucket, the detector's losses weighted by the policy plus its extra losses
+    (the SACT ponder cost); one backward per sub-network, one optimizer step per iteration.
 
     Args:
         model, data_loader, optimizer: as ``SimpleTrainer``.
-        plan (SubnetPlan): sub-networks per iteration.
-        tau (float): ponder-cost weight (0 disables ``loss_ponder``).
+        policy (backbones.training.TrainingPolicy): sub-networks per iteration (a pure function of the iteration).
+        backbone (DynscaleBackbone): the detector's dynscale backbone.
+        max_size (int): longer-side cap of the rescaled batches.
         amp (bool): mixed precision (``torch.autocast`` + ``GradScaler``) as detectron2's ``AMPTrainer``.
     """
 
-    def __init__(self, model, data_loader, optimizer, plan, tau=0.01, amp=False):
+    def __init__(self, model, data_loader, optimizer, policy, backbone, max_size=1333, amp=False):
         super().__init__(model, data_loader, optimizer)
-        self.plan = plan
-        self.tau = tau
+        self.policy = policy
+        self.backbone = backbone
+        self.max_size = max_size
         self.amp = amp
         dev = next(_unwrap(model).parameters()).device
         self._device_type = dev.type
         self.grad_scaler = torch.amp.GradScaler(dev.type) if amp else None
+        self.last_subnets = []
 
-    def _forward(self, batch, spec):
-        bb = self.plan.backbone
+    def _forward(self, batch, subnet, size):
+        bb = self.backbone
         ctx = contextlib.ExitStack()
-        ctx.enter_context(
-            bb.width_context(spec.width) if spec.width is not None else contextlib.nullcontext()
-        )
-        ctx.enter_context(
-            bb.scale_context(spec.scale) if spec.scale is not None else contextlib.nullcontext()
-        )
+        ctx.enter_context(self.policy.context(bb.net, subnet))
+        ctx.enter_context(bb.scale_context(size if bb.is_resolution_switchable else None))
         if self.amp:
             ctx.enter_context(
                 torch.autocast(
@@ -236,28 +213,25 @@ class DynscaleSimpleTrainer(SimpleTrainer):
             loss_dict = self.model(batch)
             if isinstance(loss_dict, torch.Tensor):
                 loss_dict = {'total_loss': loss_dict}
-            costs = collect_ponder_costs(self.model)
-            ponder = None
-            if costs:
-                ponder = sum(c.float().mean() for c in costs)
-                if self.tau > 0:
-                    loss_dict['loss_ponder'] = self.tau * ponder
-        return loss_dict, ponder
+            loss_dict = self.policy.subnet_losses(subnet, loss_dict)
+            extra = self.policy.extra_losses(_unwrap(self.model))
+        logged = {k: v for k, v in extra.items() if not k.startswith('loss')}
+        loss_dict.update({k: v for k, v in extra.items() if k.startswith('loss')})
+        return loss_dict, logged
 
     def run_step(self):
-        """One iteration: every sub-network forward + backward on the (resized) batch, one optimizer step."""
+        """One iteration: every sub-network forward + backward on the (rescaled) batch, one optimizer step."""
         assert self.model.training, '[DynscaleSimpleTrainer] model was changed to eval mode!'
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         self.optimizer.zero_grad()
-        specs = self.plan.sample()
-        summed, ponders, per_subnet = {}, [], {}
-        for spec in specs:
-            batch = (
-                data if spec.scale is None else rescale_batch(data, spec.scale, self.plan.max_size_for(spec))
-            )
-            loss_dict, ponder = self._forward(batch, spec)
+        subnets = self.policy.subnets(self.iter)
+        summed, logged, per_subnet = {}, {}, {}
+        for sub in subnets:
+            size = _input_size(self.policy, sub)
+            batch = data if size is None else rescale_batch(data, size, self.max_size)
+            loss_dict, extra = self._forward(batch, sub, size)
             losses = sum(loss_dict.values())
             if self.grad_scaler is not None:
                 self.grad_scaler.scale(losses).backward()
@@ -265,25 +239,25 @@ class DynscaleSimpleTrainer(SimpleTrainer):
                 losses.backward()
             for k, v in loss_dict.items():
                 summed[k] = summed[k] + v.detach() if k in summed else v.detach()
-            if ponder is not None:
-                ponders.append(ponder.detach())
-            if len(specs) > 1:
-                per_subnet[spec.tag] = losses.detach()
+            for k, v in extra.items():
+                logged.setdefault(k, []).append(float(v))
+            if len(subnets) > 1:
+                per_subnet[sub.tag] = losses.detach()
         self.after_backward()
         self._write_metrics(summed, data_time)
         if comm.is_main_process():
             storage = get_event_storage()
-            if ponders:
-                storage.put_scalar('ponder_cost', float(torch.stack(ponders).mean()), smoothing_hint=True)
+            for k, vals in logged.items():
+                storage.put_scalar(k, float(np.mean(vals)), smoothing_hint=True)
             if per_subnet:
-                storage.put_scalar('num_subnets', float(len(specs)), smoothing_hint=False)
+                storage.put_scalar('num_subnets', float(len(subnets)), smoothing_hint=False)
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+        self.last_subnets = list(subnets)
         self.last_subnet_losses = {k: float(v) for k, v in per_subnet.items()}
-        self.last_ponder_cost = float(torch.stack(ponders).mean()) if ponders else None
 
     def state_dict(self):
         ret = super().state_dict()
@@ -351,19 +325,6 @@ class DynscaleCheckpointer(DetectionCheckpointer):
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def _sync_bn_buffers(module):
-    """Average BN running statistics over processes (after per-rank calibration)."""
-    if comm.get_world_size() == 1:
-        return
-    import torch.distributed as dist
-
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
-                buf /= comm.get_world_size()
-
-
 def calibration_batches(cfg, model, scale, num_batches):
     """``num_batches`` normalised, padded training batches ``[N, 3, H, W]`` at shorter side ``scale``.
 
@@ -389,7 +350,8 @@ def calibration_batches(cfg, model, scale, num_batches):
 
 
 def calibrate(cfg, model, width, scale):
-    """Post-statistics BN of the slimmable backbone at ``(width, scale)`` (``slimmable.calibrate_bn``).
+    """Post-statistics BN of the slimmable backbone at ``(width, scale)`` (:func:`backbones.training.calibrate`:
+    statistics averaged over the processes, so every rank evaluates the same network).
 
     The statistics are stored as the backbone's private statistics of the configuration ``(width, scale)``
     (MutualNet calibrates per width-resolution pair) and selected with
@@ -398,17 +360,15 @@ def calibrate(cfg, model, width, scale):
     Returns:
         bool: whether a calibration ran (only slimmable backbones with trainable BN statistics calibrate).
     """
+    from backbones import training
+
     D = cfg.MODEL.DYNSCALE
     bb = find_dynscale_backbone(model)
     if not (D.CALIBRATION.ENABLED and bb.is_slimmable and D.NORM != 'FrozenBN'):
         return False
-    from backbones.slimmable import calibrate_bn
-
     batches = calibration_batches(cfg, model, scale, D.CALIBRATION.NUM_BATCHES)
-    with bb.net.width_context(width, int(scale)):
-        calibrate_bn(bb.net, batches)
-    _sync_bn_buffers(bb.net)
-    logger.info(f'calibrated BN statistics at width {width} scale {scale} on {len(batches)} batches')
+    n = training.calibrate(bb.net, batches, backbone=bb.net, width=width, bn_resolution=int(scale))
+    logger.info(f'calibrated BN statistics at width {width} scale {scale} on {n} batches')
     return True
 
 
@@ -421,7 +381,9 @@ class _PonderMeter:
         self.handle = _unwrap(model).register_forward_hook(self)
 
     def __call__(self, module, args, output):
-        costs = collect_ponder_costs(module)
+        from backbones.training import ponder_costs_of
+
+        costs = ponder_costs_of(module)
         if costs:
             n = costs[0].shape[0]
             per_img = sum(c.detach().float().reshape(c.shape[0], -1).mean(1).mean() for c in costs)
@@ -450,10 +412,12 @@ class DynscaleTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         backbone = find_dynscale_backbone(model)
-        plan = SubnetPlan(cfg, backbone)
-        model = self.wrap_ddp(cfg, model)
+        self.policy = build_policy(cfg, backbone)
+        model = self.wrap_ddp(cfg, model, self.policy)
+        D = cfg.MODEL.DYNSCALE
+        max_size = D.SANDWICH.MAX_SIZE if D.SANDWICH.ENABLED else cfg.INPUT.MAX_SIZE_TRAIN
         self._trainer = DynscaleSimpleTrainer(
-            model, data_loader, optimizer, plan, tau=cfg.MODEL.DYNSCALE.TAU, amp=cfg.SOLVER.AMP.ENABLED
+            model, data_loader, optimizer, self.policy, backbone, max_size=max_size, amp=cfg.SOLVER.AMP.ENABLED
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DynscaleCheckpointer(
@@ -465,28 +429,28 @@ class DynscaleTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @staticmethod
-    def needs_find_unused_parameters(cfg, model):
-        """True when some parameters can receive no gradient in a step (DDP must then search for them).
-
-        SACT/ACT: halted units; RS-Net: the private BNs of the other buckets (when trainable); or
-        ``MODEL.DYNSCALE.FIND_UNUSED_PARAMETERS``.
+    def needs_find_unused_parameters(cfg, model, policy=None):
+        """True when some parameters can receive no gradient in a step (DDP must then search for them): the
+        training policy says so (SACT/ACT halted units; RS-Net private BNs of the other buckets, when they are
+        trainable), or ``MODEL.DYNSCALE.FIND_UNUSED_PARAMETERS``.
         """
         if cfg.MODEL.DYNSCALE.FIND_UNUSED_PARAMETERS:
             return True
         bb = find_dynscale_backbone(model)
-        if bb.has_ponder_cost and getattr(bb.net, 'act', 'none') != 'none':
-            return True
-        if bb.is_resolution_switchable and len(bb.scales) > 1:
-            return any(p.requires_grad for n, p in bb.net.named_parameters() if '.bns.' in n)
-        return False
+        policy = policy or build_policy(cfg, bb)
+        if not policy.find_unused_parameters:
+            return False
+        if bb.is_resolution_switchable:
+            return len(bb.scales) > 1 and any(p.requires_grad for n, p in bb.net.named_parameters() if '.bns.' in n)
+        return True
 
     @classmethod
-    def wrap_ddp(cls, cfg, model):
+    def wrap_ddp(cls, cfg, model, policy=None):
         """``create_ddp_model`` with ``broadcast_buffers=False`` (as detectron2), ``find_unused_parameters``
         where needed, and ``device_ids=None`` for CPU models (gloo)."""
         if comm.get_world_size() == 1:
             return model
-        fu = cls.needs_find_unused_parameters(cfg, model)
+        fu = cls.needs_find_unused_parameters(cfg, model, policy)
         dev = next(model.parameters()).device
         kw = {'device_ids': None} if dev.type == 'cpu' else {}
         logger.info(f'DDP: find_unused_parameters={fu}')
