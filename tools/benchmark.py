@@ -67,11 +67,11 @@ def build(spec, size=224):
     model = backbones.create(spec['name'], num_classes=1000)
     info = {}
     if 'width' in spec:
-        from backbones.slimmable import calibrate_bn
+        from backbones.training import calibrate
 
         # a width without stored statistics needs post-statistics BN first; random images suffice for timing
         g = torch.Generator().manual_seed(0)
-        calibrate_bn(model, [torch.randn(4, 3, size, size, generator=g) for _ in range(2)], width=spec['width'])
+        calibrate(model, [torch.randn(4, 3, size, size, generator=g) for _ in range(2)], width=spec['width'])
         model.set_width(spec['width'])
         if spec.get('static'):
             from backbones.slimmable import export_static

@@ -7,7 +7,8 @@ module                 what it holds
 ``sandwich``           :class:`SandwichPolicy`: US-Nets sandwich rule + inplace distillation, MutualNet sizes
 ``resolutions``        :class:`ResolutionPolicy`: RS-Nets private BN per resolution, MRED
 ``ponder``             :class:`PonderPolicy`: SACT / ACT ponder cost
-``calibration``        post-statistics BN: :func:`reset_and_average`, :func:`calibrate`, rank agreement
+``calibration``        post-statistics BN: :func:`reset_and_average`, :func:`calibrate`
+``distributed``        rank agreement: one seed, rank-averaged BN statistics, :func:`check_ranks_agree`
 =====================  ==================================================================================
 
 Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build a policy with
@@ -15,15 +16,16 @@ Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build
 ``mred_loss``, ``ponder_loss``) is driven from here only.  A new method adds a policy class and one
 :data:`POLICIES` entry.
 """
-from .calibration import average_bn_statistics, calibrate, head_batchnorms, reset_and_average
-from .policy import StandardPolicy, Subnet, TrainingPolicy, agree_seed, weighted_losses
+from .calibration import calibrate, head_batchnorms, reset_and_average
+from .distributed import agree_seed, average_bn_statistics, check_ranks_agree, digest, world_size
+from .policy import StandardPolicy, Subnet, TrainingPolicy, weighted_losses
 from .ponder import PonderPolicy, ponder_costs_of
 from .resolutions import ResolutionPolicy
 from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
            'POLICIES', 'build_policy', 'agree_seed', 'weighted_losses', 'ponder_costs_of', 'reset_and_average',
-           'calibrate', 'average_bn_statistics', 'head_batchnorms']
+           'calibrate', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
 #: method name -> policy class
 POLICIES = {'standard': StandardPolicy, 'usnet': SandwichPolicy, 'mutualnet': SandwichPolicy,

@@ -18,40 +18,9 @@ import itertools
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['reset_and_average', 'average_bn_statistics', 'calibrate', 'bn_statistics_modules',
-           'head_batchnorms']
+from .distributed import average_bn_statistics, check_ranks_agree
 
-
-def _world():
-    import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-@torch.no_grad()
-def average_bn_statistics(modules):
-    """Average ``running_mean`` / ``running_var`` of ``modules`` over the processes of the default group.
-
-    Args:
-        modules (Iterable[nn.Module]): BN-like modules with running statistics (others are skipped).
-
-    Returns:
-        int: number of modules averaged (0 without a multi-process group).
-    """
-    world = _world()
-    mods = [m for m in modules if getattr(m, 'running_mean', None) is not None]
-    if world == 1 or not mods:
-        return 0
-    import torch.distributed as dist
-    flat = torch.cat([t.reshape(-1).float() for m in mods for t in (m.running_mean, m.running_var)])
-    dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for m in mods:
-        for t in (m.running_mean, m.running_var):
-            n = t.numel()
-            t.copy_(flat[i:i + n].view_as(t).to(t.dtype))
-            i += n
-    return len(mods)
+__all__ = ['reset_and_average', 'calibrate', 'bn_statistics_modules', 'head_batchnorms']
 
 
 @torch.no_grad()
@@ -61,7 +30,7 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
     Every module of ``model`` is put in eval mode except the ``targets``, which are reset and put in train mode
     with ``momentum=None`` (cumulative average); each batch is forwarded without gradient; afterwards every
     module's mode and the momenta are restored and, under DDP, the statistics are averaged over ranks
-    (:func:`average_bn_statistics`).
+    (:func:`~backbones.training.distributed.average_bn_statistics`) and checked to be identical on every rank.
 
     Args:
         model (nn.Module): called as ``forward(model, batch)`` (default ``model(batch)``).
@@ -106,6 +75,8 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
     if seen == 0:
         raise ValueError('BN calibration got no batch to forward (empty iterable)')
     average_bn_statistics(targets)
+    check_ranks_agree([t.running_mean for t in targets] + [t.running_var for t in targets],
+                      'the calibrated BN statistics')
     return seen
 
 

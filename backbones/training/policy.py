@@ -18,9 +18,9 @@ import contextlib
 import random
 from dataclasses import dataclass
 
-import torch
+from .distributed import agree_seed, check_ranks_agree
 
-__all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'agree_seed', 'weighted_losses']
+__all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'weighted_losses']
 
 
 @dataclass(frozen=True)
@@ -47,25 +47,6 @@ class Subnet:
     teacher: bool = False
     gt_weight: float = 1.0
     distill_weight: float = 0.0
-
-
-def agree_seed(seed=None):
-    """A seed shared by every process: ``seed`` itself, or one drawn from torch's global generator and, under
-    ``torch.distributed``, rank 0's broadcast to all ranks.
-
-    Returns:
-        int
-    """
-    if seed is not None:
-        return int(seed)
-    value = torch.randint(0, 2 ** 31 - 1, (1,), dtype=torch.int64)
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        backend = dist.get_backend()
-        t = value.cuda() if backend == 'nccl' else value
-        dist.broadcast(t, 0)
-        value = t.cpu()
-    return int(value.item())
 
 
 def weighted_losses(losses, weight):
@@ -97,6 +78,11 @@ class TrainingPolicy:
 
     def __init__(self, seed=None):
         self.seed = agree_seed(seed)
+
+    def check_agreement(self, steps=4):
+        """Raise unless every DDP rank draws the same sub-networks for steps ``0..steps-1`` (cheap; frontends call
+        it once when training starts).  Returns the digest."""
+        return check_ranks_agree([self.subnets(s) for s in range(steps)], f'the sub-networks of {type(self).__name__}')
 
     def rng(self, step):
         """``random.Random`` for step ``step``: the same on every rank and on resume."""

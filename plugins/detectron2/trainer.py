@@ -413,6 +413,7 @@ class DynscaleTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         backbone = find_dynscale_backbone(model)
         self.policy = build_policy(cfg, backbone)
+        self.policy.check_agreement()  # every rank draws the same sub-networks (raises otherwise)
         model = self.wrap_ddp(cfg, model, self.policy)
         D = cfg.MODEL.DYNSCALE
         max_size = D.SANDWICH.MAX_SIZE if D.SANDWICH.ENABLED else cfg.INPUT.MAX_SIZE_TRAIN

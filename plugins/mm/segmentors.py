@@ -32,7 +32,12 @@ __all__ = ['SACTEncoderDecoder', 'RSNetEncoderDecoder', 'SlimmableEncoderDecoder
 
 def current_step(module):
     """Index of the training iteration: MMEngine's ``iter`` (``RuntimeInfoHook``) when a runner drives training,
-    else a counter kept on ``module`` (advanced by each call)."""
+    else a counter kept on ``module`` (advanced by each call).  The first call also checks that every DDP rank
+    draws the same sub-networks from ``module.policy``."""
+    policy = getattr(module, 'policy', None)
+    if policy is not None and not getattr(module, '_dynscale_agreement', False):
+        policy.check_agreement()
+        module._dynscale_agreement = True
     hub = MessageHub.get_current_instance()
     it = hub.get_info('iter') if hub is not None else None
     if it is not None:

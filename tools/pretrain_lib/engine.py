@@ -308,6 +308,7 @@ class Trainer:
                     f'classes.txt gives imagenet1k_index=<i> per class), or fine-tune first (drop --evaluate)')
         self.model = build_model(a, num_classes)
         self.method = pm.build_method(a, self.model)
+        self.method.policy.check_agreement()  # every DDP rank draws the same sub-networks
         mean, std = getattr(self.model, 'pixel_mean'), getattr(self.model, 'pixel_std')
 
         # data
