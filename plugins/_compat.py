@@ -14,15 +14,16 @@ _FIX = 'run `bash tools/setup_env.sh` (or `pip install -e .[mm]` after building 
 
 
 def check_mm_environment():
-    """Verify mmengine, full mmcv with compiled ops, mmseg and mmdet.
+    """Verify mmengine, full mmcv with compiled ops, and whichever of mmseg / mmdet is installed (at least one).
 
     Returns:
         str: a one-line summary of the versions found.
 
     Raises:
-        MMEnvironmentError: mmcv missing, ``mmcv-lite`` instead of full mmcv, mmcv ops
-            compiled against another torch, or mmcv outside ``[2.1, 2.2)``.
+        MMEnvironmentError: mmcv missing, ``mmcv-lite`` instead of full mmcv, mmcv ops compiled against another
+            torch, mmcv outside ``[2.1, 2.2)``, neither mmseg nor mmdet installed, or one of them broken.
     """
+    import importlib.util
     try:
         import mmengine
     except ImportError as e:
@@ -54,7 +55,11 @@ def check_mm_environment():
     except Exception as e:  # noqa: BLE001
         raise MMEnvironmentError(f'mmcv.ops.nms does not run ({e!r}); {_FIX}') from e
     versions = [f'mmengine {mmengine.__version__}', f'mmcv {mmcv.__version__} (ops ok)']
-    for mod in ('mmseg', 'mmdet'):
+    present = [m for m in ('mmseg', 'mmdet') if importlib.util.find_spec(m) is not None]
+    if not present:
+        raise MMEnvironmentError(f'neither mmsegmentation nor mmdet is installed; install the one you use '
+                                 f'(pip install mmsegmentation==1.2.2 / mmdet==3.3.0) or {_FIX}')
+    for mod in present:
         try:
             m = __import__(mod)
             versions.append(f'{mod} {m.__version__}')
@@ -63,3 +68,30 @@ def check_mm_environment():
         except AssertionError as e:  # mmseg/mmdet assert the mmcv version range at import
             raise MMEnvironmentError(f'{mod} rejects the installed mmcv: {e}; {_FIX}') from e
     return ', '.join(versions)
+
+
+#: the one environment variable holding the datasets root (configs, tools, demo, tests)
+DATASETS_VARIABLE = 'DYNSCALE_DATASETS'
+_FORMER_DATASETS_VARIABLES = ('DYNSCALE_DATA',)
+
+
+def check_datasets_variable(environ=None):
+    """Raise when a former name of the datasets-root variable is set (it would be ignored silently).
+
+    Args:
+        environ (Mapping | None): the environment (default ``os.environ``).
+
+    Returns:
+        str | None: the datasets root from ``DYNSCALE_DATASETS``, or None when unset.
+
+    Raises:
+        ValueError: ``DYNSCALE_DATA`` is set; the message names ``DYNSCALE_DATASETS``.
+    """
+    import os
+    env = os.environ if environ is None else environ
+    for old in _FORMER_DATASETS_VARIABLES:
+        if old in env:
+            raise ValueError(f'the environment variable {old} was renamed {DATASETS_VARIABLE} (one variable for the '
+                             f'datasets root of every config and tool): export {DATASETS_VARIABLE}={env[old]} and '
+                             f'unset {old}')
+    return env.get(DATASETS_VARIABLE)

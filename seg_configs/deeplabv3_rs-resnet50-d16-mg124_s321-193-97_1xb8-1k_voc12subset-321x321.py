@@ -5,7 +5,7 @@ model = dict(
     data_preprocessor=dict(size=(321, 321)),
     type='RSNetEncoderDecoder',
     kd='ens_topdown',
-    backbone=dict(_delete_=True, type='RSNet', arch='rs_resnet50', resolutions=(321, 193, 97),
+    backbone=dict(_delete_=True, type='RSNetBackbone', arch='rs_resnet50', resolutions=(321, 193, 97),
                   resolution_rule='nearest', out_indices=(0, 1, 2, 3), strides=(1, 2, 2, 1),
                   dilations=(1, 1, 1, 2), multi_grid=(1, 2, 4),
                   norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=dict()),

@@ -9,7 +9,7 @@ model = dict(
     data_preprocessor=dict(size=(513, 513), mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0]),
     type='RSNetEncoderDecoder',
     kd='ens_topdown',
-    backbone=dict(_delete_=True, type='RSNet', arch='rs_resnet50', resolutions=(513, 321, 129),
+    backbone=dict(_delete_=True, type='RSNetBackbone', arch='rs_resnet50', resolutions=(513, 321, 129),
                   resolution_rule='nearest', out_indices=(0, 1, 2, 3), strides=(1, 2, 2, 1),
                   dilations=(1, 1, 1, 2), multi_grid=(1, 2, 4),
                   norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False,

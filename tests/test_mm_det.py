@@ -322,7 +322,8 @@ def test_sact_predict_keeps_ponder_maps_for_the_saver_hook(tmp_path):
     with torch.no_grad():
         res = model.predict(d['inputs'], d['data_samples'])
     assert all('ponder_map' not in r for r in res)  # only on request
-    hook = det.DetPonderMapSaveHook(out_dir=str(tmp_path / 'maps'))
+    from plugins.mm.hooks import PonderMapSaveHook
+    hook = PonderMapSaveHook(out_dir=str(tmp_path / 'maps'))
 
     class _Runner:  # what the hook reads from mmengine's Runner
         model = None
@@ -404,7 +405,7 @@ def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkey
     coco = osp.join(shared_dir, 'datasets', 'coco')
     if not osp.isdir(coco):
         pytest.skip(f'COCO subset missing: expected {coco} with annotations/, train2017/, val2017/')
-    monkeypatch.setenv('DYNSCALE_DATA', osp.join(shared_dir, 'datasets'))
+    monkeypatch.setenv('DYNSCALE_DATASETS', osp.join(shared_dir, 'datasets'))
     from tools import train_det_mm
     iters = int(os.environ.get('DYNSCALE_E2E_ITERS', 20))
     n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 16))

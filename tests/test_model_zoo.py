@@ -218,7 +218,7 @@ def test_mmdet_fine_tunes_from_converted_weights(shared_dir, zoo_files, tmp_path
     import plugins.mm  # noqa: F401
     DefaultScope.get_instance(f'test-zoo-mmdet-ft-{id(tmp_path)}', scope_name='mmdet')
     torch.set_num_threads(1)
-    monkeypatch.setenv('DYNSCALE_DATA', osp.join(shared_dir, 'datasets'))
+    monkeypatch.setenv('DYNSCALE_DATASETS', osp.join(shared_dir, 'datasets'))
     from tools import train_det_mm
     ckpt = zoo_files('resnext50_elastic.elastic_in1k')
     cfg = osp.join(ROOT, 'det_configs', 'mmdet', 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py')

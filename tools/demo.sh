@@ -5,12 +5,16 @@
 #   2. MMDet Mask R-CNN FPN with Elastic-ResNeXt50 on the COCO 2017 subset, reporting bbox and segm AP
 #      through pycocotools.
 # Longer than the CI-sized runs in the tests (DEMO_SEG_ITERS / DEMO_DET_ITERS, defaults 300 / 200).
-# Where ../shared/datasets (or DYNSCALE_DATA) lacks a dataset, a small synthetic one in the same layout is
+# Where ../shared/datasets (or $DYNSCALE_DATASETS) lacks a dataset, a small synthetic one in the same layout is
 # generated under the work dir, so the demo runs anywhere.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${DYNSCALE_VENV:-$ROOT/.venv}/bin/python"
-DATA="${DYNSCALE_DATA:-$ROOT/../shared/datasets}"
+if [ -n "${DYNSCALE_DATA:-}" ]; then
+  echo "[demo] DYNSCALE_DATA was renamed DYNSCALE_DATASETS: export DYNSCALE_DATASETS=$DYNSCALE_DATA and unset DYNSCALE_DATA" >&2
+  exit 2
+fi
+DATA="${DYNSCALE_DATASETS:-$ROOT/../shared/datasets}"
 WORK="${DEMO_WORK_DIR:-$ROOT/work_dirs/demo}"
 SEG_ITERS="${DEMO_SEG_ITERS:-300}"
 DET_ITERS="${DEMO_DET_ITERS:-200}"
@@ -37,9 +41,9 @@ echo "[demo] 1/2 DeepLabV3 Elastic-ResNeXt50 on VOC ($SEG_ITERS iterations)"
   param_scheduler.0.end="$SEG_ITERS" default_hooks.checkpoint.interval="$SEG_ITERS"
 
 echo "[demo] 2/2 Mask R-CNN Elastic-ResNeXt50-FPN on COCO ($DET_ITERS iterations)"
-DYNSCALE_DATA="$DET_DATA" "$PY" "$ROOT/tools/train_det_mm.py" \
+"$PY" "$ROOT/tools/train_det_mm.py" \
   "$ROOT/det_configs/mmdet/elastic/mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py" \
-  --work-dir "$WORK/det" \
+  --work-dir "$WORK/det" --data-root "$DET_DATA" \
   --cfg-options train_cfg.max_iters="$DET_ITERS" train_cfg.val_interval="$DET_ITERS" \
   default_hooks.logger.interval=10
 

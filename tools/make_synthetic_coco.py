@@ -4,7 +4,7 @@
 For demos and smoke runs on a machine without ``../shared/datasets/coco``::
 
     python tools/make_synthetic_coco.py /tmp/datasets/coco --train 32 --val 16
-    DYNSCALE_DATA=/tmp/datasets python tools/train_det_mm.py <config>
+    DYNSCALE_DATASETS=/tmp/datasets python tools/train_det_mm.py <config>
 
 Layout: ``train2017/*.jpg``, ``val2017/*.jpg``, ``annotations/instances_{train,val}2017.json``; objects are
 filled ellipses and rectangles on a noisy background, annotated with polygons, boxes (x, y, w, h in pixels)

@@ -20,7 +20,6 @@ config).  For the slimmable and RS-Net detectors the detector rescales its input
 for any other detector the test pipeline's ``Resize`` is changed.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -28,22 +27,19 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# mmengine 0.10 checkpoints hold Python objects (message hub, config) that torch >= 2.6 refuses to unpickle
-# with its default weights_only=True; mmengine calls torch.load without the argument, so this documented
-# switch restores the old default for --resume / load_from / evaluation.  Load only checkpoints you trust.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+from plugins.mm import cli  # noqa: E402
 
-_SCALED = ('SlimmableTwoStageDetector', 'RSNetTwoStageDetector')
+#: detectors that rescale their input to ``test_resolution`` themselves
+_SCALED = ('SlimmableTwoStageDetector', 'RSNetTwoStageDetector', 'DynscaleTwoStageDetector')
+#: training methods whose BN statistics are calibrated before evaluation
+_CALIBRATED = ('usnet', 'mutualnet')
 
 
 def parse_args(argv=None):
     """Command line: MMDetection ``tools/test.py`` flags plus ``--width``, ``--scale``,
-    ``--calib-batches`` and ``--save-ponder-maps``."""
-    from mmengine.config import DictAction
+    ``--calib-batches``, ``--save-ponder-maps`` and ``--data-root``."""
     p = argparse.ArgumentParser(description='Evaluate an MMDetection detector with a dynscale backbone')
-    p.add_argument('config', help='config file (det_configs/mmdet/<method>/*.py)')
-    p.add_argument('checkpoint', help='detector checkpoint')
-    p.add_argument('--work-dir', help='folder for the evaluation log (default work_dirs/<config name>)')
+    cli.add_common_args(p, 'config file (det_configs/mmdet/<method>/*.py)', checkpoint=True)
     p.add_argument('--out', help='also dump the raw predictions to this .pkl file')
     p.add_argument('--width', type=float, help='slimmable detectors: width multiplier to evaluate')
     p.add_argument('--scale', type=int, help='shorter side (pixels) to evaluate at')
@@ -51,18 +47,10 @@ def parse_args(argv=None):
                    help='slimmable detectors: training batches for the BN re-calibration '
                    '(default: the config\'s)')
     p.add_argument('--save-ponder-maps', nargs='?', const='ponder_maps',
-                   help='SACT detectors: save ponder-cost maps (.npy) into this folder '
+                   help='SACT detectors: save ponder-cost maps (.npy, .png) into this folder '
                    '(default <work_dir>/ponder_maps)')
     p.add_argument('--amp', action='store_true', help='fp16 inference (TestLoop fp16)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, key=value (lists as key="[a,b]")')
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                   help='job launcher')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return p.parse_args(argv)
 
 
 def _resize_transforms(pipeline):
@@ -83,24 +71,12 @@ def build_cfg(args):
             non-SACT detector, a ``--scale`` for a config without a ``Resize`` in its test pipeline, or
             ``--out`` without ``.pkl``.
     """
-    from mmengine.config import Config
-    for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{what} not found: {path}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = args.checkpoint
+    cfg = cli.load_config(args)
     mtype = cfg.model.get('type')
-    slim = mtype == 'SlimmableTwoStageDetector'
+    slim = mtype == 'SlimmableTwoStageDetector' or (cfg.model.get('policy') or {}).get('type') in _CALIBRATED
     if (args.width is not None or args.calib_batches is not None) and not slim:
-        raise ValueError('--width/--calib-batches need a SlimmableTwoStageDetector config, '
-                         f'this one builds {mtype}')
+        raise ValueError('--width/--calib-batches need a slimmable detector config (SlimmableTwoStageDetector, or '
+                         f'DynscaleTwoStageDetector with a usnet / mutualnet policy); this one builds {mtype}')
     if args.width is not None:
         cfg.model.test_width = args.width
     if args.scale is not None:
@@ -126,7 +102,7 @@ def build_cfg(args):
             raise ValueError('--save-ponder-maps needs an SACTTwoStageDetector config, '
                              f'this one builds {mtype}')
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-            dict(type='DetPonderMapSaveHook', out_dir=args.save_ponder_maps)]
+            dict(type='PonderMapSaveHook', out_dir=args.save_ponder_maps)]
     if args.amp:
         cfg.test_cfg = dict(cfg.get('test_cfg', None) or dict(type='TestLoop'), fp16=True)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -137,10 +113,7 @@ def build_cfg(args):
 def main(argv=None):
     """Build the runner and evaluate; returns the metrics dict."""
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = cli.build_runner(build_cfg(args))
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -14,7 +14,7 @@ module                 what it holds
 Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build a policy with
 :func:`build_policy` and call it; the method maths (``SandwichRule`` sampling, ``inplace_distillation_loss``,
 ``mred_loss``, ``ponder_loss``) is driven from here only.  A new method adds a policy class and one
-:data:`POLICIES` entry.
+:data:`POLICIES` entry (:func:`register_policy`); the frontends build every policy through :func:`policy_for`.
 """
 from .calibration import calibrate, head_batchnorms, reset_and_average
 from .distributed import agree_seed, average_bn_statistics, check_ranks_agree, digest, world_size
@@ -24,16 +24,61 @@ from .resolutions import ResolutionPolicy
 from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
-           'POLICIES', 'build_policy', 'agree_seed', 'weighted_losses', 'ponder_costs_of', 'reset_and_average',
+           'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'agree_seed',
+           'weighted_losses', 'ponder_costs_of', 'reset_and_average',
            'calibrate', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
-#: method name -> policy class
+#: method name -> policy class, in the order :func:`policy_for` tries them for a model (``trains``)
 POLICIES = {'standard': StandardPolicy, 'usnet': SandwichPolicy, 'mutualnet': SandwichPolicy,
             'rsnet': ResolutionPolicy, 'sact': PonderPolicy}
 
 
+def register_policy(method, cls):
+    """Add a method: ``cls`` (a :class:`TrainingPolicy` subclass) under the name ``method``.
+
+    Every frontend then trains it (``policy=dict(type=method, ...)`` in MMSeg / MMDet configs,
+    ``MODEL.DYNSCALE.POLICY.NAME`` in Detectron2, ``--method`` in the pretraining tool) and picks it for the models
+    its ``trains`` accepts.
+
+    Raises:
+        ValueError: the name is taken, or ``cls`` is not a :class:`TrainingPolicy`.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, TrainingPolicy)):
+        raise ValueError(f'{cls!r} is not a TrainingPolicy subclass')
+    if method in POLICIES:
+        raise ValueError(f'training method {method!r} is already registered ({POLICIES[method].__name__})')
+    POLICIES[method] = cls
+    return cls
+
+
+def default_method(model):
+    """The registered method that trains ``model`` by default: the first policy whose ``trains(model)`` is true
+    (``'usnet'`` for slimmable, ``'rsnet'``, ``'sact'``), else ``'standard'``."""
+    for name, cls in POLICIES.items():
+        if cls.trains(model):
+            return name
+    return 'standard'
+
+
+def policy_for(model, method=None, ignore_index=None, **options):
+    """The training policy of ``model`` (a framework-free backbone): ``method`` (None: :func:`default_method`;
+    a slimmable model with ``input_sizes`` gets ``'mutualnet'``) built by its class's ``from_model`` with
+    ``options``.
+
+    Raises:
+        ValueError: unknown method (the message lists them), a method that cannot train the model, bad options.
+    """
+    if method is None:
+        method = default_method(model)
+        if method == 'usnet' and options.get('input_sizes'):
+            method = 'mutualnet'
+    if method not in POLICIES:
+        raise ValueError(f'unknown training method {method!r}; choose one of {sorted(POLICIES)}')
+    return POLICIES[method].from_model(model, method=method, ignore_index=ignore_index, **options)
+
+
 def build_policy(method, **options):
-    """The policy of ``method`` built with ``options`` (the class's arguments).
+    """The policy of ``method`` built with ``options`` (the class's arguments), without a model.
 
     Raises:
         ValueError: unknown method (the message lists them) or bad options.

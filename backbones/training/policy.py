@@ -65,19 +65,66 @@ def weighted_losses(losses, weight):
 class TrainingPolicy:
     """Base policy: one sub-network, ground-truth loss (Elastic and the dense baselines).
 
+    The protocol every frontend drives (a new method subclasses this and registers it in
+    :data:`backbones.training.POLICIES`; no frontend changes):
+
+    * built from the framework-free model and options: :meth:`from_model` (defaults read from the model);
+      :meth:`trains` says whether a model is this policy's by default (:func:`backbones.training.policy_for`);
+    * training: :meth:`subnets` (per step), :meth:`context`, :meth:`subnet_losses`, :meth:`extra_losses`, and
+      :meth:`combine` when :attr:`combines` (one loss over all sub-networks of a step);
+    * evaluation: :meth:`eval_context` switches the model to one configuration (width, private BN);
+      :attr:`needs_calibration` says whether BN statistics must be re-estimated first;
+    * DDP: :attr:`find_unused_parameters`; :meth:`check_agreement`.
+
     Attributes:
         method (str): ``'standard'``, ``'usnet'``, ``'mutualnet'``, ``'rsnet'`` or ``'sact'``.
         find_unused_parameters (bool): whether DDP must allow parameters without gradient in a step.
         needs_calibration (bool): whether BN statistics must be re-estimated before evaluation (slimmable).
+        combines (bool): the step's loss is :meth:`combine` over every sub-network's logits (RS-Nets MRED), not
+            a sum of per-sub-network losses.
+        max_input_size (int | None): the input size of the batch as loaded (``Subnet.input_size=None``) in the
+            frontend's measure; sub-network sizes scale the batch by ``input_size / max_input_size``.
         seed (int): seed of the sub-network choices (identical on every rank).
     """
 
     method = 'standard'
     find_unused_parameters = False
     needs_calibration = False
+    combines = False
+    max_input_size = None
 
     def __init__(self, seed=None):
         self.seed = agree_seed(seed)
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def trains(cls, model):
+        """Whether ``model`` (a :class:`backbones.base.DynamicBackbone`) is trained by this policy when no method
+        is named (False for the base; :func:`backbones.training.policy_for` falls back to it)."""
+        return False
+
+    @classmethod
+    def from_model(cls, model, method=None, ignore_index=None, **options):
+        """The policy for ``model`` with ``options`` (the class's arguments); arguments the model fixes (width
+        range, trained resolutions, tau) default to the model's.
+
+        Args:
+            model (nn.Module): the framework-free backbone the frontend trains.
+            method (str | None): the registered name it was built under (``'usnet'``/``'mutualnet'`` ...).
+            ignore_index (int | None): label ignored by the task loss (segmentation); used by policies whose own
+                losses see labels (MRED).
+            **options: the class's own arguments.
+
+        Raises:
+            ValueError: an option the class does not take (the message lists those it takes).
+        """
+        return _construct(cls, options)
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def varies_width(self):
+        """Whether sub-networks run at widths below the model's (heads and necks must slice their inputs)."""
+        return False
 
     def check_agreement(self, steps=4):
         """Raise unless every DDP rank draws the same sub-networks for steps ``0..steps-1`` (cheap; frontends call
@@ -121,8 +168,41 @@ class TrainingPolicy:
         """Per-forward losses and logged values beyond the task losses (``{}``; SACT: the ponder cost)."""
         return {}
 
+    def combine(self, logits_list, target):
+        """One loss over the step's logits (ordered like :meth:`subnets`, resized to one size by the frontend);
+        only for policies with :attr:`combines`.
+
+        Raises:
+            ValueError: the policy trains each sub-network with its own loss.
+        """
+        raise ValueError(f'{type(self).__name__} trains each sub-network with its own loss (combines=False)')
+
+    def eval_context(self, backbone, width=None, bn_resolution=None):
+        """Context evaluating ``backbone`` at one configuration: a width multiplier and / or the BN statistics of a
+        resolution.  The base has none: both must be None.
+
+        Raises:
+            ValueError: a width or resolution for a model that has no such switch.
+        """
+        if width is not None or bn_resolution is not None:
+            raise ValueError(f'{type(self).__name__} evaluates the model as built; width={width!r} / '
+                             f'resolution={bn_resolution!r} apply only to slimmable (width) or RS-Net (resolution) '
+                             f'models: remove them from the test settings')
+        return contextlib.nullcontext()
+
     def __repr__(self):
         return f'{type(self).__name__}(seed={self.seed})'
+
+
+def _construct(cls, options):
+    """``cls(**options)`` with an error naming the arguments ``cls`` takes."""
+    import inspect
+
+    params = [n for n in inspect.signature(cls.__init__).parameters if n not in ('self', 'args', 'kwargs')]
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f'{cls.__name__} does not take {unknown}; its options are {params}')
+    return cls(**options)
 
 
 class StandardPolicy(TrainingPolicy):

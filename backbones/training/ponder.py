@@ -49,6 +49,25 @@ class PonderPolicy(TrainingPolicy):
             raise ValueError(f'tau must be >= 0, got {tau}')
         self.tau = float(tau)
 
+    @classmethod
+    def trains(cls, model):
+        """SACT / ACT models (a halting stage: ``act`` other than ``'none'``)."""
+        return hasattr(model, 'ponder_costs') and getattr(model, 'act', 'none') != 'none'
+
+    @classmethod
+    def from_model(cls, model, method=None, ignore_index=None, **options):
+        """``tau`` defaults to the model's (``model.tau``, else 0.01).
+
+        Raises:
+            ValueError: a model without halting stages, negative ``tau`` or an unknown option.
+        """
+        if not hasattr(model, 'ponder_costs'):
+            raise ValueError(f'the ponder cost trains SACT / ACT models; {type(model).__name__} has no halting stage '
+                             f'(use an sact_* / act_* backbone)')
+        if options.get('tau') is None:
+            options['tau'] = float(getattr(model, 'tau', 0.01))
+        return super().from_model(model, method, ignore_index, **options)
+
     def extra_losses(self, model):
         """``{'loss_ponder': tau * cost, 'ponder_cost': cost.detach()}`` from the last forward of ``model``
         (``{}`` when it has no SACT stage)."""

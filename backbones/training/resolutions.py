@@ -9,7 +9,7 @@ resolution is trained with the ground truth (``mred=False``), or one random reso
 """
 import contextlib
 
-from .policy import Subnet, TrainingPolicy
+from .policy import Subnet, TrainingPolicy, _construct
 
 __all__ = ['ResolutionPolicy']
 
@@ -54,6 +54,61 @@ class ResolutionPolicy(TrainingPolicy):
         self.mred_type = mred
         self._mred = None
         self.ignore_index = ignore_index
+
+    @classmethod
+    def trains(cls, model):
+        """RS-Net models (private BN per trained resolution)."""
+        return hasattr(model, 'resolutions') and hasattr(model, 'resolution_context')
+
+    @classmethod
+    def from_model(cls, model, method=None, ignore_index=None, **options):
+        """Every trained resolution of ``model`` (unless ``bn_resolutions`` is given, a descending subset);
+        ``ignore_index`` goes to MRED.
+
+        Raises:
+            ValueError: a model without private BNs, a resolution it was not trained for, an unknown option.
+        """
+        if not cls.trains(model):
+            raise ValueError(f'{cls.__name__} trains RS-Net models (private BN per resolution); '
+                             f'{type(model).__name__} has none (use an rs_* backbone)')
+        trained = tuple(model.resolutions)
+        res = tuple(options.pop('bn_resolutions', None) or trained)
+        bad = [r for r in res if r not in trained]
+        if bad:
+            raise ValueError(f'resolutions {bad} have no private BN in the model; its resolutions are {trained} '
+                             f'(build it with resolutions including them)')
+        options.setdefault('ignore_index', ignore_index)
+        return _construct(cls, dict(options, bn_resolutions=res))
+
+    @property
+    def combines(self):
+        """MRED combines the step's logits (``mred`` not False)."""
+        return self.mred_type is not False
+
+    @property
+    def max_input_size(self):
+        """The largest resolution's input size (the batch as loaded)."""
+        return self.input_sizes[0]
+
+    def eval_context(self, backbone, width=None, bn_resolution=None):
+        """The private BN of ``bn_resolution``; None, or an untrained one under the backbone's ``'nearest'``
+        rule, leaves the choice to the backbone (nearest trained resolution to the input).
+
+        Raises:
+            ValueError: a width (RS-Nets have none), or an untrained resolution under the ``'explicit'`` rule.
+        """
+        if width is not None:
+            raise ValueError(f'RS-Net models have no width multiplier; remove width={width!r} from the test '
+                             f'settings')
+        trained = tuple(backbone.resolutions)
+        if bn_resolution is None:
+            return contextlib.nullcontext()
+        if bn_resolution in trained:
+            return backbone.resolution_context(bn_resolution)
+        if getattr(backbone, 'resolution_rule', 'explicit') == 'explicit':
+            raise ValueError(f'resolution {bn_resolution} is not a trained resolution {trained} and the backbone '
+                             f"rule is 'explicit'; choose one of {trained} or build it with resolution_rule='nearest'")
+        return contextlib.nullcontext()
 
     @property
     def mred(self):

@@ -64,6 +64,35 @@ class SandwichPolicy(TrainingPolicy):
         self.student_gt_weight = float(student_gt_weight)
         self.method = 'mutualnet' if input_sizes else 'usnet'
 
+    @classmethod
+    def trains(cls, model):
+        """Slimmable models (a width range and width switching)."""
+        return hasattr(model, 'width_range') and hasattr(model, 'width_context')
+
+    @classmethod
+    def from_model(cls, model, method=None, ignore_index=None, **options):
+        """Sandwich rule over ``model.width_range`` (unless ``width_range`` is given); ``method='mutualnet'``
+        needs ``input_sizes``, ``'usnet'`` refuses them.
+
+        Raises:
+            ValueError: a model without widths, the method / input sizes mismatch, or an unknown option.
+        """
+        if not cls.trains(model):
+            raise ValueError(f'the sandwich rule trains slimmable models; {type(model).__name__} has no width '
+                             f'multiplier (use a us_* backbone)')
+        options.setdefault('width_range', tuple(model.width_range))
+        sizes = options.get('input_sizes')
+        if method == 'mutualnet' and not sizes:
+            raise ValueError('MutualNet draws input sizes: give input_sizes (e.g. (224, 192, 160, 128))')
+        if method == 'usnet' and sizes:
+            raise ValueError('US-Nets train every width at the input as loaded; input_sizes is MutualNet '
+                             "(method 'mutualnet')")
+        return super().from_model(model, method, ignore_index, **options)
+
+    @property
+    def varies_width(self):
+        return True
+
     def subnets(self, step):
         """``[max (teacher), min, rand1, ...]``: widths ``w_max``, ``w_min`` then uniform draws; students' input
         sizes uniform over ``input_sizes`` (None when equal to the teacher's, i.e. the batch as loaded)."""
@@ -87,10 +116,10 @@ class SandwichPolicy(TrainingPolicy):
             return contextlib.nullcontext()
         return backbone.width_context(subnet.width)
 
-    @staticmethod
-    def eval_context(backbone, width=None, bn_resolution=None):
-        """Evaluation at ``(width, bn_resolution)``: the statistics calibrated for that pair when they exist,
-        else the width-only ones (a width without any statistics raises ``calibrate_bn``'s error)."""
+    def eval_context(self, backbone, width=None, bn_resolution=None):
+        """Evaluation at ``(width, bn_resolution)`` (None: the largest width): the statistics calibrated for that
+        pair when they exist, else the width-only ones (a width without any statistics raises, naming
+        calibration)."""
         from ..slimmable_ops import normalize_width
 
         width = backbone.width_range[1] if width is None else width

@@ -10,18 +10,22 @@ config documents which method it uses:
 ``type``                      ``arch`` values (``backbones`` registry)
 ============================  =========================================================================
 ``DynscaleBackbone``          any registered name
-``ElasticResNeXt``            resnext50_32x4d, resnext101_32x4d, resnext50_elastic, resnext101_elastic,
-                              selastic_resnext50, se_resnext50, se_resnext50_elastic
+``ElasticBackbone``           the Elastic family and its baselines: resnext50/101_32x4d, resnext50/101_elastic,
+                              selastic_resnext50, se_resnext50(_elastic), densenet201(_elastic),
+                              dla60x(_elastic), dla102x(_elastic, _selastic)
 ``SlimmableNet``              us_mobilenet_v1, us_mobilenet_v2, us_vgg16_bn, us_resnet50
 ``SACTResNet``                sact_resnet50/101, act_resnet50/101, preact_resnet50/101
-``RSNet``                     rs_resnet18, rs_resnet50, rs_resnet101, rs_mobilenet_v2
+``RSNetBackbone``             rs_resnet18, rs_resnet50, rs_resnet101, rs_mobilenet_v2
 ============================  =========================================================================
+
+The former names ``ElasticResNeXt`` and ``RSNet`` (which were also the names of model classes in
+:mod:`backbones`) raise, naming ``ElasticBackbone`` / ``RSNetBackbone``.
 
 Every class is registered in ``mmseg.registry.MODELS`` and ``mmdet.registry.MODELS`` (whichever is
 installed), so a config only needs::
 
     custom_imports = dict(imports=['plugins.mm'], allow_failed_imports=False)
-    model = dict(backbone=dict(_delete_=True, type='ElasticResNeXt', arch='resnext50_elastic',
+    model = dict(backbone=dict(_delete_=True, type='ElasticBackbone', arch='resnext50_elastic',
                                out_indices=(0, 1, 2, 3), strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
                                multi_grid=(1, 2, 4), norm_cfg=dict(type='SyncBN', requires_grad=True)))
 
@@ -30,7 +34,6 @@ The arguments follow MMSeg/MMDet's ``ResNet`` (``out_indices``, ``frozen_stages`
 :class:`DynscaleBackbone`.  Convention sources: MMSeg ``mmseg/models/backbones/resnet.py`` (1.2.2) and
 ``frameworks_and_users.md`` Sec. 2.2.
 """
-import contextlib
 import os
 import warnings
 
@@ -43,28 +46,10 @@ from backbones.base import output_stride_dilations
 from backbones.checkpoint import CheckpointMismatchError, read_checkpoint
 from backbones.pretrained import InputNormalization, load_pretrained, missing_file_message, read_source
 
-__all__ = ['DynscaleBackbone', 'ElasticResNeXt', 'SlimmableNet', 'SACTResNet', 'RSNet', 'norm_layer_from_cfg',
-           'register_mm_module', 'strides_dilations_to_output_stride', 'unwrap_backbone',
-           'apply_bn_options']
+from .registry import register_mm_module, register_renamed
 
-
-def register_mm_module(cls=None, registry='MODELS', frameworks=('mmseg', 'mmdet')):
-    """Register ``cls`` in ``<framework>.registry.<registry>`` for each of ``frameworks`` that is installed.
-
-    Usable as ``@register_mm_module``, ``@register_mm_module(registry='HOOKS')`` or
-    ``register_mm_module(cls, 'DATASETS', ('mmseg',))``; returns ``cls``.  A framework that is not
-    installed is skipped; one that is installed but broken raises (``plugins._compat.check_mm_environment``
-    has already run when ``plugins.mm`` is imported).
-    """
-    if cls is None:
-        return lambda c: register_mm_module(c, registry, frameworks)
-    for fw in frameworks:
-        try:
-            reg = getattr(__import__(f'{fw}.registry', fromlist=[registry]), registry)
-        except ModuleNotFoundError:
-            continue
-        reg.register_module(module=cls, force=False)
-    return cls
+__all__ = ['DynscaleBackbone', 'ElasticBackbone', 'SlimmableNet', 'SACTResNet', 'RSNetBackbone', 'norm_layer_from_cfg',
+           'strides_dilations_to_output_stride', 'apply_bn_options']
 
 
 # ----------------------------------------------------------------------------------------------- norm
@@ -315,14 +300,6 @@ class DynscaleBackbone(BaseModule):
         """Context manager selecting the private BN of ``resolution`` (RS-Net)."""
         return self._require('resolution_context', 'resolution', 'rsnet')(resolution)
 
-    def maybe_width(self, width):
-        """``width_context(width)`` or a null context when ``width`` is None."""
-        return contextlib.nullcontext() if width is None else self.width_context(width)
-
-    def maybe_resolution(self, resolution):
-        """``resolution_context(resolution)`` or a null context when ``resolution`` is None."""
-        return contextlib.nullcontext() if resolution is None else self.resolution_context(resolution)
-
     @property
     def ponder_costs(self):
         """SACT/ACT: per-stage ponder-cost maps of the last forward (``[N, h, w]`` or ``[N]``)."""
@@ -409,12 +386,11 @@ class DynscaleBackbone(BaseModule):
 
 
 @register_mm_module
-class ElasticResNeXt(DynscaleBackbone):
-    """:class:`DynscaleBackbone` restricted to the Elastic family (Wang et al., CVPR 2019):
-    ``arch`` in resnext50_32x4d, resnext101_32x4d, resnext50_elastic, resnext101_elastic,
-    selastic_resnext50, se_resnext50, se_resnext50_elastic.  Accepts ``norm_cfg`` BN/SyncBN/GN,
-    ``with_cp`` and ``multi_grid`` (default (1, 2, 4) at output stride 16/8).  Default arch
-    ``resnext50_elastic``."""
+class ElasticBackbone(DynscaleBackbone):
+    """:class:`DynscaleBackbone` restricted to the Elastic family (Wang et al., CVPR 2019) and its baselines:
+    ``arch`` in ``backbones.list_models(family='elastic')`` (ResNeXt, SE-ResNeXt, DenseNet-201, DLA-X, each plain
+    and Elastic).  Accepts ``norm_cfg`` BN/SyncBN/GN, ``with_cp`` and ``multi_grid`` (ResNeXt: default (1, 2, 4)
+    at output stride 16/8).  Default arch ``resnext50_elastic``.  Former name ``ElasticResNeXt``."""
     family = 'elastic'
 
     def __init__(self, arch='resnext50_elastic', **kwargs):
@@ -446,26 +422,30 @@ class SACTResNet(DynscaleBackbone):
 
 
 @register_mm_module
-class RSNet(DynscaleBackbone):
+class RSNetBackbone(DynscaleBackbone):
     """:class:`DynscaleBackbone` restricted to the RS-Net family (Wang et al., ECCV 2020): rs_resnet18,
     rs_resnet50, rs_resnet101, rs_mobilenet_v2.  Pass ``resolutions=(...)`` (descending) and
     ``resolution_rule`` ('nearest' or 'explicit') through to the factory; ``resolution`` selects the
-    private BN used initially.  Default arch rs_resnet50."""
+    private BN used initially.  Default arch rs_resnet50.  Former name ``RSNet``."""
     family = 'rsnet'
 
     def __init__(self, arch='rs_resnet50', **kwargs):
         super().__init__(arch, **kwargs)
 
 
-_ALIAS_OF_FAMILY = {'elastic': 'ElasticResNeXt', 'slimmable': 'SlimmableNet', 'sact': 'SACTResNet',
-                    'rsnet': 'RSNet'}
+_ALIAS_OF_FAMILY = {'elastic': 'ElasticBackbone', 'slimmable': 'SlimmableNet', 'sact': 'SACTResNet',
+                    'rsnet': 'RSNetBackbone'}
+
+# former config names (they were also model class names in backbones: backbones.elastic.ElasticResNeXt,
+# backbones.rsnet.RSNet)
+register_renamed('ElasticResNeXt', 'ElasticBackbone', BaseModule, hint='it wraps every Elastic backbone')
+register_renamed('RSNet', 'RSNetBackbone', BaseModule)
+
+_RENAMED = {'ElasticResNeXt': 'ElasticBackbone', 'RSNet': 'RSNetBackbone'}
 
 
-def unwrap_backbone(model):
-    """The :class:`DynscaleBackbone` inside a segmentor/detector (``model.backbone``), or ``model``
-    itself.  Raises ValueError naming the type when the backbone is not a dynscale adapter."""
-    bb = getattr(model, 'backbone', model)
-    if not isinstance(bb, DynscaleBackbone):
-        raise ValueError(f'expected a dynscale backbone (type=DynscaleBackbone/ElasticResNeXt/SlimmableNet/'
-                         f'SACTResNet/RSNet), got {type(bb).__name__}')
-    return bb
+def __getattr__(name):
+    if name in _RENAMED:
+        raise AttributeError(f'plugins.mm.backbones.{name} was renamed {_RENAMED[name]} (config type '
+                             f'{_RENAMED[name]!r})')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

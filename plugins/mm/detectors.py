@@ -1,64 +1,50 @@
-"""MMDetection 3.x side of the dynamic-scale methods: detectors, neck, hooks and a checked COCO dataset.
+"""MMDetection 3.x detectors driven by the training core: one generic two-stage detector, three method presets.
 
-Registered in ``mmdet.registry`` (import ``plugins.mm`` through ``custom_imports``):
+Registered in ``mmdet.registry.MODELS`` (import ``plugins.mm`` through ``custom_imports``):
 
 =================================  ==================================================================
 ``type``                           what it does
 =================================  ==================================================================
-``SlimmableTwoStageDetector``      US-Net / MutualNet training step: the sandwich rule over widths and
+``DynscaleTwoStageDetector``       any method: the sub-networks, losses and evaluation switch of the
+                                   backbone's training policy (``policy=dict(type=..., ...)``)
+``SlimmableTwoStageDetector``      US-Net / MutualNet preset: the sandwich rule over widths and
                                    random input scales, every sub-network trained with the ground
                                    truth, one shared neck and head; evaluation at any (width, scale).
-``SACTTwoStageDetector``           adds the SACT ponder cost ``tau * sum_stages mean(rho)`` to the
-                                   detector losses and logs it; ponder maps can be kept at test time.
-``RSNetTwoStageDetector``          RS-Net: the same batch at several input scales, each with its own
-                                   private BN, every scale trained with the ground truth; tests at any
-                                   trained scale with that scale's BN.
-``SlicedFPN``                      FPN whose lateral convs slice their input channels
-                                   (:class:`backbones.slimmable.InputSlicedConv2d`), so one set of
-                                   neck/head weights serves every backbone width.
-``DetPonderMapSaveHook``           saves the SACT ponder-cost map of each test image as ``.npy``.
-``CheckedCocoDataset``             ``CocoDataset`` that names the missing path and the expected layout.
+``SACTTwoStageDetector``           SACT preset: the ponder cost ``tau * sum_stages mean(rho)`` joins
+                                   the detector losses and is logged; ponder maps at test time.
+``RSNetTwoStageDetector``          RS-Net preset: the same batch at several input scales, each with its
+                                   own private BN, every scale trained with the ground truth; tests at
+                                   any trained scale with that scale's BN.
 =================================  ==================================================================
 
-All detectors subclass :class:`mmdet.models.detectors.TwoStageDetector`, so the same class is a Faster
-R-CNN (``roi_head`` without a mask branch) or a Mask R-CNN (with ``mask_head``); the configs in
-``det_configs/mmdet/`` build both.  The framework-free pieces (sandwich sampling, BN calibration,
-ponder loss, input-sliced convs) come from :mod:`backbones`: what a training step runs is the training core's
-policy (:mod:`backbones.training`, shared with the MMSeg, Detectron2 and pretraining frontends), BN calibration
-is :class:`plugins.mm.hooks.BNCalibrationHook`; this module only adapts them to MMDet's data structures.
+All subclass :class:`mmdet.models.detectors.TwoStageDetector`, so the same class is a Faster R-CNN (``roi_head``
+without a mask branch) or a Mask R-CNN (with ``mask_head``); the configs in ``det_configs/mmdet/`` build both.
+What a training step runs is the training core's policy (:mod:`backbones.training`, shared with the MMSeg,
+Detectron2 and pretraining frontends); BN calibration is :class:`plugins.mm.hooks.BNCalibrationHook`, the width-
+sliced neck :class:`plugins.mm.necks.SlicedFPN`; this module only adapts them to MMDet's data structures.
 
 Scales follow MMDet's ``Resize(scale=(max_size, short_side), keep_ratio=True)`` rule: an image of
 original size (h, w) is resized by ``min(max_size / max(h, w), short_side / min(h, w))``.  The
 training pipeline resizes to the largest scale; the detector rescales each image of the batch to the
 other scales itself (:func:`rescale_batch`), ground-truth boxes and masks included.
 """
-import contextlib
 import math
-import os
-import os.path as osp
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmdet.datasets import CocoDataset
 from mmdet.models.detectors import TwoStageDetector
-from mmdet.models.necks import FPN
-from mmdet.registry import DATASETS, HOOKS, MODELS
+from mmdet.registry import MODELS
 from mmdet.structures.bbox import BaseBoxes
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.structures import InstanceData
 
-from backbones import sact as _sact
-from backbones import slimmable as _slim
 from backbones import training
 
 from .backbones import DynscaleBackbone
-from .hooks import _RenamedHook
-from .segmentors import current_step
+from .runtime import current_step
 
-__all__ = ['SlimmableTwoStageDetector', 'SACTTwoStageDetector', 'RSNetTwoStageDetector', 'SlicedFPN',
-           'DetPonderMapSaveHook', 'CheckedCocoDataset', 'rescale_batch', 'rescaled_size', 'check_coco_layout']
+__all__ = ['DynscaleTwoStageDetector', 'SlimmableTwoStageDetector', 'SACTTwoStageDetector', 'RSNetTwoStageDetector',
+           'rescale_batch', 'rescaled_size']
 
 
 # ------------------------------------------------------------------------------------ rescaling
@@ -174,49 +160,56 @@ def _prefixed(losses, tag):
     return dict(losses) if not tag else {f'{tag}_{k}': v for k, v in losses.items()}
 
 
-def _dyn_backbone(detector, family, cls_name):
-    bb = detector.backbone
-    if not isinstance(bb, DynscaleBackbone) or bb.backbone_family != family:
-        got = bb.arch if isinstance(bb, DynscaleBackbone) else type(bb).__name__
-        raise ValueError(f'{cls_name} needs a {family!r} dynscale backbone (type=DynscaleBackbone/'
-                         f'SlimmableNet/SACTResNet/RSNet with a matching arch), got {got}')
-    return bb
-
-
 # ------------------------------------------------------------------------------------ detectors
-class _MultiScaleTwoStageDetector(TwoStageDetector):
-    """Two-stage detector that trains several sub-networks (width and/or input scale) on each batch
-    and predicts at a chosen (width, scale).
+@MODELS.register_module()
+class DynscaleTwoStageDetector(TwoStageDetector):
+    """Two-stage detector whose training step is the training policy of its dynscale backbone.
 
-    ``loss`` runs every sub-network of the step of the training policy (:attr:`policy`, set by the subclass) on
+    ``loss`` runs every sub-network of the policy's step (:meth:`backbones.training.TrainingPolicy.subnets`) on
     the same batch (rescaled by :func:`rescale_batch` to the sub-network's shorter side when it differs from the
-    pipeline's) through the *shared* backbone,
-    neck and heads, and returns the union of their losses (the first sub-network's keys unprefixed,
-    the others prefixed by their tag).  ``BaseModel.parse_losses`` sums every ``loss*`` key, so one
-    backward pass accumulates the gradients of all sub-networks before one optimizer step, the same
-    update as US-Net's per-width backward passes; it keeps every sub-network's graph alive until the
-    backward (about 2x the memory of one forward at 4 sub-networks) and works unchanged with
-    ``MMDistributedDataParallel`` and AMP.
+    pipeline's) through the *shared* backbone, neck and heads, in the policy's context (width, private BN), and
+    returns the union of their losses (weighted by the policy, plus its extra losses such as the ponder cost; the
+    first sub-network's keys unprefixed, the others prefixed by their tag and ``_``).  ``BaseModel.parse_losses``
+    sums every ``loss*`` key, so one backward pass accumulates the gradients of all sub-networks before one
+    optimizer step, the same update as US-Net's per-width backward passes; it keeps every sub-network's graph alive
+    until the backward (about 2x the memory of one forward at 4 sub-networks) and works unchanged with
+    ``MMDistributedDataParallel`` and AMP.  ``predict`` runs at (``test_width``, ``test_resolution``) through the
+    policy's :meth:`~backbones.training.TrainingPolicy.eval_context`.
 
     Args:
+        policy (dict | None): ``type`` (a method of ``backbones.training.POLICIES``; None = the backbone's
+            default) and the policy's options (``input_sizes`` are shorter sides here).
         max_size (int | None): longer-side cap of the scale rule (1000 in MutualNet's detection
             setting ``1000 x {600, 480, 360, 240}``).
-        test_width (float | None): width multiplier for ``predict`` (None = the subclass default).
+        test_width (float | None): width multiplier for ``predict`` (None = the largest).
         test_resolution (int | None): shorter side for ``predict`` (None = the test pipeline's scale).
         **kwargs: :class:`TwoStageDetector` arguments.
+
+    Raises:
+        ValueError: a backbone that is not a dynscale one; a policy that cannot train it or bad options; a policy
+            that combines the sub-networks' logits (MRED has no detection form).
     """
 
-    def __init__(self, *args, max_size=None, test_width=None, test_resolution=None, **kwargs):
+    def __init__(self, *args, policy=None, max_size=None, test_width=None, test_resolution=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(self.backbone, DynscaleBackbone):
+            raise ValueError(f'{type(self).__name__} needs a dynscale backbone (type=DynscaleBackbone or a family '
+                             f'alias), got {type(self.backbone).__name__}')
         self.max_size = max_size
         self.test_width = test_width
         self.test_resolution = test_resolution
         self._last_subnets = []
-        self.policy = training.StandardPolicy()
+        opts = dict(policy or {})
+        method = opts.pop('type', None)
+        self.policy = training.policy_for(self.backbone.model, method, **opts)
+        if self.policy.combines:
+            raise ValueError(f'{self.policy!r} combines the logits of its sub-networks (MRED), which has no '
+                             f'detection form: set mred=False (each scale trained with the ground truth)')
 
-    def subnet_context(self, width, resolution):
-        """Evaluation context of the backbone at (``width``, ``resolution``); overridden."""
-        return contextlib.nullcontext()
+    @property
+    def last_subnets(self):
+        """``[(tag, width, shorter side or None, (H, W) of the batch)]`` of the last training step."""
+        return list(self._last_subnets)
 
     def _pad_cfg(self):
         dp = self.data_preprocessor
@@ -245,9 +238,17 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
             inputs, samples = self._at_scale(batch_inputs, batch_data_samples, sub.input_size, with_gt=True)
             with self.policy.context(self.backbone.model, sub):
                 raw = super().loss(inputs, samples)
+                extra = self.policy.extra_losses(self.backbone.model)
             self._last_subnets.append((tag, sub.width, sub.input_size, tuple(inputs.shape[-2:])))
-            losses.update(_prefixed(self.policy.subnet_losses(sub, raw), tag))
+            parts = self.policy.subnet_losses(sub, raw)
+            parts.update(extra)
+            losses.update(_prefixed(parts, tag))
         return losses
+
+    def eval_context(self):
+        """The backbone switched to (``test_width``, ``test_resolution``) for evaluation (calibrated or private BN
+        statistics; :meth:`backbones.training.TrainingPolicy.eval_context`)."""
+        return self.policy.eval_context(self.backbone.model, self.test_width, self.test_resolution)
 
     def predict(self, batch_inputs, batch_data_samples, rescale=True):
         """Predict at (``test_width``, ``test_resolution``); results are in original-image coordinates
@@ -255,7 +256,7 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
         :meth:`TwoStageDetector.predict` for shapes."""
         inputs, samples = self._at_scale(batch_inputs, batch_data_samples, self.test_resolution,
                                          with_gt=False)
-        with self.subnet_context(self.test_width, self.test_resolution):
+        with self.eval_context():
             return super().predict(inputs, samples, rescale=rescale)
 
     def _forward(self, batch_inputs, batch_data_samples=None):
@@ -263,74 +264,8 @@ class _MultiScaleTwoStageDetector(TwoStageDetector):
         if samples is not None:
             inputs, samples = self._at_scale(batch_inputs, batch_data_samples, self.test_resolution,
                                              with_gt=False)
-        with self.subnet_context(self.test_width, self.test_resolution):
+        with self.eval_context():
             return super()._forward(inputs, samples)
-
-
-@MODELS.register_module()
-class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
-    """US-Net / MutualNet detector: sandwich-rule training over widths and input scales.
-
-    Each training step runs the sub-networks of :class:`backbones.training.SandwichPolicy`
-    (US-Nets, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at
-    the largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
-    uniformly from ``resolutions`` (MutualNet) or all at the pipeline's scale (US-Net,
-    ``resolutions=None``).  As in MutualNet's COCO experiment (Sec. 4.3) the FPN neck and the heads
-    are shared and every sub-network is trained with the ground truth (no inplace distillation).  The
-    neck must accept every width: use :class:`SlicedFPN`.
-
-    Loss keys: the largest sub-network's keys unprefixed (``loss_cls``, ...), then ``min_*`` and
-    ``rand1_*``, ``rand2_*``, ....  Sub-networks of the last step: :attr:`last_subnets`.
-
-    Args:
-        sandwich (dict): ``num_subnets`` (>= 2, default 4), ``resolutions`` (shorter sides, e.g.
-            ``(600, 480, 360, 240)``, or None), ``seed`` (None: drawn from torch's generator at
-            construction, so mmengine's ``randomness.seed`` makes the sampling reproducible).  The
-            width range is the backbone's ``width_range``; the largest resolution must equal the
-            training pipeline's shorter side.
-        max_size (int): longer-side cap (1000 in the paper).
-        test_width (float | None): width for evaluation (None = the largest width).
-        test_resolution (int | None): shorter side for evaluation (None = the test pipeline's).
-        **kwargs: :class:`TwoStageDetector` arguments (backbone must be a slimmable dynscale backbone).
-
-    Raises:
-        ValueError: backbone not slimmable, ``num_subnets < 2``, ``test_width`` outside the width range.
-    """
-
-    def __init__(self, *args, sandwich=None, max_size=1000, **kwargs):
-        super().__init__(*args, max_size=max_size, **kwargs)
-        bb = _dyn_backbone(self, 'slimmable', type(self).__name__)
-        cfg = dict(num_subnets=4, resolutions=None, seed=None)
-        unknown = set(sandwich or {}) - set(cfg)
-        if unknown:
-            raise ValueError(f'sandwich accepts {sorted(cfg)}; got unknown keys {sorted(unknown)}')
-        cfg.update(sandwich or {})
-        if cfg['num_subnets'] < 2:
-            raise ValueError('sandwich.num_subnets must be >= 2 (largest + smallest width), '
-                             f"got {cfg['num_subnets']}")
-        res = tuple(cfg['resolutions']) if cfg['resolutions'] else None
-        self.resolutions = res
-        self.max_resolution = max(res) if res else None
-        # every sub-network trained with the ground truth (MutualNet's detection setting, Sec. 4.3)
-        self.policy = training.SandwichPolicy(bb.model.width_range, num_subnets=cfg['num_subnets'], input_sizes=res,
-                                              max_input_size=self.max_resolution, distill=None,
-                                              student_gt_weight=1.0, seed=cfg['seed'])
-        lo, hi = bb.model.width_range
-        if self.test_width is not None and not lo <= self.test_width <= hi:
-            raise ValueError(f'test_width={self.test_width} is outside the width range [{lo}, {hi}] '
-                             f'of {bb.arch}')
-
-    @property
-    def last_subnets(self):
-        """``[(tag, width, shorter side or None, (H, W) of the batch)]`` of the last training step."""
-        return list(self._last_subnets)
-
-    def subnet_context(self, width, resolution):
-        """Backbone at ``width`` (None = largest width) for evaluation: the statistics calibrated for the pair
-        (``width``, ``resolution``) when they exist, else the width-only ones
-        (:meth:`backbones.training.SandwichPolicy.eval_context`); a width without any statistics makes the
-        backbone raise ``ValueError`` naming ``calibrate_bn``."""
-        return training.SandwichPolicy.eval_context(self.backbone.model, width, resolution)
 
     # ---------------------------------------------------------------- BN calibration (BNCalibrationHook)
     #: BNs outside the backbone that calibration forwards (the neck); the RoI heads are not run
@@ -339,7 +274,8 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
     def calibration_config(self):
         """``(width, shorter side)`` evaluation uses: ``test_width`` (largest by default), ``test_resolution``."""
         net = self.backbone.model
-        return (net.width_range[1] if self.test_width is None else self.test_width), self.test_resolution
+        width = getattr(net, 'width_range', (None, None))[1] if self.test_width is None else self.test_width
+        return width, self.test_resolution
 
     def set_calibration_config(self, width=None, resolution=None):
         """Evaluate (and calibrate) at ``width`` / shorter side ``resolution`` from now on; None keeps."""
@@ -368,7 +304,12 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
 
         Returns:
             int: number of batches forwarded (:func:`backbones.training.calibrate`).
+
+        Raises:
+            ValueError: the policy does not calibrate (no slimmable backbone).
         """
+        if not self.policy.needs_calibration:
+            raise ValueError(f'{self.policy!r} needs no BN calibration (only slimmable backbones do)')
         self.set_calibration_config(width, resolution)
         w, r = self.calibration_config()
         batches = (self.calibration_inputs(d) for d in data_batches)
@@ -377,8 +318,61 @@ class SlimmableTwoStageDetector(_MultiScaleTwoStageDetector):
 
 
 @MODELS.register_module()
-class RSNetTwoStageDetector(_MultiScaleTwoStageDetector):
-    """RS-Net detector (Wang et al., ECCV 2020, Sec. 3): the same batch at several input scales, each
+class SlimmableTwoStageDetector(DynscaleTwoStageDetector):
+    """US-Net / MutualNet preset: sandwich-rule training over widths and input scales.
+
+    Each training step runs the sub-networks of :class:`backbones.training.SandwichPolicy`
+    (US-Nets, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at
+    the largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
+    uniformly from ``resolutions`` (MutualNet) or all at the pipeline's scale (US-Net,
+    ``resolutions=None``).  As in MutualNet's COCO experiment (Sec. 4.3) the FPN neck and the heads
+    are shared and every sub-network is trained with the ground truth (no inplace distillation).  The
+    neck must accept every width: use :class:`plugins.mm.necks.SlicedFPN`.
+
+    Loss keys: the largest sub-network's keys unprefixed (``loss_cls``, ...), then ``min_*`` and
+    ``rand1_*``, ``rand2_*``, ....  Sub-networks of the last step: :attr:`last_subnets`.
+
+    Args:
+        sandwich (dict): ``num_subnets`` (>= 2, default 4), ``resolutions`` (shorter sides, e.g.
+            ``(600, 480, 360, 240)``, or None), ``seed`` (None: drawn from torch's generator at
+            construction, so mmengine's ``randomness.seed`` makes the sampling reproducible).  The
+            width range is the backbone's ``width_range``; the largest resolution must equal the
+            training pipeline's shorter side.
+        max_size (int): longer-side cap (1000 in the paper).
+        test_width (float | None): width for evaluation (None = the largest width).
+        test_resolution (int | None): shorter side for evaluation (None = the test pipeline's).
+        **kwargs: :class:`TwoStageDetector` arguments (backbone must be a slimmable dynscale backbone).
+
+    Raises:
+        ValueError: backbone not slimmable, ``num_subnets < 2``, ``test_width`` outside the width range.
+    """
+
+    def __init__(self, *args, sandwich=None, max_size=1000, **kwargs):
+        cfg = dict(num_subnets=4, resolutions=None, seed=None)
+        unknown = set(sandwich or {}) - set(cfg)
+        if unknown:
+            raise ValueError(f'sandwich accepts {sorted(cfg)}; got unknown keys {sorted(unknown)}')
+        cfg.update(sandwich or {})
+        if cfg['num_subnets'] < 2:
+            raise ValueError('sandwich.num_subnets must be >= 2 (largest + smallest width), '
+                             f"got {cfg['num_subnets']}")
+        res = tuple(cfg['resolutions']) if cfg['resolutions'] else None
+        # every sub-network trained with the ground truth (MutualNet's detection setting, Sec. 4.3)
+        policy = dict(type='mutualnet' if res else 'usnet', num_subnets=cfg['num_subnets'], input_sizes=res,
+                      max_input_size=max(res) if res else None, distill=None, student_gt_weight=1.0,
+                      seed=cfg['seed'])
+        super().__init__(*args, policy=policy, max_size=max_size, **kwargs)
+        self.resolutions = res
+        self.max_resolution = max(res) if res else None
+        lo, hi = self.backbone.model.width_range
+        if self.test_width is not None and not lo <= self.test_width <= hi:
+            raise ValueError(f'test_width={self.test_width} is outside the width range [{lo}, {hi}] '
+                             f'of {self.backbone.arch}')
+
+
+@MODELS.register_module()
+class RSNetTwoStageDetector(DynscaleTwoStageDetector):
+    """RS-Net preset (Wang et al., ECCV 2020, Sec. 3): the same batch at several input scales, each
     through the shared weights with the private BN of its scale.
 
     Every training step runs all ``train_resolutions`` (shorter sides; each must be one of the
@@ -401,30 +395,24 @@ class RSNetTwoStageDetector(_MultiScaleTwoStageDetector):
     """
 
     def __init__(self, *args, train_resolutions=None, max_size=1000, **kwargs):
-        super().__init__(*args, max_size=max_size, **kwargs)
-        bb = _dyn_backbone(self, 'rsnet', type(self).__name__)
-        trained = tuple(bb.model.resolutions)
-        res = tuple(sorted(train_resolutions or trained, reverse=True))
-        for r in res + ((self.test_resolution,) if self.test_resolution is not None else ()):
-            if r not in trained:
-                raise ValueError(f'resolution {r} has no private BN in {bb.arch}; its resolutions are '
-                                 f'{trained} (set backbone.resolutions to include it)')
-        self.train_resolutions = res
+        res = tuple(sorted(train_resolutions, reverse=True)) if train_resolutions else None
         # every scale trained with the ground truth: the paper's MRED is defined for classification logits
-        self.policy = training.ResolutionPolicy(res, mred=False)
-
-    def subnet_context(self, width, resolution):
-        """Private BN of ``resolution`` for evaluation (None: the backbone's resolution rule)."""
-        return self.backbone.maybe_resolution(resolution)
+        super().__init__(*args, policy=dict(type='rsnet', bn_resolutions=res, mred=False), max_size=max_size,
+                         **kwargs)
+        trained = tuple(self.backbone.model.resolutions)
+        if self.test_resolution is not None and self.test_resolution not in trained:
+            raise ValueError(f'resolution {self.test_resolution} has no private BN in {self.backbone.arch}; its '
+                             f'resolutions are {trained} (set backbone.resolutions to include it)')
+        self.train_resolutions = self.policy.bn_resolutions
 
 
 @MODELS.register_module()
-class SACTTwoStageDetector(TwoStageDetector):
-    """Two-stage detector with an SACT/ACT backbone (Figurnov et al., CVPR 2017, Sec. 3, eq. 8).
+class SACTTwoStageDetector(DynscaleTwoStageDetector):
+    """SACT preset (Figurnov et al., CVPR 2017, Sec. 3, eq. 8).
 
     ``loss`` adds ``loss_ponder = tau * sum over stages of mean(rho)`` (:func:`backbones.sact.ponder_loss`,
     gradient through the remainder R) to the detector losses and logs ``ponder_cost`` (the same sum
-    without ``tau``, detached).  With ``save_ponder_maps`` (set by :class:`DetPonderMapSaveHook`),
+    without ``tau``, detached).  With ``save_ponder_maps`` (set by :class:`plugins.mm.hooks.PonderMapSaveHook`),
     ``predict`` attaches to each result ``ponder_map``: ``[h, w]`` float tensor, the sum over stages
     of the per-position ponder cost, each stage map resized nearest-neighbour to the network input
     and cropped to ``img_shape`` (the reference's visualisation).
@@ -439,147 +427,18 @@ class SACTTwoStageDetector(TwoStageDetector):
     """
 
     def __init__(self, *args, ponder_tau=None, save_ponder_maps=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        bb = _dyn_backbone(self, 'sact', type(self).__name__)
-        tau = getattr(bb.model, 'tau', 0.01) if ponder_tau is None else ponder_tau
-        if tau < 0:
-            raise ValueError(f'ponder_tau must be >= 0, got {tau}')
-        self.policy = training.PonderPolicy(float(tau))
+        super().__init__(*args, policy=dict(type='sact', tau=ponder_tau), **kwargs)
         self.ponder_tau = self.policy.tau
         self.save_ponder_maps = save_ponder_maps
 
-    def loss(self, batch_inputs, batch_data_samples):
-        """Detector losses plus the policy's ``loss_ponder`` (tau-weighted) and the logged ``ponder_cost``."""
-        losses = super().loss(batch_inputs, batch_data_samples)
-        losses.update(self.policy.extra_losses(self.backbone.model))
-        return losses
-
     def predict(self, batch_inputs, batch_data_samples, rescale=True):
-        """:meth:`TwoStageDetector.predict`, plus ``ponder_map`` per result when ``save_ponder_maps``."""
+        """:meth:`DynscaleTwoStageDetector.predict`, plus ``ponder_map`` per result when ``save_ponder_maps``."""
+        from backbones.sact import ponder_cost_map
         results = super().predict(batch_inputs, batch_data_samples, rescale=rescale)
         if self.save_ponder_maps:
             costs = [c.detach().float() for c in self.backbone.ponder_costs]
-            total = _sact.ponder_cost_map(costs, tuple(batch_inputs.shape[-2:]))
+            total = ponder_cost_map(costs, tuple(batch_inputs.shape[-2:]))
             for i, ds in enumerate(results):
                 h, w = ds.img_shape[:2]
                 ds.set_field(total[i, :h, :w].cpu(), 'ponder_map')
         return results
-
-
-# ------------------------------------------------------------------------------------ neck
-@MODELS.register_module()
-class SlicedFPN(FPN):
-    """MMDet :class:`FPN` whose lateral 1x1 convs (and an ``add_extra_convs='on_input'`` conv) slice
-    their input channels, ``weight[:, :C_in]`` (:class:`backbones.slimmable.InputSlicedConv2d`), so one
-    neck built for the largest backbone width serves every width of a slimmable backbone: a width-w
-    backbone emits the first channels of each stage, and the lateral conv uses the matching first
-    input channels of its weight (Yu & Huang 2019, Sec. 3: slimmable layers keep the first channels).
-    At the largest width it is exactly :class:`FPN`.
-
-    Args: as :class:`FPN`; ``in_channels`` are the backbone's channels at its *largest* width.
-
-    Raises:
-        ValueError (forward): a feature with more channels than ``in_channels`` or a wrong number of
-            features.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for m in self.lateral_convs:
-            m.conv = _slim.InputSlicedConv2d.from_conv(m.conv)
-        if self.add_extra_convs == 'on_input' and len(self.fpn_convs) > len(self.lateral_convs):
-            extra = self.fpn_convs[len(self.lateral_convs)]
-            extra.conv = _slim.InputSlicedConv2d.from_conv(extra.conv)
-
-    def forward(self, inputs):
-        """``tuple`` of backbone features ``[N, C_i <= in_channels[i], H_i, W_i]`` -> ``num_outs``
-        features of ``out_channels``."""
-        if len(inputs) != len(self.in_channels):
-            raise ValueError(f'SlicedFPN expects {len(self.in_channels)} features, got {len(inputs)}')
-        for i, (x, c) in enumerate(zip(inputs, self.in_channels)):
-            if x.shape[1] > c:
-                raise ValueError(f'feature {i} has {x.shape[1]} channels, more than in_channels[{i}]={c}; '
-                                 f'build the neck for the backbone\'s largest width')
-        return super().forward(inputs)
-
-
-# ------------------------------------------------------------------------------------ hooks
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
-
-
-@HOOKS.register_module()
-class SlimmableDetBNCalibrationHook(_RenamedHook):
-    """Former name of :class:`plugins.mm.hooks.BNCalibrationHook` (raises, naming it)."""
-
-
-@HOOKS.register_module()
-class DetPonderMapSaveHook(Hook):
-    """Save the SACT ponder-cost map of every test image as ``<out_dir>/<img_id>.npy`` (float32
-    ``[h, w]`` at the network input's resolution; see :class:`SACTTwoStageDetector`).
-
-    Args:
-        out_dir (str): folder; relative paths are under the runner's ``work_dir``.
-
-    Raises:
-        ValueError: the model is not a :class:`SACTTwoStageDetector`.
-    """
-
-    def __init__(self, out_dir='ponder_maps'):
-        self.out_dir = out_dir
-        self._dir = None
-
-    def before_test(self, runner):
-        """Switch the detector to attach ponder maps and create the folder."""
-        model = _unwrap(runner.model)
-        if not isinstance(model, SACTTwoStageDetector):
-            raise ValueError('DetPonderMapSaveHook needs an SACTTwoStageDetector, '
-                             f'got {type(model).__name__}')
-        model.save_ponder_maps = True
-        self._dir = self.out_dir if osp.isabs(self.out_dir) else osp.join(runner.work_dir, self.out_dir)
-        os.makedirs(self._dir, exist_ok=True)
-
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        """Write the maps of this batch."""
-        for ds in outputs or []:
-            if 'ponder_map' in ds:
-                stem = osp.splitext(osp.basename(ds.metainfo.get('img_path', str(batch_idx))))[0]
-                name = ds.metainfo.get('img_id', stem)
-                np.save(osp.join(self._dir, f'{name}.npy'), ds.ponder_map.numpy().astype(np.float32))
-
-
-# ------------------------------------------------------------------------------------ dataset
-COCO_LAYOUT = """expected COCO 2017 layout under data_root:
-  <data_root>/annotations/instances_train2017.json
-  <data_root>/annotations/instances_val2017.json
-  <data_root>/train2017/<image files>
-  <data_root>/val2017/<image files>
-(set data_root with the DYNSCALE_DATA environment variable, e.g. DYNSCALE_DATA=../shared/datasets,
-or --cfg-options train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=...
-val_evaluator.ann_file=...)"""
-
-
-def check_coco_layout(ann_file, img_dir):
-    """Raise :class:`FileNotFoundError` naming the missing path and the expected COCO layout.
-
-    Args:
-        ann_file (str): annotation json path (already joined with ``data_root``).
-        img_dir (str): image folder.
-    """
-    for path, kind in ((ann_file, 'annotation file'), (img_dir, 'image folder')):
-        ok = osp.isfile(path) if kind == 'annotation file' else osp.isdir(path)
-        if not ok:
-            raise FileNotFoundError(f'COCO {kind} not found: {osp.abspath(path)}\n{COCO_LAYOUT}')
-
-
-@DATASETS.register_module()
-class CheckedCocoDataset(CocoDataset):
-    """:class:`mmdet.datasets.CocoDataset` that checks the local layout first and raises
-    :class:`FileNotFoundError` naming the missing path and the expected layout (instead of a deep
-    pycocotools error).  Remote backends (``backend_args``) are not checked."""
-
-    def load_data_list(self):
-        """Check the paths, then :meth:`CocoDataset.load_data_list`."""
-        if not self.backend_args:
-            check_coco_layout(self.ann_file, self.data_prefix.get('img', self.data_root or ''))
-        return super().load_data_list()

@@ -12,7 +12,7 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.aspp_head import ASPPHead
 from torch import nn
 
-from .backbones import register_mm_module
+from .registry import register_mm_module
 
 __all__ = ['slice_input_convs', 'DeepLabV3Head']
 

@@ -1,5 +1,7 @@
-"""MMEngine hooks for dynscale models: slimmable BN calibration before evaluation, SACT ponder-map saving,
-the check that the data preprocessor normalises inputs as the pretrained weights expect."""
+"""MMEngine hooks for dynscale segmentors and detectors (registered in MMSeg's and MMDet's ``HOOKS``): BN
+calibration before evaluation, SACT ponder-map saving, the check that the data preprocessor normalises inputs as
+the pretrained weights expect.  Former names (``SlimmableBNCalibrationHook``, ``SlimmableDetBNCalibrationHook``,
+``DetPonderMapSaveHook``) raise, naming the hook that replaced them."""
 import itertools
 import os
 import os.path as osp
@@ -8,15 +10,12 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.structures import PixelData
 
-from .backbones import register_mm_module
+from .registry import register_mm_module, register_renamed
+from .runtime import unwrap_model as _unwrap
 
 __all__ = ['BNCalibrationHook', 'PonderMapSaveHook', 'InputNormalizationHook']
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 @register_mm_module(registry='HOOKS')
@@ -41,7 +40,7 @@ class BNCalibrationHook(Hook):
         on_val (bool), on_test (bool): calibrate before validation / testing.
 
     Raises:
-        ValueError: ``num_batches < 1``; a model without the calibration interface (not a slimmable segmentor /
+        ValueError: ``num_batches < 1``; a model whose policy does not calibrate (not a slimmable segmentor /
             detector of plugins.mm); no training data.
     """
 
@@ -74,12 +73,15 @@ class BNCalibrationHook(Hook):
 
     def calibrate(self, runner):
         """Calibrate ``runner.model`` for its evaluation configuration; returns ``(width, resolution)``."""
-        from backbones.training import calibrate
+        from backbones.training import calibrate, world_size
         model = _unwrap(runner.model)
         need = ('calibration_config', 'calibration_inputs', 'calibration_forward')
-        if not all(hasattr(model, n) for n in need):
-            raise ValueError(f'BNCalibrationHook needs a slimmable segmentor or detector (SlimmableEncoderDecoder, '
-                             f'SlimmableTwoStageDetector), got {type(model).__name__}')
+        policy = getattr(model, 'policy', None)
+        if not all(hasattr(model, n) for n in need) or policy is None or not policy.needs_calibration:
+            raise ValueError(f'BNCalibrationHook re-estimates the BN statistics of slimmable segmentors and detectors '
+                             f'(a policy with needs_calibration, e.g. SlimmableEncoderDecoder, '
+                             f'SlimmableTwoStageDetector); {type(model).__name__} with {policy!r} needs none: remove '
+                             f'the hook from the config')
         if self.width is not None or self.resolution is not None:
             model.set_calibration_config(self.width, self.resolution)
         width, res = model.calibration_config()
@@ -88,7 +90,7 @@ class BNCalibrationHook(Hook):
         n = calibrate(model, batches, backbone=model.backbone.model, width=width, bn_resolution=res,
                       heads=heads if heads is not None else False, forward=lambda m, x: m.calibration_forward(x))
         print_log(f'calibrated BN statistics for width {width}, resolution {res or "as loaded"} on {n} batches'
-                  + (' (averaged over ranks)' if _world() > 1 else ''), logger='current')
+                  + (' (averaged over ranks)' if world_size() > 1 else ''), logger='current')
         return width, res
 
     def before_val_epoch(self, runner):
@@ -100,36 +102,25 @@ class BNCalibrationHook(Hook):
             self.calibrate(runner)
 
 
-def _world():
-    import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-class _RenamedHook(Hook):
-    """A hook name that no longer exists: building it raises ValueError naming its replacement."""
-
-    new_name = 'BNCalibrationHook'
-
-    def __init__(self, *args, **kwargs):
-        raise ValueError(f'{type(self).__name__} was renamed: use type={self.new_name!r} (one hook for segmentors and '
-                         f'detectors; arguments num_batches, heads, width, resolution, dataloader)')
-
-
-@register_mm_module(registry='HOOKS')
-class SlimmableBNCalibrationHook(_RenamedHook):
-    """Former name of :class:`BNCalibrationHook` (raises, naming it)."""
+_CALIBRATION_ARGS = 'one hook for segmentors and detectors; arguments num_batches, heads, width, resolution, dataloader'
+register_renamed('SlimmableBNCalibrationHook', 'BNCalibrationHook', Hook, 'HOOKS', hint=_CALIBRATION_ARGS)
+register_renamed('SlimmableDetBNCalibrationHook', 'BNCalibrationHook', Hook, 'HOOKS', hint=_CALIBRATION_ARGS)
 
 
 @register_mm_module(registry='HOOKS')
 class PonderMapSaveHook(Hook):
-    """Save the SACT ponder-cost maps of test predictions and log the mean ponder cost.
+    """Save the SACT ponder-cost map of every test image and log the mean ponder cost (segmentors and detectors).
 
-    Every ``SegDataSample`` with ``ponder_map`` (set by :class:`plugins.mm.segmentors.SACTEncoderDecoder`) is
-    written to ``<out_dir>/<image name>.npy`` (float32 ``[H, W]``, original image size) and, with
-    ``save_png``, to ``<image name>.png`` (grey levels: ponder cost / ``png_max`` x 255, clipped).
+    Before testing, a model with ``save_ponder_maps`` (:class:`plugins.mm.detectors.SACTTwoStageDetector`) is
+    switched to attach its maps; segmentors (:class:`plugins.mm.segmentors.SACTEncoderDecoder`) always do.
+    Every test sample with ``ponder_map`` (``PixelData`` ``[1, H, W]`` at the original image size for
+    segmentation, a ``[h, w]`` tensor at the network input's size for detection; Figurnov et al. 2017, Fig. 1)
+    is written to ``<out_dir>/<name>.npy`` (float32 ``[H, W]``; ``name`` the COCO ``img_id`` when the sample
+    has one, else the image file's stem) and, with ``save_png``, to ``<name>.png`` (grey levels: ponder cost /
+    ``png_max`` x 255, clipped).  The mean over images is logged as ``test/ponder_cost``.
 
     Args:
-        out_dir (str | None): folder; default ``<work_dir>/ponder_maps``.
+        out_dir (str | None): folder; None = ``<work_dir>/ponder_maps``, a relative path is under the work dir.
         save_png (bool): also write an 8-bit visualisation.
         png_max (float | None): ponder cost mapped to white; None = the per-image maximum.
         max_images (int | None): stop saving after this many images (the mean is over all).
@@ -144,27 +135,37 @@ class PonderMapSaveHook(Hook):
         self._count = 0
         self._saved = 0
 
+    def before_test(self, runner):
+        """Have a detector attach ponder maps (``save_ponder_maps``); create the folder."""
+        model = _unwrap(runner.model)
+        if hasattr(model, 'save_ponder_maps'):
+            model.save_ponder_maps = True
+        out = self.out_dir or 'ponder_maps'
+        self._dir = out if osp.isabs(out) else osp.join(runner.work_dir, out)
+        os.makedirs(self._dir, exist_ok=True)
+
     def before_test_epoch(self, runner):
         self._sum, self._count, self._saved = 0.0, 0, 0
-        self._dir = self.out_dir or osp.join(runner.work_dir, 'ponder_maps')
-        os.makedirs(self._dir, exist_ok=True)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         from PIL import Image
         for ds in outputs or []:
             if 'ponder_map' not in ds:
                 continue
-            m = ds.ponder_map.data[0].float().cpu().numpy()
+            m = ds.ponder_map
+            m = (m.data[0] if isinstance(m, PixelData) else m).float().cpu().numpy()
             self._sum += float(m.mean())
             self._count += 1
             if self.max_images is not None and self._saved >= self.max_images:
                 continue
-            name = osp.splitext(osp.basename(ds.metainfo.get('img_path', f'{batch_idx:06d}')))[0]
-            np.save(osp.join(self._dir, name + '.npy'), m.astype(np.float32))
+            name = ds.metainfo.get('img_id')
+            if name is None:
+                name = osp.splitext(osp.basename(ds.metainfo.get('img_path', f'{batch_idx:06d}')))[0]
+            np.save(osp.join(self._dir, f'{name}.npy'), m.astype(np.float32))
             if self.save_png:
                 hi = self.png_max or max(float(m.max()), 1e-6)
                 grey = np.clip(m / hi * 255.0, 0, 255).astype(np.uint8)
-                Image.fromarray(grey).save(osp.join(self._dir, name + '.png'))
+                Image.fromarray(grey).save(osp.join(self._dir, f'{name}.png'))
             self._saved += 1
 
     def after_test_epoch(self, runner, metrics=None):
@@ -173,6 +174,10 @@ class PonderMapSaveHook(Hook):
             runner.message_hub.update_scalar('test/ponder_cost', mean)
             print_log(f'mean ponder cost {mean:.3f} over {self._count} images; {self._saved} maps saved to '
                       f'{self._dir}', logger='current')
+
+
+register_renamed('DetPonderMapSaveHook', 'PonderMapSaveHook', Hook, 'HOOKS',
+                 hint='one hook for segmentors and detectors; arguments out_dir, save_png, png_max, max_images')
 
 
 def _preprocessor_normalization(pre):

@@ -26,8 +26,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from torch import nn
 
-from .backbones import register_mm_module
 from .heads import slice_input_convs
+from .registry import register_mm_module
 
 __all__ = ['ResidualConvUnit', 'MultiResolutionFusion', 'ChainedResidualPooling', 'RefineNetBlock',
            'RefineNetHead']

@@ -1,22 +1,24 @@
-"""Method-specific segmentors for MMSegmentation: SACT ponder cost, RS-Net multi-resolution training,
-US-Net/MutualNet sandwich-rule training.
+"""MMSegmentation segmentors driven by the training core: one generic class, three method presets.
 
-All three subclass MMSeg's ``EncoderDecoder`` and keep its data flow (``data_preprocessor`` ->
-``extract_feat`` -> ``decode_head``); what a training step runs comes from the training core
-:mod:`backbones.training` (one policy per method, shared with the MMDet, Detectron2 and pretraining
-frontends); this module only resizes batches and logits, calls the decode head and names the logged values:
+:class:`DynscaleEncoderDecoder` keeps MMSeg's ``EncoderDecoder`` data flow (``data_preprocessor`` ->
+``extract_feat`` -> ``decode_head``); what a training step runs comes from the backbone's training policy
+(:mod:`backbones.training`, shared with the MMDet, Detectron2 and pretraining frontends).  This module only
+resizes batches and logits, calls the decode head and names the logged values, so a new method needs no code
+here: ``model=dict(type='DynscaleEncoderDecoder', policy=dict(type='<method>', ...))``.
 
-* :class:`SACTEncoderDecoder`: :class:`backbones.training.PonderPolicy` (Figurnov et al. 2017), ponder maps;
+The presets keep their papers' argument names and add what is not training:
+
+* :class:`SACTEncoderDecoder`: :class:`backbones.training.PonderPolicy` (Figurnov et al. 2017), ponder maps at
+  test time;
 * :class:`RSNetEncoderDecoder`: :class:`backbones.training.ResolutionPolicy` with MRED (Wang et al. 2020,
-  RS-Nets supplementary Sec. 3);
-* :class:`SlimmableEncoderDecoder`: :class:`backbones.training.SandwichPolicy` (Yu & Huang 2019 Sec.
-  3.2-3.3; Yang et al. 2020 Sec. 3.2), BN calibration by :class:`plugins.mm.hooks.BNCalibrationHook`.
+  RS-Nets supplementary Sec. 3), test at one resolution with its private BN;
+* :class:`SlimmableEncoderDecoder`: :class:`backbones.training.SandwichPolicy` (Yu & Huang 2019 Sec. 3.2-3.3;
+  Yang et al. 2020 Sec. 3.2), BN calibration by :class:`plugins.mm.hooks.BNCalibrationHook`.
 """
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import MessageHub
 from mmengine.structures import PixelData
 from mmseg.models.losses import accuracy
 from mmseg.models.segmentors import EncoderDecoder
@@ -25,34 +27,21 @@ from mmseg.utils import add_prefix
 
 from backbones import training
 
-from .backbones import DynscaleBackbone, register_mm_module
+from .backbones import DynscaleBackbone
+from .registry import register_mm_module
+from .runtime import current_step
 
-__all__ = ['SACTEncoderDecoder', 'RSNetEncoderDecoder', 'SlimmableEncoderDecoder', 'scaled_size', 'current_step']
-
-
-def current_step(module):
-    """Index of the training iteration: MMEngine's ``iter`` (``RuntimeInfoHook``) when a runner drives training,
-    else a counter kept on ``module`` (advanced by each call).  The first call also checks that every DDP rank
-    draws the same sub-networks from ``module.policy``."""
-    policy = getattr(module, 'policy', None)
-    if policy is not None and not getattr(module, '_dynscale_agreement', False):
-        policy.check_agreement()
-        module._dynscale_agreement = True
-    hub = MessageHub.get_current_instance()
-    it = hub.get_info('iter') if hub is not None else None
-    if it is not None:
-        return int(it)
-    module._dynscale_step = getattr(module, '_dynscale_step', -1) + 1
-    return module._dynscale_step
+__all__ = ['DynscaleEncoderDecoder', 'SACTEncoderDecoder', 'RSNetEncoderDecoder', 'SlimmableEncoderDecoder',
+           'scaled_size']
 
 
-def scaled_size(size, resolution, max_resolution):
-    """Size of an input of ``size`` (H, W) rescaled by ``resolution / max_resolution``.
+def scaled_size(size, input_size, max_input_size):
+    """Size of an input of ``size`` (H, W) rescaled by ``input_size / max_input_size``.
 
-    A square crop of side ``max_resolution`` becomes ``resolution x resolution``; other sizes keep their
+    A square crop of side ``max_input_size`` becomes ``input_size x input_size``; other sizes keep their
     aspect ratio.  Returns ``(h, w)`` ints >= 1.
     """
-    s = resolution / max_resolution
+    s = input_size / max_input_size
     return max(1, round(size[0] * s)), max(1, round(size[1] * s))
 
 
@@ -60,23 +49,218 @@ def _stack_gt(data_samples):
     return torch.stack([ds.gt_sem_seg.data for ds in data_samples], 0).squeeze(1).long()
 
 
-def _check_backbone(seg, family, name):
-    if not isinstance(seg.backbone, DynscaleBackbone) or seg.backbone.backbone_family != family:
-        bb = seg.backbone
-        got = bb.backbone_family if isinstance(bb, DynscaleBackbone) else type(bb).__name__
-        raise ValueError(f'{name} needs a {family!r} backbone (type=DynscaleBackbone with a {family} arch), '
-                         f'got {got}')
+@register_mm_module(frameworks=('mmseg',))
+class DynscaleEncoderDecoder(EncoderDecoder):
+    """``EncoderDecoder`` whose training step is the training policy of its dynscale backbone.
+
+    Training (:meth:`loss`): for each sub-network of the step (:meth:`backbones.training.TrainingPolicy.subnets`)
+    the batch is rescaled by ``input_size / max_input_size`` (bilinear), run in the policy's context (width,
+    private BN) through the backbone, decode head and auxiliary heads; its logits are resized to the labels.
+    Policies that train each sub-network with its own loss get the decode head's loss (``decode.*``, MMSeg's
+    keys; weighted, plus inplace distillation ``loss_distill`` from the teacher's logits,
+    :meth:`~backbones.training.TrainingPolicy.subnet_losses`); a
+    policy that ``combines`` gets one loss over all logits (RS-Nets MRED; per-sub-network pixel accuracy
+    logged).  :meth:`~backbones.training.TrainingPolicy.extra_losses` (ponder cost) is added per forward.  With
+    several sub-networks, every key is prefixed ``<tag>.`` (``max.decode.loss_ce``, ``r224.acc_seg``).  Sub-networks
+    with their own losses are back-propagated one at a time in :meth:`train_step` (one graph in memory), the
+    gradients accumulate, then one optimiser step; under ``MMDistributedDataParallel`` the wrapper calls
+    :meth:`loss`, which sums them in one graph (same gradients, more memory).
+
+    Evaluation: ``test_cfg.width`` / ``test_cfg.resolution`` select a configuration through
+    :meth:`~backbones.training.TrainingPolicy.eval_context`; with a resolution the input is rescaled first
+    (:attr:`test_resize`).  Policies with ``needs_calibration`` get their BN statistics from
+    :class:`plugins.mm.hooks.BNCalibrationHook` (the ``calibration_*`` methods below).
+
+    Args:
+        policy (dict | None): ``type`` (a method of ``backbones.training.POLICIES``; None = the backbone's
+            default) and the policy's options (e.g. ``num_subnets``, ``input_sizes``, ``tau``, ``mred``).
+        combine_weight (float): weight of a combining policy's loss (``loss_mred``).
+        input_align_corners (bool | None): ``align_corners`` of the bilinear input rescaling (None: the class
+            default; the decode head's for this class, True for the MutualNet preset as in its reference).
+        **kwargs: ``EncoderDecoder`` arguments; the backbone must be a dynscale backbone.
+
+    Raises:
+        ValueError: a backbone that is not a dynscale one, a policy that cannot train it or bad options, an
+            auxiliary head or a decode head that cannot take every width when the policy varies the width.
+    """
+
+    #: ``align_corners`` of the input rescaling (None: the decode head's)
+    input_align_corners = None
+    #: test-time rescaling to ``test_cfg.resolution``: ``'relative'`` (by resolution / max_input_size) or
+    #: ``'absolute'`` (to ``resolution x resolution``; shorter side with ``test_cfg.keep_ratio``)
+    test_resize = 'relative'
+
+    def __init__(self, *args, policy=None, combine_weight=1.0, input_align_corners=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if input_align_corners is not None:
+            self.input_align_corners = input_align_corners
+        if not isinstance(self.backbone, DynscaleBackbone):
+            raise ValueError(f'{type(self).__name__} needs a dynscale backbone (type=DynscaleBackbone or a family '
+                             f'alias), got {type(self.backbone).__name__}')
+        opts = dict(policy or {})
+        method = opts.pop('type', None)
+        self.policy = training.policy_for(self.backbone.model, method, ignore_index=self.decode_head.ignore_index,
+                                          **opts)
+        self.combine_weight = combine_weight
+        if self.policy.combines:
+            self.mred = self.policy.mred  # a module of the segmentor: alpha is trained and checkpointed
+        if self.policy.varies_width:
+            if self.with_auxiliary_head:
+                raise ValueError(f'{type(self).__name__} with {self.policy.method}: auxiliary heads are not '
+                                 f'supported (their input width changes with the backbone width); remove '
+                                 f'auxiliary_head from the config')
+            if not getattr(self.decode_head, 'input_sliced', False):
+                raise ValueError('the decode head must accept every backbone width: use DeepLabV3Head or '
+                                 'RefineNetHead with input_sliced=True')
+
+    # ------------------------------------------------------------------------------------------ training
+    def _align(self):
+        return self.align_corners if self.input_align_corners is None else self.input_align_corners
+
+    def _scale(self, inputs, input_size):
+        """``inputs`` rescaled by ``input_size / policy.max_input_size`` (unchanged when either is None)."""
+        top = self.policy.max_input_size
+        if input_size is None or top is None:
+            return inputs
+        hw = scaled_size(inputs.shape[-2:], input_size, top)
+        if hw == tuple(inputs.shape[-2:]):
+            return inputs
+        return resize(inputs, size=hw, mode='bilinear', align_corners=self._align())
+
+    def _subnet_losses(self, inputs, data_samples, sub, teacher):
+        """Losses of one sub-network and its logits at the label size."""
+        x = self._scale(inputs, sub.input_size)
+        with self.policy.context(self.backbone.model, sub):
+            feats = self.extract_feat(x)
+            z = self.decode_head.forward(feats)
+            aux = self._auxiliary_head_forward_train(feats, data_samples) if self.with_auxiliary_head else {}
+            extra = self.policy.extra_losses(self.backbone.model)
+        gt = _stack_gt(data_samples)
+        z_full = resize(z, size=gt.shape[-2:], mode='bilinear', align_corners=self.align_corners)
+        if self.policy.combines:
+            parts = {'acc_seg': accuracy(z_full.detach(), gt, ignore_index=self.decode_head.ignore_index)}
+        else:
+            task = add_prefix(self.decode_head.loss_by_feat(z, data_samples), 'decode') if sub.gt_weight else {}
+            parts = self.policy.subnet_losses(sub, task, z_full, teacher)
+        parts.update(aux)
+        parts.update(extra)
+        return parts, z_full
+
+    def loss(self, inputs, data_samples):
+        """Losses of every sub-network of the step (see the class docstring)."""
+        subs = self.policy.subnets(current_step(self))
+        losses, logits, teacher = {}, [], None
+        for sub in subs:
+            parts, z = self._subnet_losses(inputs, data_samples, sub, teacher)
+            if sub.teacher:
+                teacher = z.detach()
+            logits.append(z)
+            losses.update(add_prefix(parts, sub.tag) if len(subs) > 1 else parts)
+        if self.policy.combines:
+            for k, v in self.policy.combine(logits, _stack_gt(data_samples)).items():
+                losses[k] = self.combine_weight * v if k.startswith('loss') else v.to(inputs.device)
+        return losses
+
+    def train_step(self, data, optim_wrapper):
+        """One optimiser step.  Several sub-networks with their own losses: forward/backward each in turn, then one
+        update (log variables ``loss`` and the parts prefixed ``<tag>.``); otherwise MMSeg's step over
+        :meth:`loss`."""
+        subs = self.policy.subnets(current_step(self))
+        if self.policy.combines or len(subs) < 2:
+            return super().train_step(data, optim_wrapper)
+        with optim_wrapper.optim_context(self):
+            data = self.data_preprocessor(data, True)
+        inputs, data_samples = data['inputs'], data['data_samples']
+        count0 = optim_wrapper._inner_count  # one optimiser "iteration" for the whole step
+        log_vars, total, teacher = OrderedDict(), 0.0, None
+        for sub in subs:
+            with optim_wrapper.optim_context(self):
+                losses, z = self._subnet_losses(inputs, data_samples, sub, teacher)
+            loss, parts = self.parse_losses(losses)
+            optim_wrapper._inner_count = count0
+            optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+            if sub.teacher:
+                teacher = z.detach()
+            total += float(parts.pop('loss').detach())
+            for key, v in parts.items():
+                log_vars[f'{sub.tag}.{key}'] = v.detach()
+        optim_wrapper._inner_count = count0 + 1
+        if optim_wrapper.should_update():
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        log_vars['loss'] = torch.tensor(total)
+        log_vars.move_to_end('loss', last=False)
+        return log_vars
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _test_input(self, inputs, resolution):
+        if resolution is None:
+            return inputs
+        if self.test_resize == 'relative':
+            if self.policy.max_input_size is None:
+                raise ValueError('test_cfg.resolution needs train_cfg.max_resolution (the train crop side) to '
+                                 'scale the test images by resolution / max_resolution')
+            return self._scale(inputs, resolution)
+        h, w = inputs.shape[-2:]
+        if (self.test_cfg or {}).get('keep_ratio', False):
+            s = resolution / min(h, w)
+            hw = (max(1, round(h * s)), max(1, round(w * s)))
+        else:
+            hw = (resolution, resolution)
+        return resize(inputs, size=hw, mode='bilinear', align_corners=self._align())
+
+    def encode_decode(self, inputs, batch_img_metas):
+        """Logits at the input size, computed at ``test_cfg.width`` / ``test_cfg.resolution`` (the policy's
+        :meth:`~backbones.training.TrainingPolicy.eval_context`: calibrated or private BN statistics)."""
+        tc = self.test_cfg or {}
+        width, r = tc.get('width'), tc.get('resolution')
+        ctx = self.policy.eval_context(self.backbone.model, width, r)
+        if width is None and r is None and not self.policy.varies_width:
+            with ctx:
+                return super().encode_decode(inputs, batch_img_metas)
+        x = self._test_input(inputs, r)
+        with ctx:
+            z = self.decode_head.forward(self.extract_feat(x))
+        return resize(z, size=inputs.shape[-2:], mode='bilinear', align_corners=self.align_corners)
+
+    # ---------------------------------------------------------------- BN calibration (BNCalibrationHook)
+    #: BNs outside the backbone re-estimated with it (the decode head is shared by every width)
+    calibration_head_scope = property(lambda self: self)
+
+    def calibration_config(self):
+        """``(width, resolution)`` that evaluation will use (from ``test_cfg``; width None = the largest)."""
+        tc = self.test_cfg or {}
+        net = self.backbone.model
+        return tc.get('width', getattr(net, 'width_range', (None, None))[1]), tc.get('resolution')
+
+    def set_calibration_config(self, width=None, resolution=None):
+        """Evaluate (and calibrate) at ``width`` / ``resolution`` from now on (``test_cfg``); None keeps."""
+        self.test_cfg = dict(self.test_cfg or {})
+        if width is not None:
+            self.test_cfg['width'] = width
+        if resolution is not None:
+            self.test_cfg['resolution'] = resolution
+
+    def calibration_inputs(self, data):
+        """A dataloader batch preprocessed (training augmentation) and scaled to the evaluated resolution:
+        ``[N, 3, h, w]``."""
+        with torch.no_grad():
+            x = self.data_preprocessor(data, True)['inputs']
+        return self._scale(x, self.calibration_config()[1])
+
+    def calibration_forward(self, x):
+        """Backbone + decode head on a calibration batch (every BN of the evaluated network sees it)."""
+        return self.decode_head.forward(self.extract_feat(x))
 
 
 # ------------------------------------------------------------------------------------------------ SACT
 @register_mm_module(frameworks=('mmseg',))
-class SACTEncoderDecoder(EncoderDecoder):
-    """``EncoderDecoder`` with the SACT/ACT ponder cost (Figurnov et al. 2017, eq. 8) added to the losses.
-
-    Training adds ``loss_ponder = tau * sum over stages of mean(rho)`` and logs ``ponder_cost`` (the
-    unweighted sum).  At test time each returned ``SegDataSample`` carries ``ponder_map``
-    (``PixelData`` ``[1, H, W]`` at the original image size: per-stage maps resized nearest-neighbour and
-    summed, ``backbones.sact.ponder_cost_map``); :class:`plugins.mm.hooks.PonderMapSaveHook` writes them.
+class SACTEncoderDecoder(DynscaleEncoderDecoder):
+    """SACT/ACT preset (Figurnov et al. 2017, eq. 8): ``loss_ponder = tau * sum over stages of mean(rho)`` joins
+    the losses and ``ponder_cost`` (the unweighted sum) is logged.  At test time each returned ``SegDataSample``
+    carries ``ponder_map`` (``PixelData`` ``[1, H, W]`` at the original image size: per-stage maps resized
+    nearest-neighbour and summed, ``backbones.sact.ponder_cost_map``); :class:`plugins.mm.hooks.PonderMapSaveHook`
+    writes them.
 
     Args:
         tau (float | None): ponder cost weight; None takes the backbone's ``tau`` attribute.
@@ -87,20 +271,8 @@ class SACTEncoderDecoder(EncoderDecoder):
     """
 
     def __init__(self, *args, tau=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _check_backbone(self, 'sact', 'SACTEncoderDecoder')
-        self.policy = training.PonderPolicy(float(self.backbone.model.tau if tau is None else tau))
+        super().__init__(*args, policy=dict(type='sact', tau=tau), **kwargs)
         self.tau = self.policy.tau
-
-    def loss(self, inputs, data_samples):
-        """Decode (+ auxiliary) losses plus the policy's ``loss_ponder``; ``ponder_cost`` is logged only."""
-        x = self.extract_feat(inputs)
-        losses = dict()
-        losses.update(self._decode_head_forward_train(x, data_samples))
-        if self.with_auxiliary_head:
-            losses.update(self._auxiliary_head_forward_train(x, data_samples))
-        losses.update(self.policy.extra_losses(self.backbone.model))
-        return losses
 
     def predict(self, inputs, data_samples=None):
         """``EncoderDecoder.predict`` plus ``ponder_map`` on every sample (whole-image inference)."""
@@ -124,23 +296,23 @@ class SACTEncoderDecoder(EncoderDecoder):
 
 # ------------------------------------------------------------------------------------------------ RS-Net
 @register_mm_module(frameworks=('mmseg',))
-class RSNetEncoderDecoder(EncoderDecoder):
-    """RS-Net segmentor (Wang et al. 2020, supplementary Sec. 3, Fig. 2): trains on the same batch at
-    several resolutions and tests at any chosen one.
+class RSNetEncoderDecoder(DynscaleEncoderDecoder):
+    """RS-Net preset (Wang et al. 2020, supplementary Sec. 3, Fig. 2): trains on the same batch at several
+    resolutions and tests at any chosen one.
 
     Training: the batch (a crop of side ``resolutions[0]``) is resized bilinearly to every resolution
     ``S = train_cfg.resolutions`` (default the backbone's, e.g. (352, 224, 96)); each copy runs the shared
-    weights with its private BN; every resolution's logits are resized to the largest input; the MRED loss
+    weights with its private BN; every resolution's logits are resized to the labels; the MRED loss
     (``backbones.rsnet.MREDLoss``: per-resolution CE, learned-ensemble CE, ensemble/top-down distillation)
     is ``loss_mred``; its parts are logged as ``mred_*`` and per-resolution pixel accuracies as
-    ``acc_seg_r{r}``.  The decode head's own ``loss_decode`` is not used (MRED carries the CE; ignore index
+    ``r<res>.acc_seg``.  The decode head's own ``loss_decode`` is not used (MRED carries the CE; ignore index
     from the head).  Auxiliary heads, if configured, add their loss at every resolution.
 
     Testing (``test_cfg.resolution``): the input is resized to ``resolution x resolution``
     (``test_cfg.keep_ratio=True``: shorter side to ``resolution``), runs with that resolution's private BN
-    (``set_resolution``; a resolution that was not trained raises ValueError unless the backbone's rule is
-    'nearest'), and the logits are resized back to the image, then to its original size.  Without
-    ``test_cfg.resolution`` the backbone's resolution rule picks the BN for the input as it comes.
+    (a resolution that was not trained raises ValueError unless the backbone's rule is 'nearest'), and the
+    logits are resized back to the image, then to its original size.  Without ``test_cfg.resolution`` the
+    backbone's resolution rule picks the BN for the input as it comes.
 
     Args:
         kd (str | None): MRED distillation: 'ens_topdown' (full MRED, default), 'ens' or None.
@@ -149,89 +321,35 @@ class RSNetEncoderDecoder(EncoderDecoder):
             ``train_cfg`` may hold ``resolutions`` (a subset of the backbone's, descending).
 
     Raises:
-        ValueError: non-RS-Net backbone, or ``train_cfg.resolutions`` not trained resolutions of the backbone.
+        ValueError: non-RS-Net backbone, or ``train_cfg.resolutions`` not trained resolutions of the backbone in
+            descending order.
     """
 
+    test_resize = 'absolute'
+
     def __init__(self, *args, kd='ens_topdown', mred_weight=1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        _check_backbone(self, 'rsnet', 'RSNetEncoderDecoder')
-        trained = tuple(self.backbone.model.resolutions)
-        res = tuple((self.train_cfg or {}).get('resolutions', trained))
-        bad = [r for r in res if r not in trained]
-        if bad or list(res) != sorted(res, reverse=True):
-            raise ValueError(f'train_cfg.resolutions must be trained resolutions of the backbone {trained} '
-                             f'in descending order, got {res}')
-        self.resolutions = res
-        self.policy = training.ResolutionPolicy(res, mred=kd, ignore_index=self.decode_head.ignore_index)
-        self.mred = self.policy.mred  # a module of the segmentor: alpha is trained and checkpointed
+        res = (kwargs.get('train_cfg') or {}).get('resolutions')
+        policy = dict(type='rsnet', mred=kd, bn_resolutions=tuple(res) if res else None)
+        super().__init__(*args, policy=policy, combine_weight=mred_weight, **kwargs)
+        self.resolutions = self.policy.bn_resolutions
         self.mred_weight = mred_weight
-
-    def loss(self, inputs, data_samples):
-        """Multi-resolution forward and MRED loss (see the class docstring)."""
-        size = tuple(inputs.shape[-2:])
-        gt = _stack_gt(data_samples)
-        logits_list, losses = [], dict()
-        for sub in self.policy.subnets(current_step(self)):
-            r = sub.bn_resolution
-            hw = scaled_size(size, r, self.resolutions[0])  # the crop side scaled by r / largest resolution
-            x = inputs if hw == size else resize(inputs, size=hw, mode='bilinear',
-                                                 align_corners=self.align_corners)
-            with self.policy.context(self.backbone.model, sub):
-                feats = self.extract_feat(x)
-                z = self.decode_head.forward(feats)
-                if self.with_auxiliary_head:
-                    aux = self._auxiliary_head_forward_train(feats, data_samples)
-                    losses.update(add_prefix(aux, sub.tag))
-            z = resize(z, size=gt.shape[-2:], mode='bilinear', align_corners=self.align_corners)
-            logits_list.append(z)
-            losses[f'acc_seg_{sub.tag}'] = accuracy(z.detach(), gt, ignore_index=self.decode_head.ignore_index)
-        for k, v in self.policy.combine(logits_list, gt).items():
-            losses[k] = self.mred_weight * v if k == 'loss_mred' else v.to(inputs.device)
-        return losses
-
-    def encode_decode(self, inputs, batch_img_metas):
-        """Logits at the input size, computed at ``test_cfg.resolution`` with its private BN."""
-        r = (self.test_cfg or {}).get('resolution')
-        if r is None:
-            return super().encode_decode(inputs, batch_img_metas)
-        h, w = inputs.shape[-2:]
-        if self.test_cfg.get('keep_ratio', False):
-            s = r / min(h, w)
-            hw = (max(1, round(h * s)), max(1, round(w * s)))
-        else:
-            hw = (r, r)
-        x = resize(inputs, size=hw, mode='bilinear', align_corners=self.align_corners)
-        trained = self.backbone.model.resolutions
-        ctx = self.backbone.resolution_context(r) if r in trained else self.backbone.maybe_resolution(None)
-        if r not in trained and self.backbone.model.resolution_rule == 'explicit':
-            raise ValueError(f'test_cfg.resolution={r} is not a trained resolution {tuple(trained)} and the '
-                             f"backbone rule is 'explicit'; choose one of {tuple(trained)} or build it with "
-                             f"resolution_rule='nearest'")
-        with ctx:
-            z = self.decode_head.forward(self.extract_feat(x))
-        return resize(z, size=(h, w), mode='bilinear', align_corners=self.align_corners)
 
 
 # ----------------------------------------------------------------------------------------- US-Net / MutualNet
 @register_mm_module(frameworks=('mmseg',))
-class SlimmableEncoderDecoder(EncoderDecoder):
-    """Sandwich-rule segmentor for US-Nets / MutualNet backbones (Yu & Huang 2019 Sec. 3.2-3.3; Yang et al.
-    2020 Sec. 3.2).
+class SlimmableEncoderDecoder(DynscaleEncoderDecoder):
+    """Sandwich-rule preset for US-Nets / MutualNet backbones (Yu & Huang 2019 Sec. 3.2-3.3; Yang et al. 2020
+    Sec. 3.2).
 
     One training step (``train_step``) runs the ``num_subnets`` sub-networks of
-    :class:`backbones.training.SandwichPolicy` (the same on every rank): the max width at the full crop (teacher),
-    the min width and
-    random widths, each at a resolution drawn from ``train_cfg.resolutions`` (MutualNet; crop resized
-    bilinearly to ``r x r`` for a square crop of side ``max_resolution``) or at the crop as loaded
-    (US-Nets, no ``resolutions``).  The teacher is trained with the ground truth; each student with
-    inplace distillation from the teacher's detached logits (``distill='inplace'``) and/or the ground
-    truth (``student_gt_weight``).  Each sub-network's loss is back-propagated right away (one graph in
-    memory at a time), gradients accumulate, then one optimiser step.  Under distributed training
-    (``MMDistributedDataParallel``) mmengine calls the wrapper's ``train_step``, which runs :meth:`loss`
-    through DDP's forward: the same sandwich sample and losses summed in one graph (same gradients, more
-    memory; DDP's gradient hooks need its forward).  The decode head is shared by all
-    widths: its first convolutions must slice their input channels (``DeepLabV3Head(input_sliced=True)``
-    or ``RefineNetHead(input_sliced=True)``).
+    :class:`backbones.training.SandwichPolicy` (the same on every rank): the max width at the full crop
+    (teacher), the min width and random widths, each at a resolution drawn from ``train_cfg.resolutions``
+    (MutualNet; crop resized bilinearly, ``align_corners=True``, to ``r x r`` for a square crop of side
+    ``max_resolution``) or at the crop as loaded (US-Nets, no ``resolutions``).  The teacher is trained with the
+    ground truth; each student with inplace distillation from the teacher's detached logits
+    (``distill='inplace'``) and/or the ground truth (``student_gt_weight``).  The decode head is shared by all
+    widths: its first convolutions must slice their input channels (``DeepLabV3Head(input_sliced=True)`` or
+    ``RefineNetHead(input_sliced=True)``).
 
     Evaluation runs at ``test_cfg.width`` (default max) and ``test_cfg.resolution`` (default: the input as
     it comes; otherwise scaled by ``resolution / max_resolution``) with the BN statistics calibrated for
@@ -251,116 +369,13 @@ class SlimmableEncoderDecoder(EncoderDecoder):
             whose input convolutions do not slice, or unknown ``distill``.
     """
 
+    input_align_corners = True
+
     def __init__(self, *args, num_subnets=4, distill='inplace', student_gt_weight=0.0, seed=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _check_backbone(self, 'slimmable', 'SlimmableEncoderDecoder')
-        if self.with_auxiliary_head:
-            raise ValueError('SlimmableEncoderDecoder does not support auxiliary heads (their input width '
-                             'changes with the backbone width); remove auxiliary_head from the config')
-        if not getattr(self.decode_head, 'input_sliced', False):
-            raise ValueError('the decode head must accept every backbone width: use DeepLabV3Head or '
-                             'RefineNetHead with input_sliced=True')
-        tc = dict(self.train_cfg or {})
-        self.train_resolutions = tuple(tc['resolutions']) if tc.get('resolutions') else None
-        default_max = max(self.train_resolutions) if self.train_resolutions else None
-        self.max_resolution = tc.get('max_resolution') or default_max
-        self.policy = training.SandwichPolicy(self.backbone.model.width_range, num_subnets, self.train_resolutions,
-                                              self.max_resolution, distill, student_gt_weight, seed)
-
-    def _scale(self, inputs, resolution):
-        if resolution is None or self.max_resolution is None or resolution == self.max_resolution:
-            return inputs
-        hw = scaled_size(inputs.shape[-2:], resolution, self.max_resolution)
-        return resize(inputs, size=hw, mode='bilinear', align_corners=True)
-
-    def _subnet_losses(self, inputs, data_samples, sub, teacher):
-        x = self._scale(inputs, sub.input_size)
-        with self.policy.context(self.backbone.model, sub):
-            z = self.decode_head.forward(self.extract_feat(x))
-        gt_size = data_samples[0].gt_sem_seg.data.shape[-2:]
-        z_full = resize(z, size=gt_size, mode='bilinear', align_corners=self.align_corners)
-        task = self.decode_head.loss_by_feat(z, data_samples) if sub.gt_weight else {}
-        return self.policy.subnet_losses(sub, task, z_full, teacher), z_full
-
-    def train_step(self, data, optim_wrapper):
-        """Sandwich-rule step: forward/backward every sub-network, then one optimiser update.
-
-        Returns:
-            dict: log variables ``loss`` (sum over sub-networks) and per-sub-network parts prefixed
-            ``max.``, ``min.``, ``rand{k}.``.
-        """
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-        inputs, data_samples = data['inputs'], data['data_samples']
-        count0 = optim_wrapper._inner_count  # one optimiser "iteration" for the whole step
-        log_vars, total, teacher = OrderedDict(), 0.0, None
-        for sub in self.policy.subnets(current_step(self)):
-            with optim_wrapper.optim_context(self):
-                losses, z = self._subnet_losses(inputs, data_samples, sub, teacher)
-            loss, parts = self.parse_losses(losses)
-            optim_wrapper._inner_count = count0
-            optim_wrapper.backward(optim_wrapper.scale_loss(loss))
-            if sub.teacher:
-                teacher = z.detach()
-            total += float(parts.pop('loss').detach())
-            for key, v in parts.items():
-                log_vars[f'{sub.tag}.{key}'] = v.detach()
-        optim_wrapper._inner_count = count0 + 1
-        if optim_wrapper.should_update():
-            optim_wrapper.step()
-            optim_wrapper.zero_grad()
-        log_vars['loss'] = torch.tensor(total)
-        log_vars.move_to_end('loss', last=False)
-        return log_vars
-
-    def loss(self, inputs, data_samples):
-        """Losses of one sandwich sample without the optimiser (for ``mode='loss'`` callers; training uses
-        :meth:`train_step`, which back-propagates sub-network by sub-network)."""
-        losses, teacher = {}, None
-        for sub in self.policy.subnets(current_step(self)):
-            parts, z = self._subnet_losses(inputs, data_samples, sub, teacher)
-            if sub.teacher:
-                teacher = z.detach()
-            losses.update(add_prefix(parts, sub.tag))
-        return losses
-
-    def encode_decode(self, inputs, batch_img_metas):
-        """Logits at the input size for ``test_cfg.width`` / ``test_cfg.resolution`` (their BN statistics)."""
-        tc = self.test_cfg or {}
-        width = tc.get('width', self.backbone.model.width_range[1])
-        r = tc.get('resolution')
-        if r is not None and self.max_resolution is None:
-            raise ValueError('test_cfg.resolution needs train_cfg.max_resolution (the train crop side) to '
-                             'scale the test images by resolution / max_resolution')
-        x = self._scale(inputs, r)
-        with self.backbone.model.width_context(width, r):
-            z = self.decode_head.forward(self.extract_feat(x))
-        return resize(z, size=inputs.shape[-2:], mode='bilinear', align_corners=self.align_corners)
-
-    # ---------------------------------------------------------------- BN calibration (BNCalibrationHook)
-    #: BNs outside the backbone re-estimated with it (the decode head is shared by every width)
-    calibration_head_scope = property(lambda self: self)
-
-    def calibration_config(self):
-        """``(width, resolution)`` that evaluation will use (from ``test_cfg``)."""
-        tc = self.test_cfg or {}
-        return tc.get('width', self.backbone.model.width_range[1]), tc.get('resolution')
-
-    def set_calibration_config(self, width=None, resolution=None):
-        """Evaluate (and calibrate) at ``width`` / ``resolution`` from now on (``test_cfg``); None keeps."""
-        self.test_cfg = dict(self.test_cfg or {})
-        if width is not None:
-            self.test_cfg['width'] = width
-        if resolution is not None:
-            self.test_cfg['resolution'] = resolution
-
-    def calibration_inputs(self, data):
-        """A dataloader batch preprocessed (training augmentation) and scaled to the evaluated resolution:
-        ``[N, 3, h, w]``."""
-        with torch.no_grad():
-            x = self.data_preprocessor(data, True)['inputs']
-        return self._scale(x, self.calibration_config()[1])
-
-    def calibration_forward(self, x):
-        """Backbone + decode head on a calibration batch (every BN of the evaluated network sees it)."""
-        return self.decode_head.forward(self.extract_feat(x))
+        tc = dict(kwargs.get('train_cfg') or {})
+        res = tuple(tc['resolutions']) if tc.get('resolutions') else None
+        top = tc.get('max_resolution') or (max(res) if res else None)
+        policy = dict(type='mutualnet' if res else 'usnet', num_subnets=num_subnets, input_sizes=res,
+                      max_input_size=top, distill=distill, student_gt_weight=student_gt_weight, seed=seed)
+        super().__init__(*args, policy=policy, **kwargs)
+        self.train_resolutions, self.max_resolution = res, top

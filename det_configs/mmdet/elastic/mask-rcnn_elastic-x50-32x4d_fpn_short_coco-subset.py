@@ -1,5 +1,5 @@
 # Main-job smoke run: Mask R-CNN + FPN, Elastic-ResNeXt50, on the 80-image COCO subset
-# (../shared/datasets/coco, or DYNSCALE_DATA) with small images (<= 320 x 256) and a 40-iteration
+# (../shared/datasets/coco, or $DYNSCALE_DATASETS/coco) with small images (<= 320 x 256) and a 40-iteration
 # schedule; evaluates bbox and segm AP with pycocotools (CocoMetric).  The backbone starts from its
 # own (paper) initialisation, so the AP is a plumbing check, not a result; to fine-tune converted ImageNet
 # weights (MODEL_ZOO.md) add --cfg-options model.backbone.init_cfg.type=Pretrained
@@ -11,7 +11,7 @@ _base_ = [
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='ElasticResNeXt',
+        type='ElasticBackbone',
         arch='resnext50_elastic',
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,  # nothing pretrained to keep: train every stage

@@ -1,5 +1,5 @@
 # NYUDv2, 40 classes (Gupta et al. 2013 labels), RGB only: 795 train / 654 test images, as in RefineNet and
-# the RS-Nets segmentation extension (supplementary Sec. 3).  Layout (plugins/mm/datasets.py NYU_LAYOUT):
+# the RS-Nets segmentation extension (supplementary Sec. 3).  Layout (plugins/mm/datasets/seg.py NYU_LAYOUT):
 # <data_root>/images/{train,test}/<id>.png and <data_root>/labels40/{train,test}/<id>.png (0 = unlabelled,
 # ignored through reduce_zero_label).  data_root defaults to ../shared/datasets/nyudv2 beside the repository
 # (or $DYNSCALE_DATASETS/nyudv2); tools/train_seg.py --data-root overrides it.

@@ -1,10 +1,12 @@
 # COCO 2017 detection (boxes), MMDet 3.x layout:
 #   <data_root>/annotations/instances_{train,val}2017.json, <data_root>/{train,val}2017/*.jpg
-# data_root comes from the DYNSCALE_DATA environment variable (default ./data), e.g.
-#   DYNSCALE_DATA=../shared/datasets python tools/train_det_mm.py <config>
+# The datasets root is ../shared/datasets beside the repository (found from this file's location), or
+# $DYNSCALE_DATASETS (the one datasets-root variable of every config and tool); tools/train_det_mm.py --data-root
+# overrides it.
 # CheckedCocoDataset is mmdet's CocoDataset plus an error that names a missing path and the layout.
 dataset_type = 'CheckedCocoDataset'
-data_root = '{{$DYNSCALE_DATA:data}}/coco/'
+datasets_root = '{{$DYNSCALE_DATASETS:{{ fileDirname }}/../../../../../shared/datasets}}'
+data_root = datasets_root + '/coco/'
 backend_args = None
 img_scale = (1333, 800)  # (max longer side, shorter side), keep_ratio
 

@@ -1,8 +1,7 @@
 # The 80 + 80 image COCO 2017 subset in ../shared/datasets/coco (same layout as full COCO) with small
-# images (longer side <= 320, shorter side <= 256) for CPU smoke runs and the demo.  DYNSCALE_DATA
-# overrides the root (default ../shared/datasets, relative to the repository root).
+# images (longer side <= 320, shorter side <= 256) for CPU smoke runs and the demo.  The datasets
+# root is the base's (../shared/datasets beside the repository, or $DYNSCALE_DATASETS).
 _base_ = './coco_detection.py'
-data_root = '{{$DYNSCALE_DATA:../shared/datasets}}/coco/'
 img_scale = (320, 256)
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
@@ -19,10 +18,8 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+    dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+    dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator

@@ -1,4 +1,4 @@
-# COCO 2017 instance segmentation (boxes + masks); layout and DYNSCALE_DATA as in coco_detection.py.
+# COCO 2017 instance segmentation (boxes + masks); layout and datasets root as in coco_detection.py.
 _base_ = './coco_detection.py'
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),

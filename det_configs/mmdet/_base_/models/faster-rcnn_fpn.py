@@ -6,7 +6,7 @@ model = dict(
     # MMDet conventions for an ImageNet-pretrained backbone: stem + stage 1 frozen, BN statistics frozen.
     backbone=dict(
         _delete_=True,
-        type='ElasticResNeXt',
+        type='ElasticBackbone',
         arch='resnext50_elastic',
         out_indices=(0, 1, 2, 3),
         frozen_stages=1,

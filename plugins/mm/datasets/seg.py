@@ -14,7 +14,7 @@ import os.path as osp
 import numpy as np
 from mmseg.datasets import BaseSegDataset, PascalVOCDataset
 
-from .backbones import register_mm_module
+from ..registry import register_mm_module
 
 __all__ = ['NYUDv2Dataset', 'VOCSegDataset', 'NYU40_CLASSES', 'make_synthetic_voc', 'VOC_LAYOUT',
            'NYU_LAYOUT']
