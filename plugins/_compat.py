@@ -95,3 +95,31 @@ def check_datasets_variable(environ=None):
                              f'datasets root of every config and tool): export {DATASETS_VARIABLE}={env[old]} and '
                              f'unset {old}')
     return env.get(DATASETS_VARIABLE)
+
+
+def datasets_root(environ=None):
+    """The datasets root every config and tool reads: ``$DYNSCALE_DATASETS``, else ``../shared/datasets`` beside
+    the repository.
+
+    Raises:
+        ValueError: a former name of the variable is set (:func:`check_datasets_variable`).
+    """
+    import os
+    root = check_datasets_variable(environ)
+    if root:
+        return root
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'datasets'))
+
+
+def export_detectron2_datasets(environ=None):
+    """Make detectron2's builtin datasets read the one datasets root: set ``DETECTRON2_DATASETS`` (read when
+    ``detectron2.data`` is first imported) to :func:`datasets_root` unless it is already set.  Returns the root
+    detectron2 will use.
+
+    Raises:
+        ValueError: a former name of the datasets-root variable is set.
+    """
+    import os
+    env = os.environ if environ is None else environ
+    root = datasets_root(env)
+    return env.setdefault('DETECTRON2_DATASETS', root)

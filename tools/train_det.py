@@ -3,8 +3,9 @@
 
 Examples::
 
-    # CPU smoke run on the 80-image COCO subset
-    DETECTRON2_DATASETS=../shared/datasets python tools/train_det.py \\
+    # CPU smoke run on the 80-image COCO subset (datasets root: $DYNSCALE_DATASETS, default ../shared/datasets
+    # beside the repository; detectron2's own DETECTRON2_DATASETS wins when set)
+    python tools/train_det.py \\
         --config-file det_configs/detectron2/quick_schedules/mask_rcnn_resnext50_elastic_FPN_quick.yaml
     # 8 GPUs, then 2 machines x 8 GPUs
     python tools/train_det.py --num-gpus 8 \\
@@ -22,6 +23,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from plugins._compat import export_detectron2_datasets  # noqa: E402
+
+export_detectron2_datasets()  # before detectron2 registers its builtin datasets
 
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 

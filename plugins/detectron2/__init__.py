@@ -2,15 +2,17 @@
 
 Importing this package registers, by side effect (detectron2 registries):
 
-* backbones ``build_{elastic,slimmable,sact,rsnet}_backbone`` and ``build_{...}_fpn_backbone``
-  (:mod:`.backbone`);
+* backbones ``build_<family>_backbone`` and ``build_<family>_fpn_backbone`` for every family of the
+  :mod:`backbones` registry, and ``build_dynscale_(fpn_)backbone`` for any (:mod:`.backbone`);
 * the C4 box head ``DynscaleRes5ROIHeads`` for the SACT Faster R-CNN (:mod:`.roi_heads`).
 
 Entry points use :func:`setup` (or :func:`get_dynscale_cfg`), which adds the ``MODEL.DYNSCALE`` keys
 (:func:`add_dynscale_config`) before merging a yaml, and :class:`DynscaleTrainer` (ponder cost, sandwich
-rule, RS-Net scale buckets, DDP with dynamic graphs, evaluation at (width, scale) points with BN
-calibration). Configs: ``det_configs/detectron2/``; CLI: ``tools/train_det.py``; weight conversion:
-``tools/convert_weights.py --to detectron2`` (:mod:`.checkpoint`).
+rule, RS-Net scale buckets: the training core's policy, :func:`build_policy`; DDP with dynamic graphs,
+evaluation at (width, scale) points with BN calibration).  Datasets: ``DETECTRON2_DATASETS`` defaults to the
+project's one datasets root (``$DYNSCALE_DATASETS``, else ``../shared/datasets``).  Configs:
+``det_configs/detectron2/``; CLI: ``tools/train_det.py``; weight conversion: ``tools/convert_weights.py --to
+detectron2`` (:mod:`.checkpoint`).
 
 Raises:
     ImportError: detectron2 is not importable; the message says how to install it.
@@ -30,6 +32,12 @@ class Detectron2MissingError(ImportError):
     """detectron2 cannot be imported; the message names how to install it."""
 
 
+from .._compat import export_detectron2_datasets  # noqa: E402
+
+# detectron2 registers its builtin datasets under $DETECTRON2_DATASETS when detectron2.data is first imported:
+# point it at the one datasets root ($DYNSCALE_DATASETS, default ../shared/datasets) unless the user set it
+export_detectron2_datasets()
+
 try:
     import detectron2  # noqa: F401
     from detectron2.modeling import BACKBONE_REGISTRY  # noqa: F401
@@ -40,7 +48,7 @@ except ImportError as e:  # ModuleNotFoundError, or a broken build (missing dete
 
 from . import roi_heads as _roi_heads  # noqa: F401,E402  (registration: DynscaleRes5ROIHeads)
 from .backbone import (  # noqa: E402
-    DynscaleBackbone,
+    DynscaleD2Backbone,
     build_dynscale_backbone,
     build_dynscale_fpn_backbone,
     build_elastic_backbone,
@@ -70,7 +78,7 @@ __all__ = [
     'add_dynscale_config',
     'get_dynscale_cfg',
     'setup',
-    'DynscaleBackbone',
+    'DynscaleD2Backbone',
     'DynscaleTrainer',
     'DynscaleSimpleTrainer',
     'DynscaleCheckpointer',

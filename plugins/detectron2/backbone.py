@@ -1,6 +1,7 @@
 """Detectron2 ``Backbone`` adapters for every dynscale backbone family, and their registered builders.
 
-One wrapper class, :class:`DynscaleBackbone`, puts any ``backbones.create(...)`` model behind
+One wrapper class, :class:`DynscaleD2Backbone` (named apart from the OpenMMLab adapter
+``plugins.mm.backbones.DynscaleBackbone``), puts any ``backbones.create(...)`` model behind
 detectron2's ``Backbone`` interface (feature names ``res2``..``res5``, ``output_shape()``,
 ``size_divisibility``), the way ``detectron2.modeling.backbone.resnet`` splits ``ResNet`` from
 ``build_resnet_backbone``. The registered builders map ``cfg.MODEL.DYNSCALE`` and
@@ -9,12 +10,15 @@ detectron2's ``Backbone`` interface (feature names ``res2``..``res5``, ``output_
 =====================================  ====================================================
 ``MODEL.BACKBONE.NAME``                 returns
 =====================================  ====================================================
-``build_<family>_backbone``             :class:`DynscaleBackbone` (C4 / plain features)
+``build_<family>_backbone``             :class:`DynscaleD2Backbone` (C4 / plain features)
 ``build_<family>_fpn_backbone``         ``FPN`` over it (``LastLevelMaxPool``: p2..p6)
+``build_dynscale_backbone``             the same for a backbone of any family
+``build_dynscale_fpn_backbone``
 =====================================  ====================================================
 
-for ``<family>`` in ``elastic``, ``slimmable``, ``sact``, ``rsnet``; ``MODEL.DYNSCALE.NAME`` picks the
-variant inside the family (e.g. ``resnext101_elastic``, ``us_mobilenet_v2``).
+for every ``<family>`` of the :mod:`backbones` registry (``elastic``, ``slimmable``, ``sact``, ``rsnet``; a family
+added there gets its builders here without code); ``MODEL.DYNSCALE.NAME`` picks the variant (e.g.
+``resnext101_elastic``, ``us_mobilenet_v2``).
 
 Norms (``MODEL.DYNSCALE.NORM``, as ``MODEL.RESNETS.NORM``): the backbone is built with its own BN
 layers, then converted by ``isinstance`` exactly as detectron2 and PyTorch do it
@@ -43,7 +47,8 @@ import backbones
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ('elastic', 'slimmable', 'sact', 'rsnet')
+#: backbone families of the :mod:`backbones` registry (one pair of builders each)
+FAMILIES = tuple(sorted({backbones.model_family(n) for n in backbones.list_models()}))
 _FEATURE_INDEX = {'res2': 0, 'res3': 1, 'res4': 2, 'res5': 3}
 
 
@@ -137,7 +142,7 @@ class _PreactStub(nn.Module):
         self.units = nn.ModuleList([_PreactOnly(unit)])
 
 
-class DynscaleBackbone(Backbone):
+class DynscaleD2Backbone(Backbone):
     """A dynscale backbone (``backbones.create(name)``) as a detectron2 ``Backbone``.
 
     Args:
@@ -264,17 +269,17 @@ class DynscaleBackbone(Backbone):
     @property
     def is_slimmable(self):
         """True when the backbone has a width multiplier (``width_context``)."""
-        return self.family == 'slimmable'
+        return hasattr(self.net, 'width_context')
 
     @property
     def is_resolution_switchable(self):
-        """True when the backbone has private BNs per resolution (RS-Net)."""
-        return self.family == 'rsnet'
+        """True when the backbone has private BNs per resolution (RS-Net: ``resolutions``, ``resolution_context``)."""
+        return hasattr(self.net, 'resolutions') and hasattr(self.net, 'resolution_context')
 
     @property
     def has_ponder_cost(self):
         """True for SACT/ACT backbones (``ponder_costs`` set by every forward)."""
-        return self.family == 'sact'
+        return hasattr(self.net, 'ponder_costs')
 
     # ------------------------------------------------------------------ width (slimmable)
     @property
@@ -447,7 +452,7 @@ def _resolve_scales(cfg, net_resolutions):
 
 
 def build_dynscale_backbone(cfg, input_shape, family=None, out_features=None):
-    """Build a :class:`DynscaleBackbone` from ``cfg.MODEL.DYNSCALE`` and ``MODEL.BACKBONE.FREEZE_AT``.
+    """Build a :class:`DynscaleD2Backbone` from ``cfg.MODEL.DYNSCALE`` and ``MODEL.BACKBONE.FREEZE_AT``.
 
     Args:
         cfg (CfgNode): with :func:`~plugins.detectron2.config.add_dynscale_config` keys.
@@ -474,7 +479,7 @@ def build_dynscale_backbone(cfg, input_shape, family=None, out_features=None):
     if fam == 'rsnet':
         if D.RESOLUTIONS:
             kw['resolutions'] = tuple(int(r) for r in D.RESOLUTIONS)
-    bb = DynscaleBackbone(
+    bb = DynscaleD2Backbone(
         D.NAME,
         out_features=list(out_features or D.OUT_FEATURES),
         norm=D.NORM,
@@ -534,17 +539,17 @@ def build_dynscale_fpn_backbone(cfg, input_shape, family=None):
 
 
 def find_dynscale_backbone(model):
-    """The :class:`DynscaleBackbone` inside a detector (``model.backbone`` or ``model.backbone.bottom_up``).
+    """The :class:`DynscaleD2Backbone` inside a detector (``model.backbone`` or ``model.backbone.bottom_up``).
 
     Raises:
         ValueError: the model has no dynscale backbone.
     """
     model = _unwrap(model)
     for m in model.modules():
-        if isinstance(m, DynscaleBackbone):
+        if isinstance(m, DynscaleD2Backbone):
             return m
     raise ValueError(
-        'the model has no DynscaleBackbone: set MODEL.BACKBONE.NAME to a build_<family>_backbone / '
+        'the model has no DynscaleD2Backbone: set MODEL.BACKBONE.NAME to a build_<family>_backbone / '
         f'build_<family>_fpn_backbone builder ({", ".join(FAMILIES)})'
     )
 
@@ -569,7 +574,17 @@ def _register(family):
     return BACKBONE_REGISTRY.register(plain), BACKBONE_REGISTRY.register(fpn)
 
 
-build_elastic_backbone, build_elastic_fpn_backbone = _register('elastic')
-build_slimmable_backbone, build_slimmable_fpn_backbone = _register('slimmable')
-build_sact_backbone, build_sact_fpn_backbone = _register('sact')
-build_rsnet_backbone, build_rsnet_fpn_backbone = _register('rsnet')
+for _family in FAMILIES:
+    globals()['build_%s_backbone' % _family], globals()['build_%s_fpn_backbone' % _family] = _register(_family)
+
+
+# any family: MODEL.BACKBONE.NAME "build_dynscale_backbone" / "build_dynscale_fpn_backbone"
+BACKBONE_REGISTRY.register(build_dynscale_backbone)
+BACKBONE_REGISTRY.register(build_dynscale_fpn_backbone)
+
+
+def __getattr__(name):
+    if name == 'DynscaleBackbone':
+        raise AttributeError('plugins.detectron2.backbone.DynscaleBackbone was renamed DynscaleD2Backbone (the '
+                             'OpenMMLab adapter keeps the name DynscaleBackbone)')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -71,7 +71,7 @@ def add_dynscale_config(cfg):
     D.SCALES = []
     # "nearest": bucket of the scale nearest to the input's shorter side (trainer and evaluator set it
     # explicitly from the unpadded image size; otherwise the padded tensor's shorter side is used);
-    # "explicit": raise unless a scale was set with DynscaleBackbone.scale_context().
+    # "explicit": raise unless a scale was set with DynscaleD2Backbone.scale_context().
     D.RESOLUTION_RULE = 'nearest'
     # "all": every iteration trains each bucket on the batch resized to its scale (RS-Net parallel
     # training, ground-truth loss per bucket); "random": one bucket per iteration.
@@ -84,6 +84,14 @@ def add_dynscale_config(cfg):
     # C4 box head (DynscaleRes5ROIHeads): network whose stage 4 runs on the proposals; "" = NAME.
     # e.g. "preact_resnet101" for a plain res5 head on a SACT feature extractor.
     D.HEAD_NAME = ''
+
+    # ---- training policy (backbones.training) --------------------------------------------------------
+    # NAME: a method of backbones.training.POLICIES; "" derives it from the keys above and the backbone
+    # (SANDWICH.ENABLED: "usnet" / "mutualnet"; RS-Net: "rsnet"; SACT / ACT: "sact"; otherwise "standard").
+    # Any other key of this node (in a yaml file) is passed to the policy lower-cased, e.g. NUM_SUBNETS: 3, so a
+    # method registered with backbones.training.register_policy needs no new config keys.
+    D.POLICY = CN(new_allowed=True)
+    D.POLICY.NAME = ''
 
     # ---- evaluation ----------------------------------------------------------------------------------
     # (width, shorter side) points to evaluate, e.g. [[1.0, 600], [0.5, 480]]; [] = one point

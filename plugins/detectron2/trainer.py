@@ -119,22 +119,30 @@ def rescale_batch(batched_inputs, short, max_size):
 def build_policy(cfg, backbone):
     """The training policy (:mod:`backbones.training`) of one iteration, from ``cfg.MODEL.DYNSCALE``.
 
+    ``MODEL.DYNSCALE.POLICY.NAME`` names the method; empty, it follows the keys and the backbone:
+
     * slimmable + ``SANDWICH.ENABLED``: :class:`~backbones.training.SandwichPolicy` (max width at the largest
       scale, min width, random widths; students' shorter sides from ``SANDWICH.TRAIN_SCALES``; every
       sub-network trained with the ground truth, MutualNet Sec. 4.3);
     * RS-Net: :class:`~backbones.training.ResolutionPolicy` over the scale buckets (``RSNET_TRAIN_MODE``
       "all": every bucket; "random": one per iteration), each with the ground truth;
     * SACT / ACT: :class:`~backbones.training.PonderPolicy` (``TAU``);
-    * otherwise one pass (slimmable backbones at ``WIDTH``).
+    * otherwise one pass (slimmable backbones at ``WIDTH``), or the backbone's default method
+      (:func:`backbones.training.policy_for`).
+
+    The other keys of ``MODEL.DYNSCALE.POLICY`` override the policy's options (lower-cased).
 
     Raises:
-        ValueError: the sandwich rule on a non-slimmable backbone, or with frozen BN / parameters.
+        ValueError: the sandwich rule on a non-slimmable backbone, or with frozen BN / parameters; a policy that
+            combines the sub-networks' logits (no detection form); an unknown method or option.
     """
     from backbones import training
 
     D = cfg.MODEL.DYNSCALE
     seed = None if D.SANDWICH.SEED < 0 else D.SANDWICH.SEED
-    if D.SANDWICH.ENABLED:
+    method = D.POLICY.NAME or None
+    options = {}
+    if D.SANDWICH.ENABLED or method in ('usnet', 'mutualnet'):
         if not backbone.is_slimmable:
             raise ValueError(
                 f'MODEL.DYNSCALE.SANDWICH.ENABLED needs a slimmable backbone; {backbone.name} is '
@@ -148,17 +156,25 @@ def build_policy(cfg, backbone):
                 'BN calibrates each evaluated width afterwards)'
             )
         scales = tuple(int(s) for s in D.SANDWICH.TRAIN_SCALES) or None
-        return training.SandwichPolicy(
-            backbone.width_range, num_subnets=D.SANDWICH.NUM_SUBNETS, input_sizes=scales,
-            max_input_size=max(scales) if scales else None, distill=None, student_gt_weight=1.0, seed=seed,
-        )
-    if backbone.is_resolution_switchable:
-        return training.ResolutionPolicy(
-            backbone.net.resolutions, input_sizes=backbone.scales, mode=D.RSNET_TRAIN_MODE, mred=False, seed=seed
-        )
-    if backbone.has_ponder_cost and getattr(backbone.net, 'act', 'none') != 'none':
-        return training.PonderPolicy(D.TAU, seed=seed)
-    return training.StandardPolicy(seed=seed)
+        method = method or ('mutualnet' if scales else 'usnet')
+        options = dict(width_range=backbone.width_range, num_subnets=D.SANDWICH.NUM_SUBNETS, input_sizes=scales,
+                       max_input_size=max(scales) if scales else None, distill=None, student_gt_weight=1.0)
+    elif method is None and backbone.is_slimmable:
+        method = 'standard'  # one pass at MODEL.DYNSCALE.WIDTH
+    elif backbone.is_resolution_switchable and method in (None, 'rsnet'):
+        method = 'rsnet'
+        options = dict(bn_resolutions=backbone.net.resolutions, input_sizes=backbone.scales, mode=D.RSNET_TRAIN_MODE,
+                       mred=False)
+    elif backbone.has_ponder_cost and method in (None, 'sact'):
+        method = 'sact' if method or getattr(backbone.net, 'act', 'none') != 'none' else 'standard'
+        options = dict(tau=D.TAU) if method == 'sact' else {}
+    options.update({k.lower(): v for k, v in D.POLICY.items() if k != 'NAME'})
+    options.setdefault('seed', seed)
+    policy = training.policy_for(backbone.net, method, **options)
+    if policy.combines:
+        raise ValueError(f'{policy!r} combines the logits of its sub-networks, which has no detection form: set '
+                         f'MODEL.DYNSCALE.POLICY.MRED False (each scale trained with the ground truth)')
+    return policy
 
 
 def _input_size(policy, subnet):
@@ -182,7 +198,7 @@ class DynscaleSimpleTrainer(SimpleTrainer):
     Args:
         model, data_loader, optimizer: as ``SimpleTrainer``.
         policy (backbones.training.TrainingPolicy): sub-networks per iteration (a pure function of the iteration).
-        backbone (DynscaleBackbone): the detector's dynscale backbone.
+        backbone (DynscaleD2Backbone): the detector's dynscale backbone.
         max_size (int): longer-side cap of the rescaled batches.
         amp (bool): mixed precision (``torch.autocast`` + ``GradScaler``) as detectron2's ``AMPTrainer``.
     """
@@ -482,7 +498,11 @@ class DynscaleTrainer(DefaultTrainer):
             dict: detectron2's result dict for a single point; otherwise ``{'w{width}_s{scale}': result}``.
             SACT models also report ``{'ponder': {'cost': mean ponder cost per image}}``.
         """
+        from backbones.training import SandwichPolicy
+
         bb = find_dynscale_backbone(model)
+        # evaluation switch of the width (a fixed seed: nothing is drawn, no rank agreement needed)
+        policy = SandwichPolicy(bb.width_range, seed=0) if bb.is_slimmable else None
         results = OrderedDict()
         points = cls.eval_points(cfg)
         for width, scale in points:
@@ -496,7 +516,8 @@ class DynscaleTrainer(DefaultTrainer):
                 stack.enter_context(bb.scale_context(scale if bb.is_resolution_switchable else None))
                 if bb.is_slimmable:
                     calibrated = calibrate(cfg, model, width, scale)
-                    stack.enter_context(bb.net.width_context(width, int(scale) if calibrated else None))
+                    # the statistics calibrated for (width, scale), else the width's trained ones
+                    stack.enter_context(policy.eval_context(bb.net, width, int(scale) if calibrated else None))
                 meter = _PonderMeter(model) if bb.has_ponder_cost else None
                 try:
                     res = super(DynscaleTrainer, cls).test(c, model, evaluators)
