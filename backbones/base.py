@@ -147,12 +147,6 @@ class DynamicBackbone(nn.Module):
             return feats
         return self.forward_head(self.__dict__.pop('_last_stage_output'))
 
-    def reset_classifier(self, num_classes=0):
-        """Drop (``num_classes=0``) the head so dense-prediction users have no unused parameters."""
-        if num_classes != 0:
-            raise ValueError('only num_classes=0 (drop the head) is supported; build a new model for a new head')
-        self.head = None
-
     #: per-forward caches (non-leaf tensors): never pickled or deep-copied (EMA copies, BN conversions)
     _transient_attrs = ('_last_stage_output', 'ponder_costs')
 
@@ -194,9 +188,3 @@ def classifier_head(in_channels, num_classes, dropout=0.0):
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(in_channels, num_classes))
     return nn.Sequential(*layers)
-
-
-def seed_everything(seed):
-    """Seed torch (CPU and CUDA) for deterministic construction; returns the seed."""
-    torch.manual_seed(seed)
-    return seed

@@ -160,7 +160,7 @@ class RSResNet(RSNet):
         self.with_cp = with_cp
         self.stem = nn.Sequential(OrderedDict([
             ('conv1', nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)),
-            ('bn1', self._bn(64)),
+            ('bn1', self.private_bn(64)),
             ('relu', nn.ReLU(inplace=True)),
             ('maxpool', nn.MaxPool2d(3, stride=2, padding=1)),
         ]))
@@ -186,10 +186,10 @@ class RSResNet(RSNet):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       self._bn(planes * block.expansion))
-        units = [block(self.inplanes, planes, stride, unit_dilations[0], downsample, self._bn, with_cp)]
+                                       self.private_bn(planes * block.expansion))
+        units = [block(self.inplanes, planes, stride, unit_dilations[0], downsample, self.private_bn, with_cp)]
         self.inplanes = planes * block.expansion
-        units += [block(self.inplanes, planes, 1, unit_dilations[j], None, self._bn, with_cp)
+        units += [block(self.inplanes, planes, 1, unit_dilations[j], None, self.private_bn, with_cp)
                   for j in range(1, n)]
         return nn.Sequential(*units)
 
@@ -293,8 +293,8 @@ class RSMobileNetV2(RSNet):
         # unit indices: 0 (16), 1-2 (24), 3-5 (32), 6-9 (64), 10-12 (96), 13-15 (160), 16 (320)
         groups = {'stem': units[0:2], 0: units[2:3], 1: units[3:6], 2: units[6:13], 3: units[13:17]}
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), self._bn(32), nn.ReLU6(inplace=True),
-            *[RSInvertedResidual(a, b, s, t, 1, self._bn, with_cp) for a, b, s, t in groups['stem']])
+            nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), self.private_bn(32), nn.ReLU6(inplace=True),
+            *[RSInvertedResidual(a, b, s, t, 1, self.private_bn, with_cp) for a, b, s, t in groups['stem']])
         stages = []
         for i in range(4):
             blocks = []
@@ -302,7 +302,7 @@ class RSMobileNetV2(RSNet):
                 if j == 0 and s == 2:
                     s = strides[i]  # 1 when this stage is dilated (output stride 16/8)
                 # every unit of a dilated stage uses its dilation (as MMSeg's MobileNetV2 and ResNet)
-                blocks.append(RSInvertedResidual(a, b, s, t, dilations[i], self._bn, with_cp))
+                blocks.append(RSInvertedResidual(a, b, s, t, dilations[i], self.private_bn, with_cp))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self._stage_channels = [24, 32, 96, 320]
@@ -312,7 +312,7 @@ class RSMobileNetV2(RSNet):
             self._stage_strides.append(s)
         if num_classes:
             self.head = nn.Sequential(
-                nn.Conv2d(320, self.LAST_CHANNEL, 1, bias=False), self._bn(self.LAST_CHANNEL),
+                nn.Conv2d(320, self.LAST_CHANNEL, 1, bias=False), self.private_bn(self.LAST_CHANNEL),
                 nn.ReLU6(inplace=True),
                 *classifier_head(self.LAST_CHANNEL, num_classes))
         else:

@@ -51,7 +51,7 @@ def _check_resolutions(resolutions):
 class RSNet(DynamicBackbone):
     """Resolution switching for a :class:`~backbones.base.DynamicBackbone` with private BNs.
 
-    Subclasses build their layers with :class:`PrivateBatchNorm` (via :meth:`_bn`) after calling
+    Subclasses build their layers with :class:`PrivateBatchNorm` (via :meth:`private_bn`) after calling
     :meth:`_init_resolutions`.
 
     Attributes:
@@ -75,8 +75,6 @@ class RSNet(DynamicBackbone):
         """A :class:`PrivateBatchNorm` of ``channels`` sharing this network's resolution selection (for
         necks/heads that should switch with the backbone)."""
         return PrivateBatchNorm(channels, len(self.resolutions), self._norm_layer, self._res_state)
-
-    _bn = private_bn
 
     # ------------------------------------------------------------------ resolution API
     @property

@@ -295,7 +295,7 @@ class ACTStage(nn.Module):
     def _finish(self, out, n_units, rem, masks):
         rho = n_units + rem
         if self.act == 'act':
-            rho, n_units, masks = rho[:, 0, 0], n_units[:, 0, 0], masks
+            rho, n_units = rho[:, 0, 0], n_units[:, 0, 0]
         self.ponder_cost, self.n_units, self.unit_masks = rho, n_units, masks
         return out
 

@@ -112,8 +112,7 @@ def _stage_strides(strides):
     return tuple(out)
 
 
-def _common(num_classes, out_indices, frozen_stages, norm_eval, norm_layer):
-    _check_norm_layer(norm_layer)
+def _check_num_classes(num_classes):
     if num_classes < 0:
         raise ValueError(f'num_classes must be >= 0 (0 = no head), got {num_classes}')
 
@@ -142,7 +141,8 @@ class USMobileNetV1(SlimmableBackbone):
                  output_stride=32, norm_layer=None, width_range=(0.25, 1.0), width_list=None,
                  channel_divisor=8):
         super().__init__()
-        _common(num_classes, out_indices, frozen_stages, norm_eval, norm_layer)
+        _check_norm_layer(norm_layer)
+        _check_num_classes(num_classes)
         d = channel_divisor
         strides, dilations, _ = output_stride_dilations(output_stride)
         self.variant = 'us_mobilenet_v1'
@@ -195,7 +195,8 @@ class USMobileNetV2(SlimmableBackbone):
                  output_stride=32, norm_layer=None, width_range=(0.35, 1.0), width_list=None, dropout=0.0,
                  channel_divisor=8):
         super().__init__()
-        _common(num_classes, out_indices, frozen_stages, norm_eval, norm_layer)
+        _check_norm_layer(norm_layer)
+        _check_num_classes(num_classes)
         d = channel_divisor
         strides, dilations, _ = output_stride_dilations(output_stride)
         self.variant = 'us_mobilenet_v2'
@@ -263,7 +264,8 @@ class USVGG16BN(SlimmableBackbone):
                  output_stride=32, norm_layer=None, width_range=(0.25, 1.0), width_list=None, dropout=0.5,
                  channel_divisor=8):
         super().__init__()
-        _common(num_classes, out_indices, frozen_stages, norm_eval, norm_layer)
+        _check_norm_layer(norm_layer)
+        _check_num_classes(num_classes)
         if output_stride != 32:
             raise ValueError(f'us_vgg16_bn supports output_stride=32 only (pooling), got {output_stride}')
         d = channel_divisor
@@ -319,7 +321,8 @@ class USResNet50(SlimmableBackbone):
                  output_stride=32, norm_layer=None, width_range=(0.25, 1.0), width_list=None,
                  multi_grid=(1, 1, 1), channel_divisor=8):
         super().__init__()
-        _common(num_classes, out_indices, frozen_stages, norm_eval, norm_layer)
+        _check_norm_layer(norm_layer)
+        _check_num_classes(num_classes)
         if len(tuple(multi_grid)) != 3:
             raise ValueError(f'multi_grid needs 3 entries (units of the last stage), got {multi_grid!r}')
         d = channel_divisor
