@@ -190,6 +190,11 @@ class RSNet(DynamicBackbone):
             ValueError: wrong channel count, or (rule ``'explicit'``) an input size that is not a trained
             resolution without :meth:`set_resolution`.
         """
+        return self._forward_stages(x)[0]
+
+    def _forward_stages(self, x):
+        """Select the private BN of :meth:`resolution_for_input`, then run the stages (``forward`` and
+        ``forward_features`` both come here); returns ``(features, last stage output)``."""
         self.check_input(x)
         if torch.jit.is_tracing():
             # the traced graph bakes in the private BN chosen for this input size (trace once per resolution)
@@ -199,7 +204,7 @@ class RSNet(DynamicBackbone):
         else:
             resolution = self.resolution_for_input(x.shape)
         self._apply_index(self.resolutions.index(resolution))
-        return super().forward_features(x)
+        return super()._forward_stages(x)
 
     def forward_parallel(self, images):
         """Run every training resolution: image i goes through the shared weights with private BN i.

@@ -220,6 +220,12 @@ class PreActResNet(DynamicBackbone):
         Raises:
             ValueError: input not ``[N, 3, H, W]``.
         """
+        return self._forward_stages(x)[0]
+
+    def _forward_stages(self, x):
+        """``(features, head input)`` for ``forward_features`` and ``forward``: the features dict and the
+        post-norm BN+ReLU of stage 4 (what :meth:`forward_head` takes; None when the stages stop earlier
+        without a head).  Sets :attr:`ponder_costs`."""
         self.check_input(x)
         x = self.stem(x)
         out = OrderedDict()
@@ -245,8 +251,13 @@ class PreActResNet(DynamicBackbone):
             if not more:
                 break
         self.ponder_costs = costs
-        self._last_stage_output = pre
-        return out
+        return out, pre
+
+    def __getstate__(self):
+        # the last forward's ponder costs are non-leaf tensors: not part of the module's state (deepcopy, pickle)
+        state = self.__dict__.copy()
+        state['ponder_costs'] = []
+        return state
 
     def forward_with_ponder(self, x):
         """``(output, ponder_costs)``: logits (or the features dict when ``num_classes=0``) and the list of
