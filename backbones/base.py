@@ -120,6 +120,19 @@ class DynamicBackbone(nn.Module):
         Raises:
             ValueError: wrong channel count.
         """
+        return self._forward_stages(x)[0]
+
+    def _forward_stages(self, x):
+        """Stem and stages, run once for :meth:`forward_features` and :meth:`forward` (timm-style).
+
+        Families that change what the stages compute (private-BN selection, ACT stages) override this
+        method, so that both public entry points follow.  Nothing is stored on the module.
+
+        Returns:
+            tuple: ``(features, last)``: the :meth:`forward_features` dict and the output of the last stage
+            run, the input of :meth:`forward_head` (stage 4 whenever a head exists; without a head the
+            stages stop at the last of ``out_indices``).
+        """
         self.check_input(x)
         x = self.forward_stem(x)
         out = OrderedDict()
@@ -130,8 +143,7 @@ class DynamicBackbone(nn.Module):
                 out[f'stage{i + 1}'] = x
             if i >= last and self.head is None:
                 break
-        self._last_stage_output = x
-        return out
+        return out, x
 
     def forward_head(self, x):
         """``[N, C4, h, w] -> [N, num_classes]`` logits."""
@@ -142,25 +154,10 @@ class DynamicBackbone(nn.Module):
 
     def forward(self, x):
         """Logits ``[N, num_classes]`` when a head exists, else the ``forward_features`` dict."""
-        feats = self.forward_features(x)
+        feats, last = self._forward_stages(x)
         if self.head is None:
             return feats
-        return self.forward_head(self.__dict__.pop('_last_stage_output'))
-
-    def reset_classifier(self, num_classes=0):
-        """Drop (``num_classes=0``) the head so dense-prediction users have no unused parameters."""
-        if num_classes != 0:
-            raise ValueError('only num_classes=0 (drop the head) is supported; build a new model for a new head')
-        self.head = None
-
-    #: per-forward caches (non-leaf tensors): never pickled or deep-copied (EMA copies, BN conversions)
-    _transient_attrs = ('_last_stage_output', 'ponder_costs')
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for k in self._transient_attrs:
-            state.pop(k, None)
-        return state
+        return self.forward_head(last)
 
     # ----------------------------------------------------------------- train-time policy
     def _freeze_stages(self):
@@ -194,9 +191,3 @@ def classifier_head(in_channels, num_classes, dropout=0.0):
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(in_channels, num_classes))
     return nn.Sequential(*layers)
-
-
-def seed_everything(seed):
-    """Seed torch (CPU and CUDA) for deterministic construction; returns the seed."""
-    torch.manual_seed(seed)
-    return seed

@@ -131,3 +131,26 @@ def test_deepcopy_after_training_forward(name):
     clone = copy.deepcopy(model)
     for (k, a), b in zip(model.state_dict().items(), clone.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize('name', ['resnext50_elastic', 'us_mobilenet_v2', 'sact_resnet50', 'rs_resnet18'])
+def test_copies_after_training_forward_through_the_head(name):
+    """``forward`` hands the last stage output to the head without keeping it on the module: deepcopy and
+    pickle work after a training forward (and backward) of the logits; only SACT's ``ponder_costs`` is
+    per-forward state, and copies start with none."""
+    import copy
+    import pickle
+    torch.manual_seed(0)
+    model = backbones.create(name, num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    logits.logsumexp(1).mean().backward()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        for (k, a), b in zip(model.state_dict().items(), clone.state_dict().values()):
+            assert torch.equal(a, b), k
+        if hasattr(model, 'ponder_costs'):
+            assert model.ponder_costs and clone.ponder_costs == []
+        with torch.no_grad():
+            torch.testing.assert_close(clone.eval()(x), model.eval()(x))
+        model.train()

@@ -18,7 +18,7 @@ from backbones.pretrained import (
     load_pretrained,
     read_source,
 )
-from backbones.slimmable_ops import config_key
+from backbones.slimmable import config_key
 
 needs_manifests = pytest.mark.skipif(not os.path.isdir(MANIFEST_DIR),
                                      reason=f'the official checkpoint manifests are missing: {MANIFEST_DIR}')

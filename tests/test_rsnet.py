@@ -1,4 +1,4 @@
-"""RS-Nets (backbones/rsnet.py): private BN selection, resolution rules, MRED, counts, BN conversions."""
+"""RS-Nets (backbones/rsnet/): private BN selection, resolution rules, MRED, counts, BN conversions."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""SACT / ACT pre-activation ResNets (backbones/sact.py): counts, halting math, real skipping, dense equivalence."""
+"""SACT / ACT pre-activation ResNets (backbones/sact/): counts, halting math, real skipping, dense equivalence."""
 import math
 
 import pytest

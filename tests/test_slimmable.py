@@ -216,7 +216,7 @@ def test_forward_backward(name, size):
         assert tuple(f.shape[-2:]) == tuple(math.ceil(s / spec.stride) for s in size)
     loss = sum(f.float().mean() for f in feats.values())
     if model.head is not None:
-        logits = model.forward_head(model._last_stage_output)
+        logits = model.forward_head(feats['stage4'])
         assert logits.shape == (2, 10)
         loss = loss + logits.logsumexp(1).mean()
     loss.backward()

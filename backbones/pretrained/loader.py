@@ -270,7 +270,7 @@ def _sync_slimmable_configs(model, sd, report):
     """Give the model exactly the BN configurations whose statistics ``sd`` stores (removed ones are listed
     as uncalibrated)."""
     from ..slimmable import SlimmableBackbone
-    from ..slimmable_ops import parse_config_key
+    from ..slimmable.ops import parse_config_key
 
     if not isinstance(model, SlimmableBackbone) or model._static_config is not None:
         return

@@ -124,12 +124,12 @@ def parse_layers(state_dict, strip=''):
 def model_layers(model):
     """The :class:`Layer` s of a dynscale model in registration (= state-dict) order.
 
-    Slimmable BNs (:class:`backbones.slimmable_ops.SlimmableBatchNorm2d`) become one ``'slim_bn'`` layer whose
+    Slimmable BNs (:class:`backbones.slimmable.SlimmableBatchNorm2d`) become one ``'slim_bn'`` layer whose
     switches are the private-statistics configs; RS-Net :class:`backbones.rsnet.PrivateBatchNorm` one
     ``'private_bn'`` layer whose switches are the private BN indices.
     """
     from ..rsnet import PrivateBatchNorm
-    from ..slimmable_ops import SlimmableBatchNorm2d
+    from ..slimmable.ops import SlimmableBatchNorm2d
 
     sd = model.state_dict(keep_vars=True)
     layers, skip = [], ()

@@ -26,7 +26,7 @@ the model it fits (:meth:`backbones.pretrained.release.Release.check_target`).
 """
 import re
 
-from ..slimmable_ops import config_key
+from ..slimmable.ops import config_key
 from .release import Release, count_blocks, strip_module
 
 TARGETS = {

@@ -20,7 +20,7 @@ Facts (``../shared/reference/official_checkpoints/README.md``; manifests ``us_mo
 * S-Nets / AutoSlim (``SwitchableBatchNorm2d`` with a private affine per width) and MutualNet's 1.6x
   MobileNet v1 have no dynscale model and are refused.
 """
-from ..slimmable_ops import config_key
+from ..slimmable.ops import config_key
 from .release import Release, UnsupportedCheckpointError, strip_module
 
 US = 'JiahuiYu/slimmable_networks'

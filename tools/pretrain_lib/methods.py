@@ -448,17 +448,6 @@ def calibration_batches(loader, num_batches, info, channels_last=False):
             break
 
 
-def _copy_model(model):
-    """``copy.deepcopy`` without the last forward's cached stage output (a non-leaf tensor after a training
-    forward, which deepcopy refuses)."""
-    stash = model.__dict__.pop('_last_stage_output', None)
-    try:
-        return copy.deepcopy(model)
-    finally:
-        if stash is not None:
-            model._last_stage_output = stash
-
-
 def final_evaluation(method, model, val_loader, calib_loader, info, autocast, args, log):
     """Full grid evaluation (on a copy of ``model``: calibration must not touch the exported weights).
 
@@ -476,7 +465,7 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
     is_sact = isinstance(method, SACTMethod)
     rows = []
     if is_slim:
-        m = _copy_model(model)
+        m = copy.deepcopy(model)
         policy = getattr(args, 'bn_calibration', 'always')
         for (w, r) in points:
             stored = (w, None) in m.bn_configs and r in (None, args.val_crop_size)
