@@ -24,7 +24,7 @@ def _images(rank, n=2, size=64):
 
 
 def _stats(module):
-    from backbones.slimmable_ops import SlimmableBatchNorm2d
+    from backbones.slimmable.ops import SlimmableBatchNorm2d
     out = {}
     for name, m in module.named_modules():
         if isinstance(m, SlimmableBatchNorm2d):
@@ -67,18 +67,17 @@ def run_pretrain(rank):
 
     def log(msg):
         pass
-    orig = pm._copy_model
+    orig = pm.training.calibrate
 
-    def keep_copy(m):
-        c = orig(m)
-        stats['model'] = c
-        return c
-    pm._copy_model = keep_copy
+    def keep_calibrated(m, *a, **k):  # the copy final_evaluation calibrates and evaluates
+        stats['model'] = m
+        return orig(m, *a, **k)
+    pm.training.calibrate = keep_calibrated
     try:
         pm.final_evaluation(method, model, images, images, info, lambda: torch.autocast('cpu', enabled=False),
                             args, log)
     finally:
-        pm._copy_model = orig
+        pm.training.calibrate = orig
     return [method.policy.subnets(s) for s in range(5)], _stats(stats['model'])
 
 

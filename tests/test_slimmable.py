@@ -13,11 +13,9 @@ import backbones
 from backbones import complexity
 from backbones.slimmable import (
     InputSlicedConv2d,
-    SandwichRule,
     SlimmableBatchNorm2d,
     SlimmableConv2d,
     SlimmableLinear,
-    SubnetConfig,
     calibrate_bn,
     export_static,
     inplace_distillation_loss,
@@ -382,37 +380,40 @@ def test_export_static_traceable_and_fewer_params():
 
 
 # ------------------------------------------------------------------------------------------ training helpers
-def test_sandwich_rule_us_net():
-    rule = SandwichRule((0.25, 1.0), num_subnets=4, seed=3)
-    for _ in range(50):
-        cfgs = rule.sample()
-        assert len(cfgs) == 4 and all(isinstance(c, SubnetConfig) for c in cfgs)
-        assert cfgs[0] == SubnetConfig(1.0, None, True)
-        assert cfgs[1] == SubnetConfig(0.25, None, False)
-        assert all(0.25 <= c.width <= 1.0 and c.resolution is None and not c.is_teacher for c in cfgs[2:])
-    a, b = SandwichRule((0.25, 1.0), seed=7), SandwichRule((0.25, 1.0), seed=7)
-    assert [a.sample() for _ in range(3)] == [b.sample() for _ in range(3)]  # seeded: reproducible
-    widths = [c.width for _ in range(200) for c in rule.sample()[2:]]
+def test_sandwich_policy_us_net():
+    from backbones.training import SandwichPolicy, Subnet
+    rule = SandwichPolicy((0.25, 1.0), num_subnets=4, seed=3)
+    for step in range(50):
+        subs = rule.subnets(step)
+        assert len(subs) == 4 and all(isinstance(c, Subnet) for c in subs)
+        assert (subs[0].width, subs[0].input_size, subs[0].teacher) == (1.0, None, True)
+        assert (subs[1].width, subs[1].input_size, subs[1].teacher) == (0.25, None, False)
+        assert all(0.25 <= c.width <= 1.0 and c.input_size is None and not c.teacher for c in subs[2:])
+    a, b = SandwichPolicy((0.25, 1.0), seed=7), SandwichPolicy((0.25, 1.0), seed=7)
+    assert [a.subnets(s) for s in range(3)] == [b.subnets(s) for s in range(3)]  # seeded: reproducible
+    widths = [c.width for s in range(200) for c in rule.subnets(s)[2:]]
     assert len(set(widths)) > 100 and min(widths) < 0.4 and max(widths) > 0.85  # uniform over the range
     with pytest.raises(ValueError, match='num_subnets'):
-        SandwichRule((0.25, 1.0), num_subnets=1)
+        SandwichPolicy((0.25, 1.0), num_subnets=1)
 
 
-def test_sandwich_rule_mutualnet_resolutions():
+def test_sandwich_policy_mutualnet_input_sizes():
+    from backbones.training import SandwichPolicy
     res = (224, 192, 160, 128)
-    rule = SandwichRule((0.25, 1.0), num_subnets=4, resolutions=res, seed=0)
+    rule = SandwichPolicy((0.25, 1.0), num_subnets=4, input_sizes=res, seed=0)
     seen = set()
-    for _ in range(100):
-        cfgs = rule.sample()
-        assert cfgs[0] == SubnetConfig(1.0, 224, True)  # teacher: max width at the max resolution
-        assert cfgs[1].width == 0.25
-        for c in cfgs[1:]:
-            assert c.resolution in res
-            seen.add(c.resolution)
+    for step in range(100):
+        subs = rule.subnets(step)
+        assert subs[0].teacher and subs[0].width == 1.0 and subs[0].input_size is None  # max width, max size
+        assert subs[1].width == 0.25
+        for c in subs[1:]:
+            size = c.input_size or rule.max_input_size
+            assert size in res
+            seen.add(size)
     assert seen == set(res)  # independent uniform draws, 224 included
-    assert SandwichRule((0.25, 1.0), resolutions=res, max_resolution=256).sample()[0].resolution == 256
-    with pytest.raises(ValueError, match='resolutions'):
-        SandwichRule((0.25, 1.0), resolutions=(224, 0))
+    assert SandwichPolicy((0.25, 1.0), input_sizes=res, max_input_size=256).max_input_size == 256
+    with pytest.raises(ValueError, match='input_sizes'):
+        SandwichPolicy((0.25, 1.0), input_sizes=(224, 0))
 
 
 def test_inplace_distillation_loss_value_and_gradient():

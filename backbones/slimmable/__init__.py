@@ -21,15 +21,15 @@ every stored ``(width, resolution)`` pair (``resolution=None`` for width-only). 
 range works: a configuration without statistics uses batch statistics (US-Nets trains only the listed
 widths' statistics).
 
-Also here: :func:`calibrate_bn` (post-statistics BN), :func:`export_static` (plain ``nn.Module`` at one
-width), :class:`SandwichRule` / :class:`SubnetConfig` (sandwich rule and MutualNet width-resolution sampling),
+Also here: :func:`calibrate_bn` (post-statistics BN in one call, on the training core's
+:func:`backbones.training.reset_and_average`), :func:`export_static` (plain ``nn.Module`` at one width),
 :func:`inplace_distillation_loss`, and the ops of :mod:`backbones.slimmable.ops` (:func:`make_divisible`,
-:class:`InputSlicedConv2d`, ...).
+:class:`InputSlicedConv2d`, ...).  The sandwich rule and MutualNet's width-resolution sampling are the training
+core's :class:`backbones.training.SandwichPolicy`.
 
 Files: ``ops`` (slimmable conv / linear / BN operators), ``model`` (:class:`SlimmableBackbone`, width and
 BN-configuration API), ``architectures`` (the four networks and their factories), ``calibration``
-(:func:`calibrate_bn`), ``export`` (:func:`export_static`), ``sandwich`` (:class:`SandwichRule`),
-``losses`` (:func:`inplace_distillation_loss`).
+(:func:`calibrate_bn`), ``export`` (:func:`export_static`), ``losses`` (:func:`inplace_distillation_loss`).
 """
 from .architectures import (  # noqa: F401  (registration side effects; blocks kept importable from here)
     USVGG16BN,
@@ -60,10 +60,9 @@ from .ops import (  # noqa: F401  (normalize_width, parse_config_key, WidthAware
     normalize_width,
     parse_config_key,
 )
-from .sandwich import SandwichRule, SubnetConfig
 
 __all__ = ['SlimmableBackbone', 'USMobileNetV1', 'USMobileNetV2', 'USVGG16BN', 'USResNet50',
            'us_mobilenet_v1', 'us_mobilenet_v2', 'us_vgg16_bn', 'us_resnet50',
-           'calibrate_bn', 'export_static', 'SandwichRule', 'SubnetConfig', 'inplace_distillation_loss',
+           'calibrate_bn', 'export_static', 'inplace_distillation_loss',
            'make_divisible', 'active_channels', 'config_key', 'InputSlicedConv2d', 'SlimmableConv2d',
            'SlimmableLinear', 'SlimmableBatchNorm2d']

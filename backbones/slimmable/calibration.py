@@ -1,11 +1,13 @@
-"""Post-statistics batch normalisation: :func:`calibrate_bn` (US-Nets Sec. 3.3; MutualNet ``ComputePostBN``).
+"""Post-statistics batch normalisation in one call: :func:`calibrate_bn` (US-Nets Sec. 3.3; MutualNet
+``ComputePostBN``).
 
 Recomputes the private BN statistics of one ``(width, resolution)`` configuration of a slimmable backbone
 (or every BN of a static model) from a few training batches, leaving parameters and other configurations
-untouched.
+untouched.  The reset-and-average itself is the training core's one primitive
+(:func:`backbones.training.reset_and_average`, statistics averaged over DDP ranks); this module only accepts
+loose batch formats and resizes them.
 """
 import contextlib
-import itertools
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,8 @@ def calibrate_bn(model, batches, width=None, resolution=None, num_batches=None):
             range; no batch forwarded; statistics frozen by a FrozenBN conversion; batches of an unknown
             type.
     """
+    from ..training.calibration import bn_statistics_modules, reset_and_average
+
     if num_batches is not None and num_batches < 1:
         raise ValueError(f'num_batches must be >= 1 or None, got {num_batches}')
     nets = [m for m in model.modules() if isinstance(m, SlimmableBackbone) and m._static_config is None]
@@ -85,50 +89,28 @@ def calibrate_bn(model, batches, width=None, resolution=None, num_batches=None):
                          'SlimmableBackbone; for a static model call calibrate_bn(model, batches) without '
                          'width/resolution')
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
-    modes = {m: m.training for m in model.modules()}
-    stack = contextlib.ExitStack()
-    with stack:
+
+    def prepared():
+        for batch in batches:
+            x = _batch_tensor(batch).to(device)
+            yield x if resolution is None else _resize(x, resolution)
+    existing = set(model.modules())
+    with contextlib.ExitStack() as stack:
         for net in nets:
-            w = net.width if width is None else width
-            r = net.resolution if resolution is None else resolution
-            stack.enter_context(net.width_context(w, r))
-        bns = [bn for net in nets for bn in net.slimmable_bns()]
-        model.eval()
-        if bns:
-            targets = []
-            for bn in bns:
-                stats = bn.add_config(bn.width, bn.resolution)
-                if not isinstance(stats, _BatchNorm):
-                    raise ValueError(f'the statistics {bn.key!r} are frozen ({type(stats).__name__}); '
-                                     'calibrate before converting to FrozenBatchNorm2d')
-                targets.append(stats)
-                bn.train()
+            stack.enter_context(net.width_context(net.width if width is None else width,
+                                                  net.resolution if resolution is None else resolution))
+        if nets:
+            targets = [t for net in nets for t in bn_statistics_modules(net)]
         else:
             targets = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
             if not targets:
                 raise ValueError('calibrate_bn found no BN layer with running statistics in the model')
-        momenta = [t.momentum for t in targets]
         try:
-            for t in targets:
-                t.reset_running_stats()
-                t.momentum = None
-                t.train()
-            seen = 0
-            for batch in itertools.islice(batches, num_batches):
-                x = _batch_tensor(batch).to(device)
-                if resolution is not None:
-                    x = _resize(x, resolution)
-                model(x)
-                seen += 1
-            if seen == 0:
-                raise ValueError('calibrate_bn got no batch to forward (empty iterable)')
+            reset_and_average(model, targets, prepared(), num_batches=num_batches)
         finally:
-            for t, mom in zip(targets, momenta):
-                t.momentum = mom
-            for m, mode in modes.items():
-                m.training = mode
-            for bn in bns:  # statistics created by this call take their owner's mode
-                for stats in bn.private.values():
-                    if stats not in modes:
-                        stats.train(bn.training)
+            for net in nets:  # statistics created by this call take their owner's mode
+                for bn in net.slimmable_bns():
+                    for stats in bn.private.values():
+                        if stats not in existing:
+                            stats.train(bn.training)
     return model

@@ -12,7 +12,7 @@ module                 what it holds
 =====================  ==================================================================================
 
 Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build a policy with
-:func:`build_policy` and call it; the method maths (``SandwichRule`` sampling, ``inplace_distillation_loss``,
+:func:`build_policy` and call it; the method maths (sandwich sampling, ``inplace_distillation_loss``,
 ``mred_loss``, ``ponder_loss``) is driven from here only.  A new method adds a policy class and one
 :data:`POLICIES` entry (:func:`register_policy`); the frontends build every policy through :func:`policy_for`.
 """

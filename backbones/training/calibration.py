@@ -52,8 +52,9 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
         raise ValueError('reset_and_average got no BN layer to calibrate')
     bad = [type(t).__name__ for t in targets if not isinstance(t, _BatchNorm) or not t.track_running_stats]
     if bad:
-        raise ValueError(f'cannot calibrate {sorted(set(bad))}: only BatchNorm layers with running statistics '
-                         f'can be re-estimated (calibrate before converting to FrozenBatchNorm2d)')
+        raise ValueError(f'cannot calibrate {sorted(set(bad))}: their statistics are frozen or absent (only BatchNorm '
+                         f'layers with running statistics can be re-estimated; calibrate before converting to '
+                         f'FrozenBatchNorm2d)')
     forward = forward or (lambda m, b: m(b))
     modes = {m: m.training for m in model.modules()}
     momenta = [t.momentum for t in targets]
@@ -85,9 +86,9 @@ def bn_statistics_modules(model):
     created if missing (a width / (width, resolution) without stored statistics).
 
     Returns:
-        list[_BatchNorm]: one private statistics module per :class:`~backbones.slimmable_ops.SlimmableBatchNorm2d`.
+        list[_BatchNorm]: one private statistics module per :class:`~backbones.slimmable.ops.SlimmableBatchNorm2d`.
     """
-    from ..slimmable_ops import SlimmableBatchNorm2d
+    from ..slimmable.ops import SlimmableBatchNorm2d
 
     out = []
     for m in model.modules():
@@ -102,7 +103,7 @@ def head_batchnorms(model, exclude):
     Returns:
         list[_BatchNorm]: modules that track running statistics.
     """
-    from ..slimmable_ops import SlimmableBatchNorm2d
+    from ..slimmable.ops import SlimmableBatchNorm2d
 
     skip = set(exclude.modules()) if exclude is not None else set()
     for m in model.modules():  # private statistics of slimmable BNs belong to their configuration

@@ -39,7 +39,7 @@ class SandwichPolicy(TrainingPolicy):
 
     def __init__(self, width_range, num_subnets=4, input_sizes=None, max_input_size=None, distill='inplace',
                  student_gt_weight=0.0, seed=None):
-        from ..slimmable_ops import normalize_width
+        from ..slimmable.ops import normalize_width
 
         super().__init__(seed)
         lo, hi = (normalize_width(w) for w in width_range)
@@ -96,7 +96,7 @@ class SandwichPolicy(TrainingPolicy):
     def subnets(self, step):
         """``[max (teacher), min, rand1, ...]``: widths ``w_max``, ``w_min`` then uniform draws; students' input
         sizes uniform over ``input_sizes`` (None when equal to the teacher's, i.e. the batch as loaded)."""
-        from ..slimmable_ops import normalize_width
+        from ..slimmable.ops import normalize_width
 
         rng = self.rng(step)
         lo, hi = self.width_range
@@ -120,7 +120,7 @@ class SandwichPolicy(TrainingPolicy):
         """Evaluation at ``(width, bn_resolution)`` (None: the largest width): the statistics calibrated for that
         pair when they exist, else the width-only ones (a width without any statistics raises, naming
         calibration)."""
-        from ..slimmable_ops import normalize_width
+        from ..slimmable.ops import normalize_width
 
         width = backbone.width_range[1] if width is None else width
         key = None
