@@ -67,7 +67,8 @@ def get_parser():
     g.add_argument('--dist-backend', default='auto', choices=['auto', 'nccl', 'gloo'],
                    help='process-group backend under torchrun (auto: nccl on GPU, gloo on CPU)')
     g.add_argument('--find-unused-parameters', action='store_true', default=None,
-                   help='DDP find_unused_parameters (default: on for sact, off otherwise)')
+                   help='DDP find_unused_parameters (default: what the method\'s training policy needs: on for '
+                   'sact, off otherwise)')
     g.add_argument('--tensorboard', action=argparse.BooleanOptionalAction, default=True,
                    help='TensorBoard event files in OUTPUT_DIR/tb (--no-tensorboard: none)')
     g.add_argument('--progress-bar', action='store_true', help='tqdm progress bar (rank 0) instead of periodic '
@@ -108,7 +109,12 @@ def get_parser():
                    '(MODEL_ZOO.md). Sets --model, --method and the origin\'s evaluation protocol unless given; '
                    'with another number of classes the classifier is re-initialised (transfer learning)')
     g.add_argument('--pretrained-source', default=None, help='origin of --pretrained when detection should be bypassed')
-    g.add_argument('--method', default='standard', choices=['standard', 'usnet', 'mutualnet', 'rsnet', 'sact'])
+    g.add_argument('--method', default='standard',
+                   help='training method, one of backbones.training.POLICIES: standard, usnet, mutualnet, rsnet, sact, '
+                   'or one registered with backbones.training.register_policy')
+    g.add_argument('--policy-options', type=json.loads, default=None,
+                   help='JSON dict of options of a method without flags of its own (the policy\'s arguments), e.g. '
+                   '\'{"num_passes": 2}\'')
     g.add_argument('--widths', type=float, nargs=2, default=None, metavar=('MIN', 'MAX'),
                    help='width-multiplier range of the sandwich rule (default: the model width range)')
     g.add_argument('--num-subnets', type=int, default=4, help='sub-networks per step (sandwich rule)')
@@ -227,8 +233,6 @@ def parse_args(argv=None, world_size=None):
         import torch
         gpu = args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available())
         args.amp_dtype = 'fp16' if gpu else 'bf16'
-    if args.find_unused_parameters is None:
-        args.find_unused_parameters = args.method == 'sact'
     return args
 
 

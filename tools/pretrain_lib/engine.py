@@ -369,6 +369,11 @@ class Trainer:
             self.ema = AveragedModel(self.model, device=info.device, use_buffers=True,
                                      multi_avg_fn=get_ema_multi_avg_fn(a.model_ema_decay))
         self.ddp = None
+        if a.find_unused_parameters is None:
+            # parameters unused in one pass (SACT halting); a combining policy (RS-Nets) runs every private BN in
+            # its single pass
+            policy = self.method.policy
+            a.find_unused_parameters = bool(policy.find_unused_parameters and not policy.combines)
         if info.distributed:
             self.ddp = DDP(self.net, device_ids=[info.local_rank] if dev_type == 'cuda' else None,
                            find_unused_parameters=a.find_unused_parameters)

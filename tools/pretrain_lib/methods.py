@@ -34,8 +34,14 @@ from backbones.complexity import complexity
 
 from . import dist as pdist
 
-METHODS = ('standard', 'usnet', 'mutualnet', 'rsnet', 'sact')
+#: methods with their own evaluation protocol here; any other method of backbones.training.POLICIES trains through
+#: :class:`PolicyMethod` (the training core's policy, one evaluation point)
 _FAMILY_OF_METHOD = {'usnet': ('slimmable',), 'mutualnet': ('slimmable',), 'rsnet': ('rsnet',), 'sact': ('sact',)}
+
+
+def methods():
+    """Names ``--method`` accepts: every method of the training core (:data:`backbones.training.POLICIES`)."""
+    return tuple(training.POLICIES)
 
 
 def check_method_family(method, family, model_name):
@@ -43,10 +49,10 @@ def check_method_family(method, family, model_name):
 
     ``standard`` trains any family except RS-Net (whose private BNs need the parallel multi-resolution
     step: use ``--method rsnet``); ``usnet``/``mutualnet`` need a slimmable model, ``rsnet`` an RS-Net,
-    ``sact`` an ACT/SACT model.
+    ``sact`` an ACT/SACT model; a method registered later is checked by its policy (``from_model``).
     """
-    if method not in METHODS:
-        raise ValueError(f'--method must be one of {METHODS}, got {method!r}')
+    if method not in training.POLICIES:
+        raise ValueError(f'--method must be one of {methods()}, got {method!r}')
     allowed = _FAMILY_OF_METHOD.get(method)
     if allowed and family not in allowed:
         names = ', '.join(n for f in allowed for n in backbones.list_models(family=f))
@@ -364,14 +370,41 @@ class SACTMethod(Method):
         return training.PonderPolicy(a.tau if a.tau is not None else getattr(self.model, 'tau', 0.01), seed=a.seed)
 
 
+class PolicyMethod(Method):
+    """Any other method of the training core: its policy (:func:`backbones.training.policy_for`, options from
+    ``--policy-options``) drives :meth:`Method.train_step`; evaluation at the model as built, in the policy's
+    :meth:`~backbones.training.TrainingPolicy.eval_context`.
+
+    Raises:
+        ValueError: a policy that combines the sub-networks' logits (it needs a multi-resolution loader, which
+            only ``--method rsnet`` sets up).
+    """
+
+    @property
+    def name(self):
+        return self.args.method
+
+    def build_policy(self):
+        a = self.args
+        policy = training.policy_for(self.model, a.method, seed=a.seed, **dict(a.policy_options or {}))
+        if policy.combines:
+            raise ValueError(f'--method {a.method}: {policy!r} combines the logits of all sub-networks, which needs '
+                             f'the multi-resolution loader of --method rsnet')
+        return policy
+
+    def point_context(self, model, width, resolution, calibrated=False):
+        return self.policy.eval_context(model)
+
+
 METHOD_CLASSES = {'standard': StandardMethod, 'usnet': SlimmableMethod, 'mutualnet': MutualNetMethod,
                   'rsnet': RSNetMethod, 'sact': SACTMethod}
 
 
 def build_method(args, model):
-    """The :class:`Method` for ``args.method`` (after :func:`check_method_family`)."""
+    """The :class:`Method` for ``args.method`` (after :func:`check_method_family`): the protocol of the five papers'
+    methods, :class:`PolicyMethod` for a method registered in the training core since."""
     check_method_family(args.method, getattr(model, 'family', None), args.model)
-    return METHOD_CLASSES[args.method](args, model)
+    return METHOD_CLASSES.get(args.method, PolicyMethod)(args, model)
 
 
 # ---------------------------------------------------------------------- evaluation

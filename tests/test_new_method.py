@@ -1,0 +1,162 @@
+"""Adding a method (issue 10, ARCHITECTURE.md): a policy registered in the training core trains in every frontend
+without frontend code.
+
+The method below runs two sub-networks per step, the batch as loaded and a smaller copy whose ground-truth loss is
+weighted 0.5.  It is registered with ``backbones.training.register_policy`` only, then trained through the
+MMSeg segmentor, the MMDet detector, the Detectron2 trainer and the pretraining tool's generic method.
+"""
+import contextlib
+import importlib.util
+import os
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+import backbones
+from backbones import training
+from backbones.training import StandardPolicy, Subnet
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+NAME = 'test_two_pass'
+
+
+class TwoPassPolicy(StandardPolicy):
+    """Full input, then ``small_size`` (ground-truth weight 0.5)."""
+
+    method = NAME
+
+    def __init__(self, small_size=24, max_input_size=None, seed=None):
+        super().__init__(seed)
+        self.small_size = small_size
+        self.max_input_size = max_input_size
+
+    def subnets(self, step):
+        return [Subnet('full'), Subnet('small', input_size=self.small_size, gt_weight=0.5)]
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    training.register_policy(NAME, TwoPassPolicy)
+    yield
+    training.POLICIES.pop(NAME)
+
+
+def test_registration_rules():
+    with pytest.raises(ValueError, match='already registered'):
+        training.register_policy(NAME, TwoPassPolicy)
+    with pytest.raises(ValueError, match='not a TrainingPolicy'):
+        training.register_policy('x', dict)
+    net = backbones.create('resnext50_32x4d', num_classes=0)
+    assert isinstance(training.policy_for(net, NAME, small_size=40), TwoPassPolicy)
+    assert training.default_method(net) == 'standard'  # trains() is False: never picked implicitly
+    with pytest.raises(ValueError, match='does not take'):
+        training.policy_for(net, NAME, tau=0.1)
+
+
+def _need(module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f'{module} is not installed')
+
+
+def test_mmseg_segmentor_trains_a_registered_method():
+    _need('mmseg')
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    import plugins.mm  # noqa: F401
+    init_default_scope('mmseg')
+    seg = MODELS.build(dict(
+        type='DynscaleEncoderDecoder', policy=dict(type=NAME, small_size=32, max_input_size=64),
+        data_preprocessor=dict(type='SegDataPreProcessor'),
+        backbone=dict(type='ElasticBackbone', arch='resnext50_32x4d', out_indices=(3,)),
+        decode_head=dict(type='FCNHead', in_channels=2048, channels=8, num_convs=1, num_classes=3, dropout_ratio=0)))
+    sizes = []
+    seg.backbone.model.stem.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])))
+    samples = []
+    for _ in range(2):
+        ds = SegDataSample()
+        ds.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 64, 64)))
+        ds.set_metainfo(dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+        samples.append(ds)
+    losses = seg.loss(torch.randn(2, 3, 64, 64), samples)
+    assert sizes == [(64, 64), (32, 32)]
+    assert {'full.decode.loss_ce', 'small.decode.loss_ce'} <= set(losses)
+    loss, _ = seg.parse_losses(losses)
+    loss.backward()
+    assert seg.backbone.model.stem.conv.weight.grad is not None
+
+
+def test_mmdet_detector_trains_a_registered_method():
+    _need('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import plugins.mm  # noqa: F401
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(ROOT, 'det_configs', 'mmdet', 'elastic',
+                                   'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py'))
+    model_cfg = dict(cfg.model, type='DynscaleTwoStageDetector', policy=dict(type=NAME, small_size=64), max_size=96)
+    det = MODELS.build(model_cfg)
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from test_mm_det import _batch
+    d = det.data_preprocessor(_batch(n=2), True)
+    losses = det.loss(d['inputs'], d['data_samples'])
+    assert [t for t, *_ in det.last_subnets] == ['', 'small']
+    assert min(det.last_subnets[1][3]) <= 64 + 31  # the second pass ran at shorter side 64 (padded to 32)
+    assert {'loss_cls', 'small_loss_cls', 'small_loss_mask'} <= set(losses)
+    loss, _ = det.parse_losses(losses)
+    assert torch.isfinite(loss)
+
+
+def test_detectron2_trainer_trains_a_registered_method(tmp_path):
+    _need('detectron2')
+    import itertools
+
+    from detectron2.utils.events import EventStorage
+
+    from plugins.detectron2 import DynscaleSimpleTrainer, DynscaleTrainer, build_policy, find_dynscale_backbone
+    from plugins.detectron2.config import get_dynscale_cfg
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from test_detectron2_plugin import SMALL, _batch
+    base = osp.join(ROOT, 'det_configs', 'detectron2', 'quick_schedules', 'mask_rcnn_resnext50_elastic_FPN_quick.yaml')
+    yaml = tmp_path / 'two_pass.yaml'
+    yaml.write_text(f'_BASE_: "{base}"\nMODEL:\n  DYNSCALE:\n    POLICY:\n      NAME: "{NAME}"\n      SMALL_SIZE: 48\n')
+    cfg = get_dynscale_cfg(str(yaml), ['MODEL.DEVICE', 'cpu', 'MODEL.WEIGHTS', ''])
+    cfg.merge_from_list(SMALL)
+    model = DynscaleTrainer.build_model(cfg)
+    bb = find_dynscale_backbone(model)
+    policy = build_policy(cfg, bb)
+    assert isinstance(policy, TwoPassPolicy) and policy.small_size == 48
+    trainer = DynscaleSimpleTrainer(model, itertools.repeat(_batch()), DynscaleTrainer.build_optimizer(cfg, model),
+                                    policy, bb, max_size=160)
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert [s.tag for s in trainer.last_subnets] == ['full', 'small']
+    assert set(trainer.last_subnet_losses) == {'full', 'small'}
+
+
+def test_pretraining_tool_trains_a_registered_method(tmp_path):
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import pretrain
+    from pretrain_lib import methods as pm
+    os.makedirs(tmp_path / 'train' / 'a')
+    args = pretrain.parse_args(['--data-path', str(tmp_path), '--model', 'resnext50_32x4d', '--method', NAME,
+                                '--policy-options', '{"small_size": 24}', '--no-tensorboard'])
+    model = backbones.create('resnext50_32x4d', num_classes=3)
+    method = pm.build_method(args, model)
+    assert isinstance(method, pm.PolicyMethod) and isinstance(method.policy, TwoPassPolicy)
+    assert method.policy.small_size == 24
+    sizes = []
+    model.stem.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])))
+    net = pm.TrainNet(model, method.policy)
+    ctx = pm.StepContext(None, True, contextlib.nullcontext, lambda loss: loss.backward(), step_index=0)
+    out = method.train_step(net, torch.randn(2, 3, 32, 32), torch.tensor([0, 2]), ctx)
+    assert sizes == [(32, 32), (24, 24)]
+    assert out['n'] == 2 and out['loss'] > 0
+    assert model.stem.conv.weight.grad is not None
