@@ -89,6 +89,13 @@ class DynamicBackbone(nn.Module):
         return list(self._stage_channels)
 
     @property
+    def capabilities(self):
+        """Run-time switches of this model's family (frozenset of ``'width'``, ``'resolution'``, ``'private_bn'``,
+        ``'ponder_cost'``, ``'calibration'``), read from the one table :mod:`backbones.capabilities`."""
+        from .capabilities import capabilities
+        return capabilities(self)
+
+    @property
     def feature_info(self):
         """``[StageSpec]`` for the stages in ``out_indices`` (channels at the current width)."""
         ch = self.stage_channels()

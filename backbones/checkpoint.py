@@ -25,11 +25,27 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model; the message lists the keys and the fix."""
 
 
+def with_digests(obj):
+    """``obj`` with per-tensor digests added (:mod:`backbones.integrity`): ``meta['tensor_digests']`` for
+    ``{'state_dict', 'meta'}`` checkpoints, a top-level ``'tensor_digests'`` for training states holding
+    ``'model'``; anything else unchanged.  The input is not modified."""
+    from .integrity import DIGEST_KEY, tensor_digests
+    if not isinstance(obj, dict):
+        return obj
+    if isinstance(obj.get('state_dict'), dict) and isinstance(obj.get('meta', {}), dict):
+        return dict(obj, meta=dict(obj.get('meta') or {}, **{DIGEST_KEY: tensor_digests(obj['state_dict'])}))
+    if isinstance(obj.get('model'), dict):
+        return dict(obj, **{DIGEST_KEY: tensor_digests(obj['model'])})
+    return obj
+
+
 def atomic_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A crash mid-write leaves the previous file intact (never a truncated checkpoint).
+    A crash mid-write leaves the previous file intact (never a truncated checkpoint).  Checkpoint dicts get
+    per-tensor digests (:func:`with_digests`) that every dynscale loader verifies.
     """
+    obj = with_digests(obj)
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -91,6 +107,8 @@ def read_checkpoint(path_or_obj):
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f'checkpoint is a {type(obj).__name__}, not a dict with a state_dict')
     meta = obj.get('meta') or {}
+    from .integrity import DIGEST_KEY, verify_digests
+    where = os.fspath(path_or_obj) if isinstance(path_or_obj, (str, os.PathLike)) else "the checkpoint"
     for key in ('state_dict', 'model', 'state_dict_ema'):
         if key in obj and isinstance(obj[key], dict):
             sd = obj[key]
@@ -100,7 +118,54 @@ def read_checkpoint(path_or_obj):
     if not all(isinstance(v, torch.Tensor) or hasattr(v, 'shape') for v in sd.values()):
         raise CheckpointMismatchError('checkpoint holds no tensor state dict (keys: %s)' % list(obj)[:10])
     sd = {k: torch.as_tensor(v) for k, v in sd.items()}
+    verify_digests(sd, meta.get(DIGEST_KEY) if isinstance(meta, dict) else None, where)
     return sd, meta
+
+
+def _both_namings(key):
+    """``key`` followed by its dynscale backbone name when it carries a framework wrapper prefix."""
+    for p in _PREFIXES:
+        if key.startswith(p) and p != 'module.':
+            return f'{key} (backbone: {key[len(p):]})'
+    return key
+
+
+def check_state_fits(model, state_dict, path, fix=None):
+    """Raise unless ``state_dict`` fits ``model`` exactly: every key present, none extra, every shape equal.
+
+    The strict default of every test, evaluation and resume path (MMEngine's ``load_from`` and Detectron2's
+    checkpointer load what fits and warn; a checkpoint of another model would score random weights).
+
+    Args:
+        model (nn.Module): the whole model that will receive the weights (detector, segmentor, classifier).
+        state_dict (dict[str, Tensor]): the checkpoint's tensors in the model's naming (``module.`` allowed).
+        path (str): the checkpoint, named in the message.
+        fix (str | None): the explicit opt-out to name (e.g. ``'--non-strict'``).
+
+    Returns:
+        int: the number of tensors that match.
+
+    Raises:
+        CheckpointMismatchError: missing, unexpected or shape-mismatched keys, listed in the model's naming and,
+            for backbone keys, in the dynscale backbone naming too.
+    """
+    own = model.state_dict()
+    sd = {k[len('module.'):] if k.startswith('module.') and k not in own else k: v for k, v in state_dict.items()}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in sd if k in own and hasattr(sd[k], 'shape') and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        def show(keys):
+            return '[' + ', '.join(_both_namings(k) for k in keys[:6]) + (', ...' if len(keys) > 6 else '') + ']'
+        shapes = ', '.join(f'{_both_namings(k)} file {tuple(sd[k].shape)} model {tuple(own[k].shape)}'
+                           for k in shape[:4])
+        opt = f'; {fix} loads what fits anyway' if fix else ''
+        raise CheckpointMismatchError(
+            f'{path} does not fit this {type(model).__name__}: {len(missing)} missing {show(missing)}, '
+            f'{len(unexpected)} unexpected {show(unexpected)}, {len(shape)} shape-mismatched [{shapes}]. '
+            f'Check that the checkpoint was written for this config (same backbone, widths, resolutions, '
+            f'number of classes){opt}')
+    return len(own)
 
 
 def strip_prefix(state_dict, model_keys):

@@ -244,12 +244,27 @@ def test_rsnet_segmentor_multires_training_and_test_resolution():
     out = model.predict(torch.randn(1, 3, 40, 60), None)
     assert out[0].seg_logits.data.shape == (4, 40, 60)  # logits back at the image size
     assert seen[-1] == ((48, 48), 48)  # computed at the test resolution with its BN
-    model.test_cfg['resolution'] = 40  # not trained: the 'nearest' rule picks 32 or 48, 'explicit' refuses
-    model.predict(torch.randn(1, 3, 40, 60), None)
-    assert seen[-1][0] == (40, 40)
-    model.backbone.model.resolution_rule = 'explicit'
-    with pytest.raises(ValueError, match='not a trained resolution'):
+    model.test_cfg['resolution'] = 40  # not trained: refused by default (issue 19), whatever the backbone's rule
+    with pytest.raises(ValueError, match="has no private BN.*untrained_resolution='nearest'"):
         model.predict(torch.randn(1, 3, 40, 60), None)
+    model.policy.untrained_resolution = 'nearest'  # the explicit opt-in: the nearest trained BN (tie: larger)
+    model.predict(torch.randn(1, 3, 40, 60), None)
+    assert seen[-1] == ((40, 40), 48)
+
+
+def test_rsnet_segmentor_untrained_resolution_from_test_cfg():
+    cfg = dict(type='RSNetEncoderDecoder', data_preprocessor=_pre(),
+               backbone=dict(type='RSNetBackbone', arch='rs_resnet18', resolutions=(64, 32)),
+               decode_head=dict(type='RefineNetHead', in_channels=[64, 128, 256, 512], in_index=[0, 1, 2, 3],
+                                channels=16, top_channels=24, num_classes=4),
+               test_cfg=dict(mode='whole', resolution=56, untrained_resolution='nearest'))
+    model = _build(cfg)
+    assert model.policy.untrained_resolution == 'nearest'
+    model.eval()
+    seen, net = [], model.backbone.model
+    net.stem.register_forward_pre_hook(lambda m, a: seen.append(net.resolution))
+    model.predict(torch.randn(1, 3, 40, 60), None)
+    assert seen == [64]
 
 
 def test_slimmable_segmentor_sandwich_step_and_calibration():

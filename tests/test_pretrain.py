@@ -478,3 +478,12 @@ def test_transfer_learning_from_converted_mutualnet_weights(tiny, tmp_path):
     assert ck['model']['model.head.2.weight'].shape == (4, 1024)  # a new classifier for the 4 classes
     assert src['head.2.weight'].shape == (1000, 1024)
     assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.25) for r in (32, 24)}
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny, tmp_path):
+    """Issue 19: --resume loads strictly and lists the unmatched keys; --non-strict is the logged opt-out."""
+    from backbones.checkpoint import CheckpointMismatchError
+    _run(tiny, tmp_path / 'a', *SMALL_ELASTIC, '--no-final-eval')
+    other = ['--model', 'resnext50_elastic', '--model-kwargs', '{"cardinality": 8, "base_width": 4}']
+    with pytest.raises(CheckpointMismatchError, match=r'shape-mismatched \[.*file .* model .*--non-strict'):
+        _run(tiny, tmp_path / 'b', *other, '--resume', str(tmp_path / 'a' / 'last.pth'), '--no-final-eval')

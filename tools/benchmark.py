@@ -149,8 +149,66 @@ def _measure(spec, common):
     return json.loads(line[0][7:])
 
 
+def checkpoint_load_cost(name='resnext101_elastic', repeats=5):
+    """Load-time cost of verifying per-tensor digests (:mod:`backbones.integrity`), measured in one process.
+
+    A backbone checkpoint of ``name`` is written with :func:`backbones.checkpoint.save_backbone_checkpoint`; each of
+    ``repeats`` interleaved rounds times the dynscale loader (:func:`backbones.load_pretrained`: read, digest check,
+    strict load) with and without the digest check, the loader as it was before the check existed (it hashed the
+    whole file with SHA-256 on every read for provenance; now only conversions of foreign files do), and a bare
+    ``torch.load``.  Target (issue 19): loading with the check within 1.10x of loading before it (best round of
+    each).
+
+    Returns:
+        dict: ``load_s`` (bare ``torch.load``), ``loader_s``, ``loader_unchecked_s``, ``loader_before_s`` (best
+        rounds, seconds), ``ratio`` (checked / before), ``ratio_unchecked`` (checked / unchecked), ``verify_s`` (the
+        check alone), ``tensors``, ``MiB``.
+    """
+    import tempfile
+
+    import torch
+
+    import backbones
+    from backbones import integrity
+    from backbones.checkpoint import save_backbone_checkpoint
+    from backbones.pretrained.files import sha256_of
+    model = backbones.create(name, num_classes=0)
+    verify = integrity.verify_digests
+    with tempfile.TemporaryDirectory() as d:
+        path = save_backbone_checkpoint(model, os.path.join(d, 'ckpt.pth'))
+        times = {'load': [], 'checked': [], 'unchecked': [], 'before': [], 'verify': []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ck = torch.load(path, map_location='cpu', weights_only=False)
+            times['load'].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            n = verify(ck['state_dict'], ck['meta'][integrity.DIGEST_KEY], path)
+            times['verify'].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            backbones.load_pretrained(model, path)
+            times['checked'].append(time.perf_counter() - t0)
+            integrity.verify_digests = lambda *a, **k: 0  # the same loader without the check
+            try:
+                t0 = time.perf_counter()
+                backbones.load_pretrained(model, path)
+                times['unchecked'].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sha256_of(path)
+                backbones.load_pretrained(model, path)
+                times['before'].append(time.perf_counter() - t0)
+            finally:
+                integrity.verify_digests = verify
+        mib = os.path.getsize(path) / 2 ** 20
+    best = {k: min(v) for k, v in times.items()}
+    return dict(load_s=best['load'], loader_s=best['checked'], loader_unchecked_s=best['unchecked'],
+                loader_before_s=best['before'], verify_s=best['verify'], ratio=best['checked'] / best['before'],
+                ratio_unchecked=best['checked'] / best['unchecked'], tensors=n, MiB=mib)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--checkpoint-load', action='store_true',
+                    help='only measure the cost of verifying tensor digests when loading a ResNeXt-101 checkpoint')
     ap.add_argument('--pairs', nargs='*', default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--size', type=int, default=224)
@@ -167,6 +225,14 @@ def main():
                   device=args.device)
     if args.one:
         print('RESULT ' + json.dumps(run_one(json.loads(args.one), **common)))
+        return 0
+    if args.checkpoint_load:
+        r = checkpoint_load_cost(repeats=max(3, args.repeats))
+        print(f"resnext101_elastic checkpoint ({r['MiB']:.0f} MiB, {r['tensors']} tensors): torch.load "
+              f"{r['load_s'] * 1e3:.0f} ms; digest check alone {r['verify_s'] * 1e3:.0f} ms; dynscale loader "
+              f"{r['loader_s'] * 1e3:.0f} ms with the check, {r['loader_unchecked_s'] * 1e3:.0f} ms without "
+              f"({r['ratio_unchecked']:.3f}x), {r['loader_before_s'] * 1e3:.0f} ms as before the check (SHA-256 of "
+              f"the file on every load): {r['ratio']:.3f}x (target <= 1.10x)")
         return 0
     results = []
     print(f'batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, {args.device}, '

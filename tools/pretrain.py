@@ -55,6 +55,8 @@ def get_parser():
     g.add_argument('--output-dir', default='runs/pretrain', help='run directory (created)')
     g.add_argument('--resume', default=None, help="training checkpoint to continue from, or 'auto' "
                    '(OUTPUT_DIR/last.pth if it exists)')
+    g.add_argument('--non-strict', action='store_true',
+                   help='--resume from a checkpoint that does not fit the model (default: refuse, listing the keys)')
     g.add_argument('--ckpt-interval', type=int, default=0,
                    help='also save last.pth every N optimizer steps inside an epoch (0: at epoch ends only)')
     g.add_argument('--log-interval', type=int, default=20, help='log every N micro-batches')
@@ -122,6 +124,9 @@ def get_parser():
                    help='train every width with labels instead of distilling from the max width')
     g.add_argument('--resolutions', type=int, nargs='+', default=None,
                    help='mutualnet: resolutions sampled per sub-network; rsnet: parallel resolutions')
+    g.add_argument('--untrained-resolution', default='error', choices=['error', 'nearest'],
+                   help="rsnet: an --eval-resolutions entry without a private BN is an error (default); 'nearest' "
+                        "evaluates it with the nearest trained resolution's private BN (logged)")
     g.add_argument('--kd-type', default='ens_topdown', choices=['ens_topdown', 'ens', 'none'], help='rsnet MRED KD')
     g.add_argument('--tau', type=float, default=None, help='sact ponder cost weight (default: model.tau)')
     g.add_argument('--eval-widths', type=float, nargs='+', default=None, help='widths of the final evaluation')
@@ -173,6 +178,52 @@ def get_parser():
     return p
 
 
+#: flag (argparse dest) -> (the backbone capability it sets, the methods that read it or None for every method);
+#: which family has a capability is decided by the one table backbones.capabilities
+FLAG_CAPABILITY = {
+    'widths': ('width', None), 'eval_widths': ('width', None), 'macs_budgets': ('width', None),
+    'num_subnets': ('width', ('usnet', 'mutualnet')), 'inplace_distill': ('width', ('usnet', 'mutualnet')),
+    'resolutions': ('resolution', None), 'eval_resolutions': ('resolution', None),
+    'kd_type': ('private_bn', ('rsnet',)), 'untrained_resolution': ('private_bn', ('rsnet',)),
+    'tau': ('ponder_cost', ('sact',)),
+    'calib_batches': ('calibration', None), 'bn_calibration': ('calibration', None),
+}
+
+
+def check_flags(args, given):
+    """Raise unless every flag in ``given`` applies to ``args.model`` and ``args.method``.
+
+    Runs before any model is built, any file is read or ``args.json`` is written.
+
+    Args:
+        args (argparse.Namespace): parsed arguments (``model``, ``method``, ``policy_options``).
+        given (iterable[str]): argparse destinations the user or the recipe set.
+
+    Raises:
+        backbones.capabilities.OptionNotApplicable: a flag whose capability the model's family lacks (naming the
+            families that have it).
+        ValueError: a flag the chosen method does not read (naming the methods that read it), or
+            ``--policy-options`` with a method of this tool that does not take them.
+    """
+    from pretrain_lib.methods import METHOD_CLASSES
+
+    from backbones.capabilities import check_options
+    given = set(given)
+    flag = {d: '--' + d.replace('_', '-') for d in FLAG_CAPABILITY}
+    flag['inplace_distill'] = '--no-inplace-distill'
+    check_options(args.model, {flag[d]: FLAG_CAPABILITY[d][0] for d in sorted(given & set(FLAG_CAPABILITY))},
+                  where='tools/pretrain.py')
+    for d in sorted(given & set(FLAG_CAPABILITY)):
+        readers = FLAG_CAPABILITY[d][1]
+        if readers and args.method not in readers:
+            raise ValueError(f'{flag[d]} is read only by --method {" / ".join(readers)}; --method {args.method} '
+                             f'ignores it: remove it or choose one of those methods')
+    if args.policy_options and args.method in METHOD_CLASSES:
+        raise ValueError(f'--policy-options is read only by methods registered with '
+                         f'backbones.training.register_policy; --method {args.method} takes its own flags '
+                         f'(tools/pretrain.py --help)')
+
+
 def parse_args(argv=None, world_size=None):
     """Parse ``argv``: built-in defaults < ``--recipe`` < explicit flags; derive the per-process batch.
 
@@ -203,12 +254,16 @@ def parse_args(argv=None, world_size=None):
 
     if args.data_path is None:
         raise ValueError('--data-path is required (ImageFolder root with train/ and val/)')
+    given = explicit | set(recipe)
+    if args.model is not None:
+        check_flags(args, given)  # before --pretrained is read
     if args.pretrained:
         from pretrain_lib.pretrained import apply_pretrained_defaults
         apply_pretrained_defaults(args, log=lambda m: print(f'pretrain.py: {m}', flush=True))
     if args.model is None:
         raise ValueError('--model is required (or a --recipe that names one, or --pretrained); see '
                          'backbones.list_models()')
+    check_flags(args, given)
     for name in ('epochs', 'accum_steps', 'num_subnets', 'log_interval', 'eval_interval', 'model_ema_steps',
                  'calib_batches'):
         if getattr(args, name) < 1:

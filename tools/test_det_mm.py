@@ -27,12 +27,14 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from backbones.capabilities import check_options  # noqa: E402
 from plugins.mm import cli  # noqa: E402
+from plugins.mm.options import backbone_arch  # noqa: E402
 
 #: detectors that rescale their input to ``test_resolution`` themselves
 _SCALED = ('SlimmableTwoStageDetector', 'RSNetTwoStageDetector', 'DynscaleTwoStageDetector')
-#: training methods whose BN statistics are calibrated before evaluation
-_CALIBRATED = ('usnet', 'mutualnet')
+#: flag -> the backbone capability it needs (backbones.capabilities)
+_FLAG_CAPABILITY = {'width': 'width', 'calib_batches': 'calibration', 'save_ponder_maps': 'ponder_cost'}
 
 
 def parse_args(argv=None):
@@ -67,20 +69,23 @@ def build_cfg(args):
 
     Raises:
         FileNotFoundError: config or checkpoint missing.
-        ValueError: ``--width``/``--calib-batches`` on a non-slimmable detector, ``--save-ponder-maps`` on a
-            non-SACT detector, a ``--scale`` for a config without a ``Resize`` in its test pipeline, or
+        backbones.capabilities.OptionNotApplicable: ``--width``/``--calib-batches`` on a non-slimmable backbone,
+            ``--save-ponder-maps`` on a non-SACT backbone.
+        ValueError: a ``--scale`` for a config without a ``Resize`` in its test pipeline, or
             ``--out`` without ``.pkl``.
     """
     cfg = cli.load_config(args)
     mtype = cfg.model.get('type')
-    slim = mtype == 'SlimmableTwoStageDetector' or (cfg.model.get('policy') or {}).get('type') in _CALIBRATED
-    if (args.width is not None or args.calib_batches is not None) and not slim:
-        raise ValueError('--width/--calib-batches need a slimmable detector config (SlimmableTwoStageDetector, or '
-                         f'DynscaleTwoStageDetector with a usnet / mutualnet policy); this one builds {mtype}')
+    # options a backbone family does not have fail here, before anything is built or read (one table:
+    # backbones.capabilities)
+    given = {f'--{k.replace("_", "-")}': cap for k, cap in _FLAG_CAPABILITY.items() if getattr(args, k) is not None}
+    caps = check_options(backbone_arch(cfg), given, where='tools/test_det_mm.py',
+                         label=backbone_arch(cfg) or 'this backbone')
+    slim = 'calibration' in caps
     if args.width is not None:
         cfg.model.test_width = args.width
     if args.scale is not None:
-        if mtype in _SCALED:
+        if mtype in _SCALED and 'resolution' in caps:
             cfg.model.test_resolution = args.scale
         else:
             resizes = list(_resize_transforms(cfg.test_dataloader.dataset.pipeline))
@@ -98,9 +103,6 @@ def build_cfg(args):
             calib[0]['num_batches'] = args.calib_batches
         cfg.custom_hooks = hooks
     if args.save_ponder_maps is not None:
-        if mtype != 'SACTTwoStageDetector':
-            raise ValueError('--save-ponder-maps needs an SACTTwoStageDetector config, '
-                             f'this one builds {mtype}')
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='PonderMapSaveHook', out_dir=args.save_ponder_maps)]
     if args.amp:
@@ -113,7 +115,8 @@ def build_cfg(args):
 def main(argv=None):
     """Build the runner and evaluate; returns the metrics dict."""
     args = parse_args(argv)
-    runner = cli.build_runner(build_cfg(args))
+    runner = cli.build_runner(build_cfg(args), {'model.test_width': '--width'})
+    cli.check_checkpoint(runner, args.checkpoint, args.non_strict)
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=8 tools/test_seg.py CONFIG CHECKPOINT --launcher pytorch
 
 --width / --resolution set model.test_cfg.width / .resolution (slimmable: evaluate that sub-network after
-BN calibration by the config's BNCalibrationHook; RS-Net: test at that resolution with its BN).
+BN calibration by the config's BNCalibrationHook; RS-Net: test at that resolution with its BN).  Either on a
+backbone without that switch (``backbones.capabilities``) exits with an error before anything is built or read.
 SACT configs save ponder-cost maps to <work_dir>/ponder_maps.  Metrics are printed and logged.  The plumbing is
 shared with the other OpenMMLab tools (:mod:`plugins.mm.cli`).
 """
@@ -24,8 +25,11 @@ def parse_args(argv=None):
     parser.add_argument('--width', type=float, default=None,
                         help='slimmable models: width multiplier to test')
     parser.add_argument('--resolution', type=int, default=None,
-                        help='RS-Net: test resolution (one of the trained ones); '
+                        help='RS-Net: test resolution (a trained one; see --untrained-resolution); '
                              'slimmable: BN/input resolution')
+    parser.add_argument('--untrained-resolution', choices=['error', 'nearest'], default=None,
+                        help="RS-Net: a --resolution without a private BN is an error (default); 'nearest' "
+                             "evaluates it with the nearest trained resolution's private BN (logged)")
     parser.add_argument('--show-dir', default=None, help='save painted predictions to this folder')
     return parser.parse_args(argv)
 
@@ -38,12 +42,18 @@ def main(argv=None):
         cfg.model.test_cfg.width = args.width
     if args.resolution is not None:
         cfg.model.test_cfg.resolution = args.resolution
+    if args.untrained_resolution is not None:
+        cfg.model.test_cfg.untrained_resolution = args.untrained_resolution
     if args.show_dir:
         vis = cfg.default_hooks.visualization
         vis.draw = True
         vis.interval = 1
         cfg.visualizer.save_dir = args.show_dir
-    metrics = cli.build_runner(cfg).test()
+    flags = {'model.test_cfg.width': '--width', 'model.test_cfg.resolution': '--resolution',
+             'model.test_cfg.untrained_resolution': '--untrained-resolution'}
+    runner = cli.build_runner(cfg, flags)
+    cli.check_checkpoint(runner, args.checkpoint, args.non_strict)
+    metrics = runner.test()
     print(metrics)
     return metrics
 

@@ -19,6 +19,7 @@ Options are detectron2's ``default_argument_parser`` (``--resume``, ``--eval-onl
 ``--num-machines``, ``--machine-rank``, ``--dist-url``, trailing ``KEY VALUE`` overrides).
 """
 
+import logging
 import os
 import sys
 
@@ -38,8 +39,12 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DynscaleTrainer.build_model(cfg)
+        non_strict = cfg.MODEL.DYNSCALE.NON_STRICT
+        if non_strict:
+            logging.getLogger('plugins').warning('MODEL.DYNSCALE.NON_STRICT: MODEL.WEIGHTS is evaluated without '
+                                                 'checking that it fits the whole detector')
         DynscaleCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD
+            model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD, whole_model=not non_strict
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return DynscaleTrainer.test(cfg, model)
     trainer = DynscaleTrainer(cfg)

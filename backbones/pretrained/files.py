@@ -50,7 +50,9 @@ class SourceFile:
         container_keys (tuple[str]): the top-level keys of the file in order (``()`` for a bare state dict).
         state_key (str | None): which top-level entry held the weights.
         path (str | None): the file path (None for an in-memory object).
-        sha256 (str | None): SHA-256 of the file's bytes (of the archive as downloaded for a wrapped zip).
+        sha256 (str | None): SHA-256 of the file's bytes (of the archive as downloaded for a wrapped zip);
+            computed on first access (conversions record it; a native dynscale load verifies its per-tensor
+            digests instead and does not pay for it).
         wrapped_member (str | None): the member read from a zip-wrapped download.
         cast_keys (list[str]): keys cast from half precision to float32.
         weights_only (bool): whether ``torch.load(weights_only=True)`` sufficed.
@@ -61,10 +63,17 @@ class SourceFile:
     container_keys: tuple = ()
     state_key: str = None
     path: str = None
-    sha256: str = None
+    sha256_: str = None
     wrapped_member: str = None
     cast_keys: list = field(default_factory=list)
     weights_only: bool = True
+
+    @property
+    def sha256(self):
+        """SHA-256 of the file's bytes (None for an in-memory object), computed once on first access."""
+        if self.sha256_ is None and self.path is not None and os.path.isfile(self.path):
+            self.sha256_ = sha256_of(self.path)
+        return self.sha256_
 
     @property
     def meta(self):
@@ -201,7 +210,6 @@ def read_source(path_or_obj):
         if os.path.isdir(path):
             raise CheckpointFileError(f'{path} is a folder; pass the checkpoint file inside it')
         obj, wrapped, weights_only = _load_path(path)
-        sha = sha256_of(path)
     if not isinstance(obj, dict):
         raise CheckpointFileError(f'{path or "the object"} holds a {type(obj).__name__}, not a state dict or a '
                                   f'checkpoint dict: save model.state_dict(), not the module')
@@ -218,14 +226,22 @@ def read_source(path_or_obj):
             raise CheckpointFileError(
                 f'{path or "the object"} holds no state dict: top-level keys {list(obj)[:10]}; expected a '
                 f'"state_dict" or "model" entry of tensors, or a bare state dict')
+    from ..integrity import DIGEST_KEY, check_finite, verify_digests
+    meta = obj.get('meta') if isinstance(obj.get('meta'), dict) else obj.get('dynscale_meta')
+    digests = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
+    raw = {k: _as_tensor(v) for k, v in sd.items()}
+    if digests:  # written by dynscale: every tensor as written
+        verify_digests(raw, digests, path or "the checkpoint")
+    else:  # from elsewhere (the authors', torchvision, timm) or an older dynscale file
+        check_finite(raw, path or "the checkpoint")
     out, cast = OrderedDict(), []
     for k, v in sd.items():
-        t = _as_tensor(v)
+        t = raw[k]
         if t.is_floating_point() and t.dtype != torch.float32:
             cast.append(k)
             t = t.float()
         out[k] = t
     container = {} if sd is obj else {k: v for k, v in obj.items() if k != state_key}
     return SourceFile(state_dict=out, container=container, container_keys=tuple(obj) if sd is not obj else (),
-                      state_key=state_key, path=path, sha256=sha, wrapped_member=wrapped, cast_keys=cast,
+                      state_key=state_key, path=path, sha256_=sha, wrapped_member=wrapped, cast_keys=cast,
                       weights_only=weights_only)

@@ -69,6 +69,8 @@ class LoadReport:
         dropped (list[tuple[str, str]]): file keys not loaded, with the reason.
         new (list[tuple[str, str]]): model keys left at their initialisation, with the reason.
         uncalibrated (list[tuple]): slimmable (width, resolution) configs removed (no stored statistics).
+        marked_uncalibrated (list[str]): stored slimmable configs kept but marked uncalibrated (MutualNet files:
+            evaluation raises until :func:`backbones.training.calibrate` re-estimates them).
         missing, unexpected, shape_mismatch (list[str]): non-strict loads only: what did not match.
         normalization (InputNormalization): inputs the weights expect (applied to the model).
     """
@@ -81,6 +83,7 @@ class LoadReport:
     dropped: list = field(default_factory=list)
     new: list = field(default_factory=list)
     uncalibrated: list = field(default_factory=list)
+    marked_uncalibrated: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
     shape_mismatch: list = field(default_factory=list)
@@ -100,6 +103,9 @@ class LoadReport:
             parts.append(f'{len(self.new)} model tensors kept at initialisation ({self.new[0][1]})')
         if self.uncalibrated:
             parts.append(f'uncalibrated BN configs {self.uncalibrated}')
+        if self.marked_uncalibrated:
+            parts.append(f'stored BN statistics {self.marked_uncalibrated} marked uncalibrated (calibrate before '
+                         f'evaluating)')
         for k in ('missing', 'unexpected', 'shape_mismatch'):
             if getattr(self, k):
                 parts.append(f'{len(getattr(self, k))} {k}')
@@ -415,6 +421,17 @@ def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_ma
     if norm is not None:
         norm.apply_to(model)
     report.normalization = InputNormalization.of_model(model)
+    if meta.get('calibration_required'):
+        # MutualNet evaluates every (width, resolution) with re-estimated statistics; the stored ones are training-time
+        # running averages (official_checkpoints/README.md): evaluation raises until they are calibrated
+        from ..slimmable.ops import SlimmableBatchNorm2d
+        why = (f'{report.origin} stores training-time running averages; its evaluation protocol re-estimates '
+               f'every (width, resolution)')
+        keys = set()
+        for m in model.modules():
+            if isinstance(m, SlimmableBatchNorm2d):
+                keys.update(m.mark_uncalibrated(why))
+        report.marked_uncalibrated = sorted(keys)
     model.pretrained_meta = meta
     return report
 

@@ -56,12 +56,12 @@ from .architectures import (  # noqa: F401  (registration side effects; units ke
     rs_resnet50,
     rs_resnet101,
 )
-from .model import DEFAULT_RESOLUTIONS, RESOLUTION_RULES, RSNet
+from .model import DEFAULT_RESOLUTIONS, RESOLUTION_RULES, RSNet, nearest_resolution
 from .mred import KD_TYPES, MREDLoss, mred_kd_weight, mred_loss, resize_logits
 from .private_bn import PrivateBatchNorm, ResolutionState
 from .state_dict import expand_private_bn_state_dict
 
-__all__ = ['DEFAULT_RESOLUTIONS', 'RESOLUTION_RULES', 'KD_TYPES', 'ResolutionState', 'PrivateBatchNorm',
-           'RSNet', 'RSResNet',
+__all__ = ['DEFAULT_RESOLUTIONS', 'RESOLUTION_RULES', 'nearest_resolution', 'KD_TYPES', 'ResolutionState',
+           'PrivateBatchNorm', 'RSNet', 'RSResNet',
            'RSMobileNetV2', 'MREDLoss', 'mred_loss', 'mred_kd_weight', 'resize_logits',
            'expand_private_bn_state_dict', 'rs_resnet18', 'rs_resnet50', 'rs_resnet101', 'rs_mobilenet_v2']

@@ -21,6 +21,27 @@ DEFAULT_RESOLUTIONS = (224, 192, 160, 128, 96)
 RESOLUTION_RULES = ('nearest', 'explicit')
 
 
+def nearest_resolution(resolutions, size):
+    """The trained resolution nearest to ``size`` (the one implementation of the ``'nearest'`` rule).
+
+    Args:
+        resolutions (Sequence[int]): trained resolutions (or detection scale buckets), pixels, any order.
+        size (int): the input's shorter side (or the requested resolution), pixels.
+
+    Returns:
+        int: the element of ``resolutions`` with the smallest ``|r - size|``; ties go to the larger one.
+
+    Raises:
+        ValueError: ``resolutions`` is empty.
+
+    Source: RS-Nets (Wang et al. 2020) test at trained resolutions only; the rule is dynscale's for inputs
+    between them.
+    """
+    if not resolutions:
+        raise ValueError('no trained resolutions to choose from')
+    return min(resolutions, key=lambda r: (abs(int(r) - int(size)), -int(r)))
+
+
 def _check_norm_layer(norm_layer):
     if norm_layer is None:
         return nn.BatchNorm2d
@@ -173,8 +194,7 @@ class RSNet(DynamicBackbone):
                              f'{self.resolutions} and resolution_rule is "explicit": call '
                              f'model.set_resolution(r) with r in {self.resolutions}, resize the input, or '
                              f'build the model with resolution_rule="nearest"')
-        # nearest in absolute pixels; ties go to the larger resolution (resolutions are descending)
-        return min(self.resolutions, key=lambda r: abs(r - short))
+        return nearest_resolution(self.resolutions, short)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x):

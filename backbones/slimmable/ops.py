@@ -318,6 +318,25 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
             + ('' if self.resolution is None else f', resolution={self.resolution}')
             + ') first, or evaluate a width that has statistics (model.width_list / model.bn_configs).')
 
+    def _uncalibrated_error(self, why):
+        res = '' if self.resolution is None else f', resolution={self.resolution}'
+        return ValueError(
+            f'the BN statistics of width {self.width}{res} are not calibrated ({why}). Evaluating needs its '
+            f'post-statistics BN: run backbones.slimmable.calibrate_bn(model, batches, width={self.width}{res}) '
+            f'(backbones.training.calibrate) first; the frameworks\' BNCalibrationHook / CALIBRATION and '
+            f'tools/pretrain.py --evaluate do this')
+
+    def mark_uncalibrated(self, why):
+        """Mark every stored private statistics module as not usable for evaluation until it is re-estimated
+        (:func:`backbones.training.reset_and_average` clears the mark); returns the config keys marked.
+
+        Args:
+            why (str): the reason, repeated in the error an evaluation raises.
+        """
+        for stats in self.private.values():
+            stats.uncalibrated = why
+        return sorted(self.private)
+
     def forward(self, x):
         c = x.shape[1]
         if c > self.num_features:
@@ -325,6 +344,11 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
         weight = self.weight if c == self.num_features else self.weight[:c]
         bias = self.bias if c == self.num_features else self.bias[:c]
         stats = self.private[self.key] if self.key in self.private else None
+        if stats is not None and getattr(stats, 'uncalibrated', None) and not self.probe:
+            if not self.training:
+                raise self._uncalibrated_error(stats.uncalibrated)
+            if stats.training and stats.track_running_stats:
+                del stats.uncalibrated  # this run's training now owns the running averages
         if stats is None:
             if self.training:
                 return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)

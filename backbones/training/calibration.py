@@ -65,6 +65,7 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
             t.reset_running_stats()
             t.momentum = None
             t.train()
+            t.__dict__.pop('uncalibrated', None)  # re-estimated now (SlimmableBatchNorm2d.mark_uncalibrated)
         for batch in itertools.islice(batches, num_batches):
             forward(model, batch)
             seen += 1

@@ -8,10 +8,16 @@ resolution is trained with the ground truth (``mred=False``), or one random reso
 (``mode='random'``).
 """
 import contextlib
+import logging
 
 from .policy import Subnet, TrainingPolicy, _construct
 
-__all__ = ['ResolutionPolicy']
+__all__ = ['ResolutionPolicy', 'UNTRAINED_RESOLUTION_RULES']
+
+LOG = logging.getLogger(__name__)
+#: what evaluation at a resolution without a private BN does: ``'error'`` (default) refuses it, ``'nearest'`` uses
+#: the private BN of the nearest trained resolution (logged once per resolution)
+UNTRAINED_RESOLUTION_RULES = ('error', 'nearest')
 
 
 class ResolutionPolicy(TrainingPolicy):
@@ -28,9 +34,14 @@ class ResolutionPolicy(TrainingPolicy):
             resolution trained with its ground-truth loss.
         ignore_index (int | None): label ignored by MRED (segmentation).
         seed (int | None): seed of the random mode's draws.
+        untrained_resolution (str): evaluation at a resolution that has no private BN: ``'error'`` (default)
+            raises; ``'nearest'`` evaluates it with the private BN of the nearest trained resolution
+            (:func:`backbones.rsnet.nearest_resolution`) and logs once which one serves it.  The RS-Nets paper
+            evaluates at trained resolutions only.
 
     Raises:
-        ValueError: empty or non-descending resolutions, mismatched ``input_sizes``, unknown mode.
+        ValueError: empty or non-descending resolutions, mismatched ``input_sizes``, unknown mode or
+            ``untrained_resolution``.
     """
 
     method = 'rsnet'
@@ -38,8 +49,13 @@ class ResolutionPolicy(TrainingPolicy):
     needs_calibration = False
 
     def __init__(self, bn_resolutions, input_sizes=None, mode='all', mred='ens_topdown', ignore_index=None,
-                 seed=None):
+                 seed=None, untrained_resolution='error'):
         super().__init__(seed)
+        if untrained_resolution not in UNTRAINED_RESOLUTION_RULES:
+            raise ValueError(f'untrained_resolution must be one of {UNTRAINED_RESOLUTION_RULES}, got '
+                             f'{untrained_resolution!r}')
+        self.untrained_resolution = untrained_resolution
+        self._served = {}
         res = tuple(int(r) for r in bn_resolutions)
         if not res or list(res) != sorted(res, reverse=True) or len(set(res)) != len(res):
             raise ValueError(f'bn_resolutions must be distinct and descending, got {tuple(bn_resolutions)}')
@@ -91,11 +107,18 @@ class ResolutionPolicy(TrainingPolicy):
         return self.input_sizes[0]
 
     def eval_context(self, backbone, width=None, bn_resolution=None):
-        """The private BN of ``bn_resolution``; None, or an untrained one under the backbone's ``'nearest'``
-        rule, leaves the choice to the backbone (nearest trained resolution to the input).
+        """The private BN of ``bn_resolution``; None leaves the choice to the backbone (its resolution rule on the
+        input as it comes).
+
+        Args:
+            backbone (nn.Module): an RS-Net.
+            width (None): RS-Nets have no width multiplier.
+            bn_resolution (int | None): resolution to evaluate, pixels.  One without a private BN raises, unless
+                :attr:`untrained_resolution` is ``'nearest'`` (then the nearest trained one serves it, logged once).
 
         Raises:
-            ValueError: a width (RS-Nets have none), or an untrained resolution under the ``'explicit'`` rule.
+            ValueError: a width, or an untrained resolution under ``untrained_resolution='error'`` (the message
+                lists the trained ones and names the opt-in).
         """
         if width is not None:
             raise ValueError(f'RS-Net models have no width multiplier; remove width={width!r} from the test '
@@ -105,10 +128,18 @@ class ResolutionPolicy(TrainingPolicy):
             return contextlib.nullcontext()
         if bn_resolution in trained:
             return backbone.resolution_context(bn_resolution)
-        if getattr(backbone, 'resolution_rule', 'explicit') == 'explicit':
-            raise ValueError(f'resolution {bn_resolution} is not a trained resolution {trained} and the backbone '
-                             f"rule is 'explicit'; choose one of {trained} or build it with resolution_rule='nearest'")
-        return contextlib.nullcontext()
+        if self.untrained_resolution == 'error':
+            raise ValueError(f'resolution {bn_resolution} has no private BN (trained resolutions: {trained}); '
+                             f'evaluate at one of them, or opt in to the private BN of the nearest one with '
+                             f"untrained_resolution='nearest' (MM configs: test_cfg.untrained_resolution; "
+                             f'tools/test_seg.py --untrained-resolution nearest)')
+        from ..rsnet import nearest_resolution
+        served = nearest_resolution(trained, bn_resolution)
+        if self._served.get(bn_resolution) != served:
+            self._served[bn_resolution] = served
+            LOG.warning(f'RS-Net: resolution {bn_resolution} was not trained; the private BN of resolution {served} '
+                        f'serves it (untrained_resolution=nearest; trained: {trained})')
+        return backbone.resolution_context(served)
 
     @property
     def mred(self):

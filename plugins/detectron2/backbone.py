@@ -44,6 +44,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
 import backbones
+from backbones.rsnet import nearest_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -352,9 +353,7 @@ class DynscaleD2Backbone(Backbone):
                     f's in {self.scales} (got {shorter_side if explicit else "no scale"}), or use '
                     f'MODEL.DYNSCALE.RESOLUTION_RULE "nearest"'
                 )
-        return min(
-            range(len(self.scales)), key=lambda i: (abs(self.scales[i] - shorter_side), -self.scales[i])
-        )
+        return self.scales.index(nearest_resolution(self.scales, shorter_side))
 
     # ------------------------------------------------------------------ detectron2 interface
     def forward(self, x):

@@ -118,7 +118,8 @@ def save_d2(mapped, path, meta=None, author='dynscale'):
     with the dynscale metadata under ``"dynscale_meta"``. Written through a temporary file (atomic)."""
     tmp = path + '.tmp'
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = dict(meta or {})
+    from backbones.integrity import DIGEST_KEY, tensor_digests
+    meta = dict(meta or {}, **{DIGEST_KEY: tensor_digests(mapped)})
     if path.endswith('.pkl'):
         obj = {'model': {k: v.detach().cpu().numpy() for k, v in mapped.items()}, '__author__': author,
                'matching_heuristics': False, 'dynscale_meta': meta}

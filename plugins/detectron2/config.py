@@ -95,7 +95,7 @@ def add_dynscale_config(cfg):
 
     # ---- evaluation ----------------------------------------------------------------------------------
     # (width, shorter side) points to evaluate, e.g. [[1.0, 600], [0.5, 480]]; [] = one point
-    # (WIDTH, INPUT.MIN_SIZE_TEST). Width is ignored by non-slimmable families.
+    # (WIDTH, INPUT.MIN_SIZE_TEST). A width other than 1.0 on a non-slimmable family is an error.
     D.EVAL_POINTS = []
     D.CALIBRATION = CN()
     # Post-statistics BN (Yu & Huang 2019, Sec. 3.3): before evaluating a slimmable backbone with
@@ -111,6 +111,9 @@ def add_dynscale_config(cfg):
     # Missing or shape-mismatched backbone keys when loading MODEL.WEIGHTS raise ValueError (False: log an
     # error and go on). FPN/head keys may be missing (ImageNet backbone checkpoints).
     D.STRICT_BACKBONE_LOAD = True
+    # --eval-only and resuming need the whole detector: any missing / unexpected / shape-mismatched key raises.
+    # True loads what fits (logged); fine-tuning from MODEL.WEIGHTS checks only the backbone (above).
+    D.NON_STRICT = False
     # MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT must match the input normalisation recorded in a converted
     # MODEL.WEIGHTS file (setup() raises otherwise); True takes them from the file instead.
     D.PIXEL_NORM_FROM_WEIGHTS = False
@@ -166,6 +169,66 @@ def validate_dynscale_config(cfg):
     return cfg
 
 
+#: training method (MODEL.DYNSCALE.POLICY.NAME) -> the backbone capability it needs
+_POLICY_CAPABILITY = {'usnet': 'width', 'mutualnet': 'width', 'rsnet': 'private_bn', 'sact': 'ponder_cost'}
+
+
+def dynscale_options(cfg):
+    """The ``MODEL.DYNSCALE`` keys set away from their defaults that only some backbone families have.
+
+    Args:
+        cfg (CfgNode): with the dynscale keys.
+
+    Returns:
+        dict: ``'MODEL.DYNSCALE.KEY value' -> capability`` (:mod:`backbones.capabilities`).
+    """
+    D = cfg.MODEL.DYNSCALE
+    ref = add_dynscale_config(get_cfg()).MODEL.DYNSCALE
+    out = {}
+
+    def changed(*keys):
+        a, b = D, ref
+        for k in keys:
+            a, b = a[k], b[k]
+        return a != b, a
+    for keys, cap in ((('WIDTH',), 'width'), (('WIDTH_RANGE',), 'width'), (('WIDTH_LIST',), 'width'),
+                      (('SANDWICH', 'ENABLED'), 'width'), (('SANDWICH', 'TRAIN_SCALES'), 'width'),
+                      (('RESOLUTIONS',), 'private_bn'), (('SCALES',), 'private_bn'),
+                      (('RESOLUTION_RULE',), 'private_bn'), (('RSNET_TRAIN_MODE',), 'private_bn'),
+                      (('TAU',), 'ponder_cost'), (('CALIBRATION', 'NUM_BATCHES'), 'calibration')):
+        diff, value = changed(*keys)
+        if diff:
+            out[f'MODEL.DYNSCALE.{".".join(keys)} {value!r}'] = cap
+    widths = sorted({float(p[0]) for p in D.EVAL_POINTS if float(p[0]) != 1.0})
+    if widths:
+        out[f'MODEL.DYNSCALE.EVAL_POINTS widths {widths}'] = 'width'
+    name = str(D.POLICY.get('NAME', '') or '')
+    if name in _POLICY_CAPABILITY:
+        out[f'MODEL.DYNSCALE.POLICY.NAME {name!r}'] = _POLICY_CAPABILITY[name]
+    return out
+
+
+def check_dynscale_options(cfg):
+    """Raise unless every ``MODEL.DYNSCALE`` option set applies to the family of ``MODEL.DYNSCALE.NAME`` (the one
+    table :mod:`backbones.capabilities`); called by :func:`get_dynscale_cfg`, before any model is built or
+    ``MODEL.WEIGHTS`` is read.
+
+    Raises:
+        backbones.capabilities.OptionNotApplicable: e.g. ``MODEL.DYNSCALE.WIDTH 0.5`` on an Elastic backbone (the
+            message names the families with a width multiplier).
+        ValueError: ``MODEL.DYNSCALE.NAME`` is not a registered backbone (with close matches).
+    """
+    import backbones
+    from backbones.capabilities import check_options
+    families = {backbones.model_family(n) for n in backbones.list_models()} | {'dynscale'}
+    builders = {f'build_{f}{fpn}_backbone' for f in families for fpn in ('', '_fpn')}
+    if cfg.MODEL.BACKBONE.NAME not in builders:
+        # detectron2's own backbone (build_resnet_backbone ...): MODEL.DYNSCALE does not apply
+        return check_options(None, dynscale_options(cfg), where='the config',
+                             label=f'MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r}')
+    return check_options(cfg.MODEL.DYNSCALE.NAME, dynscale_options(cfg), where='the config')
+
+
 def get_dynscale_cfg(config_file=None, opts=()):
     """A frozen-free config with the dynscale keys, merged from ``config_file`` and ``opts``.
 
@@ -179,6 +242,8 @@ def get_dynscale_cfg(config_file=None, opts=()):
     Raises:
         FileNotFoundError: ``config_file`` does not exist.
         ValueError: a bad ``MODEL.DYNSCALE`` value (see :func:`validate_dynscale_config`).
+        backbones.capabilities.OptionNotApplicable: an option the backbone's family does not have
+            (:func:`check_dynscale_options`).
     """
     cfg = get_cfg()
     add_dynscale_config(cfg)
@@ -188,7 +253,9 @@ def get_dynscale_cfg(config_file=None, opts=()):
         cfg.merge_from_file(config_file)
     if opts:
         cfg.merge_from_list(list(opts))
-    return validate_dynscale_config(cfg)
+    validate_dynscale_config(cfg)
+    check_dynscale_options(cfg)
+    return cfg
 
 
 def setup(args):

@@ -294,11 +294,39 @@ class DynscaleCheckpointer(DetectionCheckpointer):
     FPN and heads are expected to be missing from an ImageNet backbone checkpoint; backbone keys are not.
     Missing or shape-mismatched keys of the dynscale backbone (and of the C4 res5 head) raise
     ValueError when ``strict`` (``MODEL.DYNSCALE.STRICT_BACKBONE_LOAD``), else are logged as errors.
+
+    Evaluating or resuming needs the *whole* detector: with ``whole_model`` (``--eval-only``, and a resume from
+    the output folder's last checkpoint; ``MODEL.DYNSCALE.NON_STRICT`` opts out) any missing, unexpected or
+    shape-mismatched key of any module raises :class:`backbones.checkpoint.CheckpointMismatchError`, listing the
+    keys in the detector's and the backbone's naming.
     """
 
-    def __init__(self, model, save_dir='', *, strict=True, **kwargs):
+    def __init__(self, model, save_dir='', *, strict=True, whole_model=False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self.whole_model = whole_model
+
+    def save(self, name, **kwargs):
+        """detectron2's ``save`` with per-tensor digests of the model (:mod:`backbones.integrity`)."""
+        from backbones.integrity import DIGEST_KEY, tensor_digests
+        kwargs.setdefault(DIGEST_KEY, tensor_digests(self.model.state_dict()))
+        return super().save(name, **kwargs)
+
+    def load(self, path, *args, **kwargs):
+        """detectron2's ``load`` (``path`` is named in mismatch errors)."""
+        self._loading = path
+        return super().load(path, *args, **kwargs)
+
+    def resume_or_load(self, path, *, resume=True):
+        """detectron2's ``resume_or_load``; a resume (the output folder has a checkpoint) checks the whole model
+        unless ``MODEL.DYNSCALE.NON_STRICT`` was given to the trainer (``whole_model`` stays as set)."""
+        saved = self.whole_model
+        if resume and self.has_checkpoint() and getattr(self, 'resume_whole_model', False):
+            self.whole_model = True
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self.whole_model = saved
 
     def _backbone_prefixes(self):
         model = _unwrap(self.model)
@@ -313,8 +341,15 @@ class DynscaleCheckpointer(DetectionCheckpointer):
         return tuple(pre)
 
     def _load_model(self, checkpoint):
-        from .checkpoint import sync_slimmable_configs
+        from backbones.integrity import DIGEST_KEY, verify_digests
 
+        from .checkpoint import sync_slimmable_configs
+        digests = checkpoint.get(DIGEST_KEY) or (checkpoint.get('dynscale_meta') or {}).get(DIGEST_KEY)
+        verify_digests(checkpoint.get('model', {}), digests, getattr(self, '_loading', 'checkpoint'))
+        if self.whole_model:
+            from backbones.checkpoint import check_state_fits
+            check_state_fits(_unwrap(self.model), checkpoint.get('model', {}), getattr(self, '_loading', 'checkpoint'),
+                             fix='MODEL.DYNSCALE.NON_STRICT True')
         removed = sync_slimmable_configs(_unwrap(self.model), checkpoint.get('model', {}))
         if removed:
             logging.getLogger(__name__).info(f'slimmable BN configs without statistics in the checkpoint '
@@ -440,6 +475,10 @@ class DynscaleTrainer(DefaultTrainer):
         self.checkpointer = DynscaleCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD
         )
+        self.checkpointer.resume_whole_model = not cfg.MODEL.DYNSCALE.NON_STRICT
+        if cfg.MODEL.DYNSCALE.NON_STRICT:
+            logging.getLogger(__name__).warning('MODEL.DYNSCALE.NON_STRICT: a resumed checkpoint is loaded without '
+                                                'checking that it fits the whole model')
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -1,11 +1,12 @@
 """Command-line plumbing shared by the four OpenMMLab tools: ``tools/train_seg.py``, ``tools/test_seg.py``,
 ``tools/train_det_mm.py`` and ``tools/test_det_mm.py`` (thin MMEngine Runner wrappers, following MMSeg 1.x /
 MMDet 3.x ``tools/train.py`` and ``tools/test.py``: same flags, launchers, logging, checkpoints and progress)."""
+import logging
 import os
 import os.path as osp
 
 __all__ = ['add_common_args', 'add_train_args', 'load_config', 'apply_train_args', 'build_runner', 'set_data_root',
-           'dataset_cfgs', 'train']
+           'dataset_cfgs', 'train', 'check_checkpoint', 'resume_path']
 
 # mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6 refuses to
 # unpickle with its default weights_only=True, and mmengine calls torch.load without the argument: this documented
@@ -20,6 +21,9 @@ def add_common_args(parser, config_help='config file', checkpoint=False):
     parser.add_argument('config', help=config_help)
     if checkpoint:
         parser.add_argument('checkpoint', help='checkpoint file')
+        parser.add_argument('--non-strict', action='store_true',
+                            help='load a checkpoint that does not fit the model (missing / unexpected / '
+                                 'shape-mismatched keys; default: refuse, listing them)')
     parser.add_argument('--work-dir', help='logs and checkpoints folder (default work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, key=value (lists as key="[a,b]"), e.g. train_cfg.max_iters=100')
@@ -40,6 +44,9 @@ def add_train_args(parser):
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale; GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr linearly with the total batch size (auto_scale_lr.base_batch_size)')
+    parser.add_argument('--non-strict', action='store_true',
+                        help='--resume from a checkpoint that does not fit the model (default: refuse, listing '
+                             'the keys)')
     return parser
 
 
@@ -123,6 +130,9 @@ def load_config(args):
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if getattr(args, 'checkpoint', None):
         cfg.load_from = args.checkpoint
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'TensorDigestHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='TensorDigestHook')]  # every checkpoint carries tensor digests
     return cfg
 
 
@@ -149,16 +159,72 @@ def apply_train_args(cfg, args):
     return cfg
 
 
-def build_runner(cfg):
-    """The MMEngine runner of ``cfg`` (``runner_type`` honoured)."""
+def build_runner(cfg, flags=None):
+    """The MMEngine runner of ``cfg`` (``runner_type`` honoured), after checking that every option of ``cfg``
+    applies to its backbone (:func:`plugins.mm.options.check_config_options`: nothing is built or read first).
+
+    Args:
+        cfg (mmengine.Config): the merged config.
+        flags (dict | None): ``config key -> command-line flag`` that set it (named in the error).
+
+    Raises:
+        backbones.capabilities.OptionNotApplicable: an option the backbone's family does not have.
+    """
+    from .options import check_config_options
+    check_config_options(cfg, flags, where=cfg.get('filename'))
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
+def check_checkpoint(runner, path, non_strict=False):
+    """Raise unless the checkpoint at ``path`` fits ``runner.model`` exactly (MMEngine loads ``load_from`` and
+    ``resume`` checkpoints non-strictly: a checkpoint of another model would be scored with random weights).
+
+    Args:
+        runner (mmengine.runner.Runner): built, not yet run.
+        path (str): the checkpoint ``load_from`` / ``resume`` will read.
+        non_strict (bool): the explicit opt-out (``--non-strict``): log that the check is skipped.
+
+    Raises:
+        backbones.integrity.CorruptedCheckpointError: a tensor that does not match its recorded digest.
+        backbones.checkpoint.CheckpointMismatchError: missing, unexpected or shape-mismatched keys (listed).
+    """
+    from mmengine.logging import print_log
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from backbones.checkpoint import check_state_fits
+    from backbones.integrity import DIGEST_KEY, verify_digests
+    ckpt = _load_checkpoint(path, map_location='cpu')
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    verify_digests(sd, meta.get(DIGEST_KEY) if isinstance(meta, dict) else None, path)
+    if non_strict:
+        print_log(f'--non-strict: {path} is loaded without checking that it fits the model (unmatched keys keep '
+                  f'their initialisation)', logger='current', level=logging.WARNING)
+        return
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_state_fits(model, sd, path, fix='--non-strict')
+
+
+def resume_path(cfg):
+    """The checkpoint ``cfg`` resumes from (``resume=True``: ``load_from``, else the work dir's latest), or None."""
+    if not cfg.get('resume'):
+        return None
+    if cfg.get('load_from'):
+        return cfg.load_from
+    from mmengine.runner import find_latest_checkpoint
+    return find_latest_checkpoint(cfg.work_dir) if osp.isdir(cfg.work_dir) else None
+
+
 def train(args):
     """Load the config, apply the training flags, build the runner and train; returns the runner (its message
-    hub holds the logged scalars)."""
-    runner = build_runner(apply_train_args(load_config(args), args))
+    hub holds the logged scalars).  A ``--resume`` checkpoint must fit the model unless ``--non-strict``."""
+    cfg = apply_train_args(load_config(args), args)
+    runner = build_runner(cfg)
+    path = resume_path(cfg)
+    if path:
+        check_checkpoint(runner, path, getattr(args, 'non_strict', False))
     runner.train()
     return runner

@@ -39,6 +39,7 @@ from mmdet.structures.bbox import BaseBoxes
 from mmengine.structures import InstanceData
 
 from backbones import training
+from backbones.capabilities import check_options
 
 from .backbones import DynscaleBackbone
 from .runtime import current_step
@@ -195,6 +196,9 @@ class DynscaleTwoStageDetector(TwoStageDetector):
         if not isinstance(self.backbone, DynscaleBackbone):
             raise ValueError(f'{type(self).__name__} needs a dynscale backbone (type=DynscaleBackbone or a family '
                              f'alias), got {type(self.backbone).__name__}')
+        given = (('test_width', 'width', test_width), ('test_resolution', 'resolution', test_resolution))
+        check_options(self.backbone.model, {k: c for k, c, v in given if v is not None}, where='the detector config',
+                      label=self.backbone.arch)
         self.max_size = max_size
         self.test_width = test_width
         self.test_resolution = test_resolution

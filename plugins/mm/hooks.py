@@ -259,3 +259,22 @@ class InputNormalizationHook(Hook):
 
     def before_test(self, runner):
         self.apply(runner)
+
+
+@register_mm_module(registry='HOOKS')
+class TensorDigestHook(Hook):
+    """Record a digest per tensor in every checkpoint MMEngine writes (``meta['tensor_digests']``,
+    :mod:`backbones.integrity`), so that a damaged file is refused by :func:`plugins.mm.cli.check_checkpoint`
+    (``corrupted: tensor NAME in PATH``) instead of being scored with one garbage tensor.
+
+    The OpenMMLab tools of this project add it to every config (:func:`plugins.mm.cli.load_config`); add
+    ``dict(type='TensorDigestHook')`` to ``custom_hooks`` when training with MMSeg's / MMDet's own tools.
+    """
+
+    priority = 'VERY_LOW'
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        """Add ``checkpoint['meta']['tensor_digests']`` over ``checkpoint['state_dict']``."""
+        from backbones.integrity import DIGEST_KEY, tensor_digests
+        meta = checkpoint.setdefault('meta', {})
+        meta[DIGEST_KEY] = tensor_digests(checkpoint.get('state_dict', {}))

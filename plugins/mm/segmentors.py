@@ -26,6 +26,7 @@ from mmseg.models.utils import resize
 from mmseg.utils import add_prefix
 
 from backbones import training
+from backbones.capabilities import check_options
 
 from .backbones import DynscaleBackbone
 from .registry import register_mm_module
@@ -97,8 +98,16 @@ class DynscaleEncoderDecoder(EncoderDecoder):
         if not isinstance(self.backbone, DynscaleBackbone):
             raise ValueError(f'{type(self).__name__} needs a dynscale backbone (type=DynscaleBackbone or a family '
                              f'alias), got {type(self.backbone).__name__}')
+        tc = self.test_cfg or {}
+        check_options(self.backbone.model, {f'test_cfg.{k}': c for k, c in (('width', 'width'),
+                                                                            ('resolution', 'resolution'),
+                                                                            ('untrained_resolution', 'private_bn'))
+                                            if tc.get(k) is not None}, where='the segmentor config',
+                      label=self.backbone.arch)
         opts = dict(policy or {})
         method = opts.pop('type', None)
+        if tc.get('untrained_resolution') is not None:
+            opts['untrained_resolution'] = tc['untrained_resolution']
         self.policy = training.policy_for(self.backbone.model, method, ignore_index=self.decode_head.ignore_index,
                                           **opts)
         self.combine_weight = combine_weight
@@ -310,7 +319,8 @@ class RSNetEncoderDecoder(DynscaleEncoderDecoder):
 
     Testing (``test_cfg.resolution``): the input is resized to ``resolution x resolution``
     (``test_cfg.keep_ratio=True``: shorter side to ``resolution``), runs with that resolution's private BN
-    (a resolution that was not trained raises ValueError unless the backbone's rule is 'nearest'), and the
+    (a resolution that was not trained raises ValueError unless ``test_cfg.untrained_resolution='nearest'``, which
+    uses the nearest trained resolution's private BN and logs it once), and the
     logits are resized back to the image, then to its original size.  Without ``test_cfg.resolution`` the
     backbone's resolution rule picks the BN for the input as it comes.
 

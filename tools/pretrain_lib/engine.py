@@ -434,13 +434,21 @@ class Trainer:
         if ck.get('version') != 1 or 'optimizer' not in ck:
             raise ValueError(f'{path} is not a pretrain.py training checkpoint (exported backbones cannot be '
                              f'resumed; use --init-checkpoint to start from their weights)')
+        from backbones.integrity import DIGEST_KEY, verify_digests
+        verify_digests(ck['model'], ck.get(DIGEST_KEY), path)
         same = (ck['world_size'], ck['batch_size'], ck['accum_steps']) == \
             (self.info.world_size, self.args.batch_size, self.args.accum_steps)
         if ck['consumed'] and not same:
             raise ValueError(f'{path} was saved mid-epoch by a run with {ck["world_size"]} process(es), batch '
                              f'{ck["batch_size"]}, accum {ck["accum_steps"]}; resume with the same settings '
                              f'(now {self.info.world_size}, {self.args.batch_size}, {self.args.accum_steps})')
-        self.net.load_state_dict(ck['model'])
+        if getattr(self.args, 'non_strict', False):
+            LOG.warning(f'--non-strict: {path} is resumed without checking that it fits the model')
+            self.net.load_state_dict(ck['model'], strict=False)
+        else:
+            from backbones.checkpoint import check_state_fits
+            check_state_fits(self.net, ck['model'], path, fix='--non-strict')
+            self.net.load_state_dict(ck['model'])
         self.optimizer.load_state_dict(ck['optimizer'])
         self.scheduler.load_state_dict(ck['lr_scheduler'])
         self.scaler.load_state_dict(ck['scaler'])

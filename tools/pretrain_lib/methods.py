@@ -317,7 +317,8 @@ class RSNetMethod(Method):
 
     def build_policy(self):
         kd = None if self.args.kd_type == 'none' else self.args.kd_type
-        return training.ResolutionPolicy(self.resolutions, mred=kd, seed=self.args.seed)
+        return training.ResolutionPolicy(self.resolutions, mred=kd, seed=self.args.seed,
+                                         untrained_resolution=getattr(self.args, 'untrained_resolution', 'error'))
 
     def train_resolutions(self):
         return self.resolutions
@@ -341,18 +342,17 @@ class RSNetMethod(Method):
     def val_resolutions(self):
         res = sorted(self.args.eval_resolutions or self.resolutions, reverse=True)
         bad = [r for r in res if r not in self.resolutions]
-        if bad and getattr(self.model, 'resolution_rule', 'explicit') == 'explicit':
-            raise ValueError(f'--eval-resolutions {bad} are not trained resolutions {self.resolutions} and the '
-                             f"model's resolution_rule is 'explicit'")
+        if bad and self.policy.untrained_resolution == 'error':
+            raise ValueError(f'--eval-resolutions {bad} have no private BN (trained resolutions: {self.resolutions}); '
+                             f'evaluate trained ones, or pass --untrained-resolution nearest to use the nearest '
+                             f"trained resolution's private BN")
         return res
 
     def eval_points(self, final):
         return [(None, r) for r in self.val_resolutions()]
 
     def point_context(self, model, width, resolution, calibrated=False):
-        if resolution in self.resolutions:
-            return model.resolution_context(resolution)
-        return contextlib.nullcontext()
+        return self.policy.eval_context(model, None, resolution)
 
     def macs(self, model, width, resolution):
         if resolution in self.resolutions:
