@@ -42,8 +42,8 @@ def _build_segmentor(config):
         return MODELS.build(Config.fromfile(config).model)
 
 
-def _run(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+def _run(args, cwd, timeout=300, env=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -451,3 +451,46 @@ def test_detectron2_checkpoints_carry_digests_and_corrupted_ones_are_refused(tmp
               'MODEL.WEIGHTS', path], cwd=ROOT)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and 'corrupted: tensor' in out, out[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ non-finite batches
+_NONFINITE_SEG = ['--cfg-options', 'model.data_preprocessor.std=[0,0,0]', 'train_cfg.max_iters=2',
+                  'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1']
+
+
+@pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
+def test_mm_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_path, shared_dir):
+    # std 0: every normalised pixel is inf / NaN, as a corrupt image would make them
+    wd = tmp_path / 'wd'
+    r = _run(['tools/train_seg.py', ELASTIC_SEG, '--work-dir', str(wd), '--data-root',
+              os.path.join(shared_dir, 'datasets'), *_NONFINITE_SEG], cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and 'NonFiniteStepError' in out and 'at iteration 0; batch files: [' in out, out[-3000:]
+    assert '.jpg' in out.split('batch files: [')[1].split(']')[0]
+    assert not list(wd.glob('iter_*.pth'))  # no checkpoint of the bad step
+    r = _run(['tools/train_seg.py', ELASTIC_SEG, '--work-dir', str(tmp_path / 'skip'), '--data-root',
+              os.path.join(shared_dir, 'datasets'), '--skip-nonfinite', *_NONFINITE_SEG], cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert out.count('skip_nonfinite: step skipped') == 2
+    import torch
+    sd = torch.load(tmp_path / 'skip' / 'iter_2.pth', weights_only=False, map_location='cpu')['state_dict']
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(not HAS_D2, reason='detectron2 not installed: build it from source (README, "Detectron2")')
+def test_detectron2_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_path, shared_dir):
+    opts = ['MODEL.PIXEL_STD', '[0.0, 0.0, 0.0]', 'SOLVER.MAX_ITER', '2', 'SOLVER.CHECKPOINT_PERIOD', '1',
+            'TEST.EVAL_PERIOD', '0', 'DATALOADER.NUM_WORKERS', '0']
+    env_root = os.path.join(shared_dir, 'datasets')
+    r = _run(['tools/train_det.py', '--config-file', ELASTIC_D2, 'OUTPUT_DIR', str(tmp_path / 'out'), *opts],
+             cwd=ROOT, env={'DYNSCALE_DATASETS': env_root})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and 'NonFiniteStepError' in out and 'at iteration 0; batch files: [' in out, out[-3000:]
+    assert '.jpg' in out.split('batch files: [')[1].split(']')[0]
+    assert not list((tmp_path / 'out').glob('model_*.pth'))
+    r = _run(['tools/train_det.py', '--config-file', ELASTIC_D2, 'OUTPUT_DIR', str(tmp_path / 'skip'), *opts,
+              'MODEL.DYNSCALE.SKIP_NONFINITE', 'True', 'DATASETS.TEST', '()'], cwd=ROOT,
+             env={'DYNSCALE_DATASETS': env_root})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and out.count('SKIP_NONFINITE: iteration skipped') == 2, out[-3000:]

@@ -487,3 +487,59 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny, tmp_path):
     other = ['--model', 'resnext50_elastic', '--model-kwargs', '{"cardinality": 8, "base_width": 4}']
     with pytest.raises(CheckpointMismatchError, match=r'shape-mismatched \[.*file .* model .*--non-strict'):
         _run(tiny, tmp_path / 'b', *other, '--resume', str(tmp_path / 'a' / 'last.pth'), '--no-final-eval')
+
+
+def test_nonfinite_batch_stops_naming_its_files_and_keeps_the_checkpoint(tiny, tmp_path, monkeypatch):
+    """Issue 19: an inf pixel stops the run with the iteration and the batch's files, before any checkpoint of that
+    step is written; --skip-nonfinite skips such steps (BN statistics restored) and finishes."""
+    from backbones.training.nonfinite import NonFiniteStepError
+    out = tmp_path / 'run'
+    _run(tiny, out, *SMALL_ELASTIC, '--no-final-eval')
+    before = (out / 'last.pth').read_bytes()
+    bad = os.path.join(tiny, 'train', 'c1', '2.jpg')
+    get = pdata.RobustImageFolder.__getitem__
+
+    def poisoned(self, key):
+        img, target = get(self, key)
+        index = key[0] if isinstance(key, (tuple, list)) else key
+        if self.samples[index][0] == bad and torch.is_tensor(img):
+            img = img.clone()
+            img[0, 0, 0] = float('inf')
+        return img, target
+    monkeypatch.setattr(pdata.RobustImageFolder, '__getitem__', poisoned)
+    with pytest.raises(NonFiniteStepError, match=r'non-finite .* at iteration \d+; batch files: \[.*c1/2\.jpg'):
+        _run(tiny, out, *SMALL_ELASTIC, '--epochs', '2', '--resume', 'auto', '--no-final-eval')
+    assert (out / 'last.pth').read_bytes() == before  # the last good checkpoint is untouched
+    _run(tiny, tmp_path / 'skip', *SMALL_ELASTIC, '--no-final-eval', '--skip-nonfinite')
+    log = (tmp_path / 'skip' / 'log.txt').read_text()
+    assert log.count('--skip-nonfinite: step skipped') == 1 and 'c1/2.jpg' in log
+    model = torch.load(tmp_path / 'skip' / 'last.pth', weights_only=False)['model']
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize('model_args', [SMALL_ELASTIC,
+                                        ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--resolutions', '32',
+                                         '24', '--eval-widths', '1.0', '0.25', '--eval-resolutions', '32',
+                                         '--calib-batches', '2']],
+                         ids=['standard', 'mutualnet-calibrated'])
+def test_two_ranks_report_the_metric_of_one(tiny, tmp_path, model_args):
+    """Issue 19: the same checkpoint evaluated by one process and by two gloo processes gives the same top-1 / top-5
+    over the same images (to 1e-6)."""
+    _run(tiny, tmp_path / 'train', *model_args, '--no-final-eval')
+    ckpt = str(tmp_path / 'train' / 'last.pth')
+    common = ['--data-path', tiny, *BASE, *model_args, '--evaluate', '--resume', ckpt, '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    one = subprocess.run([sys.executable, SCRIPT, '--output-dir', str(tmp_path / 'one'), *common],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', SCRIPT,
+                          '--output-dir', str(tmp_path / 'two'), *common], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows1 = json.load(open(tmp_path / 'one' / 'eval.json'))
+    rows2 = json.load(open(tmp_path / 'two' / 'eval.json'))
+    assert len(rows1) == len(rows2) > 0
+    for a, b in zip(rows1, rows2):
+        assert a['n'] == b['n'] == 12
+        for k in ('top1', 'top5'):
+            assert abs(a[k] - b[k]) <= 1e-6, (k, a, b)

@@ -55,6 +55,9 @@ def get_parser():
     g.add_argument('--output-dir', default='runs/pretrain', help='run directory (created)')
     g.add_argument('--resume', default=None, help="training checkpoint to continue from, or 'auto' "
                    '(OUTPUT_DIR/last.pth if it exists)')
+    g.add_argument('--skip-nonfinite', action='store_true',
+                   help='skip a step whose loss or BN running statistics are non-finite (logged with the batch\'s '
+                        'files; default: stop, naming them, without overwriting the last checkpoint)')
     g.add_argument('--non-strict', action='store_true',
                    help='--resume from a checkpoint that does not fit the model (default: refuse, listing the keys)')
     g.add_argument('--ckpt-interval', type=int, default=0,
@@ -354,8 +357,10 @@ def main(argv=None):
 
 if __name__ == '__main__':
     from pretrain_lib.data import UnreadableImageError
+
+    from backbones.training.nonfinite import NonFiniteStepError
     try:
         main()
-    except (ValueError, FileNotFoundError, UnreadableImageError) as e:
+    except (ValueError, FileNotFoundError, UnreadableImageError, NonFiniteStepError) as e:
         print(f'pretrain.py: error: {e}', file=sys.stderr)
         sys.exit(2)

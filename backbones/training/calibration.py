@@ -74,9 +74,9 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
             t.momentum = mom
         for m, mode in modes.items():
             m.training = mode
-    if seen == 0:
+    # weighted by the batches each rank saw: the result is the average over every batch, however they were split
+    if average_bn_statistics(targets, weight=seen) == 0:
         raise ValueError('BN calibration got no batch to forward (empty iterable)')
-    average_bn_statistics(targets)
     check_ranks_agree([t.running_mean for t in targets] + [t.running_var for t in targets],
                       'the calibrated BN statistics')
     return seen

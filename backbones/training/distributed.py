@@ -37,32 +37,42 @@ def agree_seed(seed=None):
 
 
 @torch.no_grad()
-def average_bn_statistics(modules):
+def average_bn_statistics(modules, weight=None):
     """Average ``running_mean`` / ``running_var`` of ``modules`` over the processes of the default group.
 
     Args:
         modules (Iterable[nn.Module]): BN-like modules with running statistics (others are skipped).
+        weight (float | None): this rank's weight (the number of batches its statistics average, post-statistics BN
+            with ``momentum=None``); the result is ``sum(w_r * stat_r) / sum(w_r)``, the average over every batch
+            of every rank, so that the statistics do not depend on how the batches were split over the ranks.
+            None: every rank counts the same.
 
     Returns:
-        int: number of modules averaged (0 without a multi-process group).
+        float: the total weight over the ranks (the number of ranks when ``weight`` is None; ``weight`` itself, or
+        1, in a single process).
     """
     world = world_size()
     mods = [m for m in modules if getattr(m, 'running_mean', None) is not None]
     if world == 1 or not mods:
-        return 0
+        return float(1 if weight is None else weight)
     import torch.distributed as dist
-    flat = torch.cat([t.reshape(-1).float() for m in mods for t in (m.running_mean, m.running_var)])
+    w = 1.0 if weight is None else float(weight)
+    flat = torch.cat([t.reshape(-1).double() for m in mods for t in (m.running_mean, m.running_var)]
+                     + [torch.ones(1, dtype=torch.float64)])
+    flat *= w
     if dist.get_backend() == 'nccl':
         flat = flat.cuda()
     dist.all_reduce(flat)
-    flat /= world
+    total = float(flat[-1])
+    if total > 0:
+        flat /= total
     i = 0
     for m in mods:
         for t in (m.running_mean, m.running_var):
             n = t.numel()
             t.copy_(flat[i:i + n].view_as(t).to(device=t.device, dtype=t.dtype))
             i += n
-    return len(mods)
+    return total
 
 
 def digest(obj):

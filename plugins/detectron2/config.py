@@ -114,6 +114,9 @@ def add_dynscale_config(cfg):
     # --eval-only and resuming need the whole detector: any missing / unexpected / shape-mismatched key raises.
     # True loads what fits (logged); fine-tuning from MODEL.WEIGHTS checks only the backbone (above).
     D.NON_STRICT = False
+    # A non-finite loss or BN running statistic stops training naming the iteration and the batch's files (the last
+    # checkpoint is kept); True skips such iterations instead (BN statistics restored, no update), logging each.
+    D.SKIP_NONFINITE = False
     # MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT must match the input normalisation recorded in a converted
     # MODEL.WEIGHTS file (setup() raises otherwise); True takes them from the file instead.
     D.PIXEL_NORM_FROM_WEIGHTS = False

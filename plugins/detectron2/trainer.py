@@ -25,6 +25,7 @@ What :class:`DynscaleTrainer` adds to detectron2's default training loop:
 
 import contextlib
 import logging
+import math
 import time
 import weakref
 from collections import OrderedDict
@@ -41,6 +42,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
+
+from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
 from .backbone import _unwrap, find_dynscale_backbone
 
@@ -201,10 +204,17 @@ class DynscaleSimpleTrainer(SimpleTrainer):
         backbone (DynscaleD2Backbone): the detector's dynscale backbone.
         max_size (int): longer-side cap of the rescaled batches.
         amp (bool): mixed precision (``torch.autocast`` + ``GradScaler``) as detectron2's ``AMPTrainer``.
+        skip_nonfinite (bool): skip an iteration whose loss or BN running statistics are non-finite (BN statistics
+            restored, no optimizer step, logged with the batch's files); False (default) raises
+            :class:`backbones.training.nonfinite.NonFiniteStepError` naming them, before any hook of that iteration
+            (the periodic checkpointer) runs.
     """
 
-    def __init__(self, model, data_loader, optimizer, policy, backbone, max_size=1333, amp=False):
+    def __init__(self, model, data_loader, optimizer, policy, backbone, max_size=1333, amp=False,
+                 skip_nonfinite=False):
         super().__init__(model, data_loader, optimizer)
+        self.skip_nonfinite = skip_nonfinite
+        self.nonfinite_skipped = 0
         self.policy = policy
         self.backbone = backbone
         self.max_size = max_size
@@ -242,12 +252,21 @@ class DynscaleSimpleTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         self.optimizer.zero_grad()
+        snapshot = BNSnapshot(_unwrap(self.model)) if self.skip_nonfinite else None
         subnets = self.policy.subnets(self.iter)
         summed, logged, per_subnet = {}, {}, {}
         for sub in subnets:
             size = _input_size(self.policy, sub)
             batch = data if size is None else rescale_batch(data, size, self.max_size)
-            loss_dict, extra = self._forward(batch, sub, size)
+            try:
+                loss_dict, extra = self._forward(batch, sub, size)
+            except FloatingPointError as e:  # detectron2's own checks (RPN proposals): name the batch too
+                if comm.get_world_size() > 1:  # the other ranks cannot be told to skip: stop every rank
+                    raise NonFiniteStepError(describe_nonfinite(self.iter, files=[d.get('file_name', '?')
+                                                                                  for d in data],
+                                                                where=f'Detectron2 training ({e})')) from e
+                summed = {'total_loss': torch.tensor(float('nan'))}
+                break
             losses = sum(loss_dict.values())
             if self.grad_scaler is not None:
                 self.grad_scaler.scale(losses).backward()
@@ -260,6 +279,8 @@ class DynscaleSimpleTrainer(SimpleTrainer):
             if len(subnets) > 1:
                 per_subnet[sub.tag] = losses.detach()
         self.after_backward()
+        if self._nonfinite(summed, data, snapshot):
+            return
         self._write_metrics(summed, data_time)
         if comm.is_main_process():
             storage = get_event_storage()
@@ -274,6 +295,34 @@ class DynscaleSimpleTrainer(SimpleTrainer):
             self.optimizer.step()
         self.last_subnets = list(subnets)
         self.last_subnet_losses = {k: float(v) for k, v in per_subnet.items()}
+
+    def _nonfinite(self, summed, data, snapshot):
+        """Check the iteration's losses and every BN running statistic (all ranks agree).
+
+        Returns:
+            bool: True when the iteration is skipped (``skip_nonfinite``).
+
+        Raises:
+            NonFiniteStepError: the iteration, what was non-finite and this rank's image files.
+        """
+        total = sum(float(v) for v in summed.values())
+        bad_bn = nonfinite_bn_statistics(_unwrap(self.model))
+        bad = not math.isfinite(total) or bool(bad_bn)
+        if comm.get_world_size() > 1:
+            bad = any(comm.all_gather(bad))
+        if not bad:
+            return False
+        files = [d.get('file_name', '?') for d in data]
+        msg = describe_nonfinite(self.iter, total if not math.isfinite(total) else None, bad_bn, files,
+                                 where='Detectron2 training')
+        if not self.skip_nonfinite:
+            raise NonFiniteStepError(msg)
+        snapshot.restore()
+        self.optimizer.zero_grad()
+        self.nonfinite_skipped += 1
+        logging.getLogger(__name__).warning(f'MODEL.DYNSCALE.SKIP_NONFINITE: iteration skipped '
+                                            f'({self.nonfinite_skipped} so far): {msg.split(". Check")[0]}')
+        return True
 
     def state_dict(self):
         ret = super().state_dict()
@@ -469,7 +518,8 @@ class DynscaleTrainer(DefaultTrainer):
         D = cfg.MODEL.DYNSCALE
         max_size = D.SANDWICH.MAX_SIZE if D.SANDWICH.ENABLED else cfg.INPUT.MAX_SIZE_TRAIN
         self._trainer = DynscaleSimpleTrainer(
-            model, data_loader, optimizer, self.policy, backbone, max_size=max_size, amp=cfg.SOLVER.AMP.ENABLED
+            model, data_loader, optimizer, self.policy, backbone, max_size=max_size, amp=cfg.SOLVER.AMP.ENABLED,
+            skip_nonfinite=cfg.MODEL.DYNSCALE.SKIP_NONFINITE,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DynscaleCheckpointer(

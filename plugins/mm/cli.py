@@ -47,6 +47,9 @@ def add_train_args(parser):
     parser.add_argument('--non-strict', action='store_true',
                         help='--resume from a checkpoint that does not fit the model (default: refuse, listing '
                              'the keys)')
+    parser.add_argument('--skip-nonfinite', action='store_true',
+                        help='skip a step whose loss or BN running statistics are non-finite (logged with its '
+                             'image paths; default: stop, naming them, before the checkpoint of that step)')
     return parser
 
 
@@ -131,13 +134,17 @@ def load_config(args):
     if getattr(args, 'checkpoint', None):
         cfg.load_from = args.checkpoint
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(isinstance(h, dict) and h.get('type') == 'TensorDigestHook' for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type='TensorDigestHook')]  # every checkpoint carries tensor digests
+    types = {h.get('type') for h in hooks if isinstance(h, dict)}
+    if 'TensorDigestHook' not in types:
+        hooks.append(dict(type='TensorDigestHook'))  # every checkpoint carries tensor digests
+    if 'NonFiniteCheckHook' not in types:
+        hooks.append(dict(type='NonFiniteCheckHook'))  # a non-finite step stops the run, naming its files
+    cfg.custom_hooks = hooks
     return cfg
 
 
 def apply_train_args(cfg, args):
-    """Apply ``--amp``, ``--auto-scale-lr`` and ``--resume`` to ``cfg``; returns it.
+    """Apply ``--amp``, ``--auto-scale-lr``, ``--skip-nonfinite`` and ``--resume`` to ``cfg``; returns it.
 
     Raises:
         ValueError: ``--amp`` with an optimiser wrapper other than ``OptimWrapper``; ``--auto-scale-lr`` on a
@@ -152,6 +159,12 @@ def apply_train_args(cfg, args):
         if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
             raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
         cfg.auto_scale_lr.enable = True
+    if getattr(args, 'skip_nonfinite', False):
+        for h in cfg.custom_hooks:
+            if h.get('type') == 'NonFiniteCheckHook':
+                h['skip_nonfinite'] = True
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+            cfg.optim_wrapper.type = 'NonFiniteSkipOptimWrapper'
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:

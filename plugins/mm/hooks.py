@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
 
 from .registry import register_mm_module, register_renamed
@@ -278,3 +279,79 @@ class TensorDigestHook(Hook):
         from backbones.integrity import DIGEST_KEY, tensor_digests
         meta = checkpoint.setdefault('meta', {})
         meta[DIGEST_KEY] = tensor_digests(checkpoint.get('state_dict', {}))
+
+
+@register_mm_module(registry='HOOKS')
+class NonFiniteCheckHook(Hook):
+    """Stop training on a non-finite loss or BN running statistic, naming the iteration and the batch's files
+    (:mod:`backbones.training.nonfinite`); runs before the checkpoint hook, so the last good checkpoint stays.
+
+    With ``skip_nonfinite=True`` the step is skipped instead: the optimiser wrapper
+    (:class:`NonFiniteSkipOptimWrapper`, set by ``--skip-nonfinite``; ``AmpOptimWrapper`` skips non-finite
+    gradients itself) did not update the weights, and this hook restores the BN statistics saved before the step
+    and logs the skip.  The OpenMMLab tools of this project add the hook to every config
+    (:func:`plugins.mm.cli.load_config`).
+
+    Args:
+        skip_nonfinite (bool): skip such steps instead of stopping.
+    """
+
+    priority = 'ABOVE_NORMAL'  # before LoggerHook and CheckpointHook
+
+    def __init__(self, skip_nonfinite=False):
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped = 0
+        self._snapshot = None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        """Save the BN statistics (skip mode only)."""
+        if self.skip_nonfinite:
+            from backbones.training.nonfinite import BNSnapshot
+            self._snapshot = BNSnapshot(_unwrap(runner.model))
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        """Check the step's ``loss`` (``outputs``) and every BN running statistic.
+
+        Raises:
+            backbones.training.nonfinite.NonFiniteStepError: (default) with the iteration and the image paths.
+        """
+        from backbones.training.nonfinite import (
+            NonFiniteStepError,
+            describe_nonfinite,
+            is_finite_number,
+            nonfinite_bn_statistics,
+        )
+        loss = (outputs or {}).get('loss')
+        bad_loss = loss is not None and not is_finite_number(loss)
+        bad_bn = nonfinite_bn_statistics(_unwrap(runner.model))
+        if not bad_loss and not bad_bn:
+            return
+        files = [getattr(s, 'img_path', None) or s.metainfo.get('img_path', '?')
+                 for s in (data_batch or {}).get('data_samples', [])]
+        msg = describe_nonfinite(runner.iter, float(loss) if bad_loss else None, bad_bn, files,
+                                 where='MMEngine training')
+        if not self.skip_nonfinite:
+            raise NonFiniteStepError(msg)
+        if self._snapshot is not None:
+            self._snapshot.restore()
+        self.skipped += 1
+        print_log(f'skip_nonfinite: step skipped ({self.skipped} so far): {msg.split(". Check")[0]}',
+                  logger='current', level=30)
+
+
+def _nonfinite_grads(params):
+    return any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params)
+
+
+@register_mm_module(registry='OPTIM_WRAPPERS')
+class NonFiniteSkipOptimWrapper(OptimWrapper):
+    """``OptimWrapper`` that does not update the weights when a gradient is non-finite (``--skip-nonfinite``):
+    the gradients are dropped and :class:`NonFiniteCheckHook` restores the BN statistics and logs the skip."""
+
+    def step(self, **kwargs):
+        """``optimizer.step()`` unless a gradient is NaN / inf (then the gradients are zeroed)."""
+        params = [p for g in self.optimizer.param_groups for p in g['params']]
+        if _nonfinite_grads(params):
+            self.optimizer.zero_grad()
+            return
+        super().step(**kwargs)

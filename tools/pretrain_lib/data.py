@@ -293,6 +293,35 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.idx)
 
 
+class CalibrationSampler(torch.utils.data.Sampler):
+    """The same calibration batches whatever the number of processes (post-statistics BN).
+
+    A seeded permutation of the ``n`` training images is cut into global batches of ``batch_size``; process ``rank``
+    of ``num_replicas`` yields the images of global batches ``rank, rank + num_replicas, ...`` (whole batches, in
+    order), keyed ``(index, 0)`` so that the augmentation is the same wherever an image is read.  With the statistics
+    averaged over the processes weighted by their batch counts (:func:`backbones.training.average_bn_statistics`),
+    one process and several estimate the same statistics.
+
+    Args:
+        n (int): training images.
+        batch_size (int): images per batch (the DataLoader's).
+        num_replicas (int), rank (int): the process group.
+        seed (int): seed of the permutation.
+        num_batches (int | None): only the first ``num_batches`` global batches (``--calib-batches``).
+    """
+
+    def __init__(self, n, batch_size, num_replicas=1, rank=0, seed=0, num_batches=None):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+        batches = [perm[k:k + batch_size] for k in range(0, n - batch_size + 1, batch_size)][:num_batches]
+        self.keys = [(i, 0) for b in batches[rank::num_replicas] for i in b]
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self):
+        return len(self.keys)
+
+
 def subset_indices(n, max_samples, seed):
     """A fixed random subset of ``range(n)`` (sorted) of size ``max_samples`` (all when None/larger)."""
     if not max_samples or max_samples >= n:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from backbones.checkpoint import atomic_save, load_backbone_state, save_backbone_checkpoint
+from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
 from . import data as pdata
 from . import dist as pdist
@@ -330,8 +331,8 @@ class Trainer:
                                        **kw)
         self.val_loader = DataLoader(self.val_set, batch_size=a.val_batch_size or a.batch_size,
                                      sampler=pdata.ShardSampler(len(self.val_set), info.world_size, info.rank), **kw)
-        self.calib_sampler = pdata.ResumableSampler(self.train_set, info.world_size, info.rank, shuffle=True,
-                                                    seed=a.seed + 1)
+        self.calib_sampler = pdata.CalibrationSampler(len(self.train_set), a.batch_size, info.world_size, info.rank,
+                                                      seed=a.seed + 1, num_batches=a.calib_batches)
         self.calib_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.calib_sampler,
                                        drop_last=True, **kw)
         self.micro_per_epoch, self.steps_per_epoch = pdata.steps_in_epoch(self.sampler.num_samples, a.batch_size,
@@ -380,6 +381,7 @@ class Trainer:
         self.train_net = self.ddp if self.ddp is not None else self.net
 
         self.epoch, self.consumed, self.global_step = 0, 0, 0
+        self.nonfinite_skipped = 0  # steps skipped by --skip-nonfinite
         self.best_top1, self.best_epoch = -1.0, -1
         self.csv = CSVLog(os.path.join(self.out, 'train_log.csv')) if info.is_main else None
         self.summary = CSVLog(os.path.join(self.out, 'summary.csv')) if info.is_main else None
@@ -487,7 +489,8 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=self.consumed * a.batch_size)
         meters = {}
         t_log, n_log, t_epoch, n_epoch = time.time(), 0, time.time(), 0
-        i = self.consumed
+        i = epoch_start = self.consumed
+        skip_group, stats = False, None
         bar, loader, line_log = None, self.train_loader, LOG.info
         if a.progress_bar and info.is_main:
             try:
@@ -513,20 +516,26 @@ class Trainer:
                 target = target.to(info.device, non_blocking=True)
                 ctx = pm.StepContext(self.ddp, last_micro, self.autocast, self._backward_fn(group),
                                      step_index=self.global_step)
+                snapshot = BNSnapshot(self.net) if a.skip_nonfinite else None
                 stats = self.method.train_step(self.train_net, images, target, ctx)
-                if not math.isfinite(stats['loss']):
-                    raise FloatingPointError(f'loss is {stats["loss"]} at step {self.global_step}: lower --lr, '
-                                             f'use --clip-grad-norm or --amp-dtype bf16')
+                if self._nonfinite_step(stats, i, epoch_start, snapshot):
+                    skip_group, stats = True, None
+            if stats is not None:
                 for k, v in stats.items():
                     m = meters.setdefault(k, [0.0, 0])
                     m[0] += v * (stats['n'] if k not in ('correct', 'n') else 1)
                     m[1] += stats['n']
                 n_log += stats['n']
                 n_epoch += stats['n']
+            stats = None
             if a.iter_delay:
                 time.sleep(a.iter_delay)
             i += 1
-            if last_micro:
+            if last_micro and skip_group:
+                skip_group = False
+                self.optimizer.zero_grad(set_to_none=True)
+                self.consumed = i
+            elif last_micro:
                 self._optimizer_step()
                 self.consumed = i
                 if a.ckpt_interval and self.global_step % a.ckpt_interval == 0 and i < self.micro_per_epoch:
@@ -539,6 +548,42 @@ class Trainer:
         self.consumed = 0
         self.epoch += 1
         return n_epoch * info.world_size / max(time.time() - t_epoch, 1e-9)
+
+    def _batch_files(self, i, epoch_start):
+        """Image paths of micro-batch ``i`` of this rank's epoch (the sampler's order; ``epoch_start`` is the
+        micro-batch the epoch (re)started at)."""
+        bs = self.args.batch_size
+        keys = list(iter(self.sampler))[(i - epoch_start) * bs:(i - epoch_start + 1) * bs]
+        return [self.train_set.samples[k[0] if isinstance(k, (tuple, list)) else k][0] for k in keys]
+
+    def _nonfinite_step(self, stats, i, epoch_start, snapshot):
+        """Check a micro-batch for a non-finite loss or BN running statistic (every rank agrees).
+
+        Returns:
+            bool: True when the step is skipped (``--skip-nonfinite``: BN statistics restored from ``snapshot``,
+            gradients dropped, the skip logged with the batch's files).
+
+        Raises:
+            NonFiniteStepError: without ``--skip-nonfinite``: the iteration, what was non-finite and the batch's
+                files (this rank's); no checkpoint of this step is written.
+        """
+        bad_bn = nonfinite_bn_statistics(self.net)
+        loss = stats['loss']
+        bad = not math.isfinite(loss) or bool(bad_bn)
+        if self.info.distributed:
+            bad = pdist.all_reduce_sum([float(bad)], self.info)[0] > 0
+        if not bad:
+            return False
+        msg = describe_nonfinite(self.global_step, loss if not math.isfinite(loss) else None, bad_bn,
+                                 self._batch_files(i, epoch_start),
+                                 where=f'tools/pretrain.py epoch {self.epoch + 1} micro-batch {i}')
+        if not self.args.skip_nonfinite:
+            raise NonFiniteStepError(msg)
+        snapshot.restore()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_skipped += 1
+        LOG.warning(f'--skip-nonfinite: step skipped ({self.nonfinite_skipped} so far): {msg.split(". Check")[0]}')
+        return True
 
     def _log_train(self, meters, n_log, dt, i, bar, line_log):
         """One progress line (log/CSV/TensorBoard/bar) with the meters averaged over every process (one
