@@ -118,7 +118,9 @@ def read_checkpoint(path_or_obj):
     if not all(isinstance(v, torch.Tensor) or hasattr(v, 'shape') for v in sd.values()):
         raise CheckpointMismatchError('checkpoint holds no tensor state dict (keys: %s)' % list(obj)[:10])
     sd = {k: torch.as_tensor(v) for k, v in sd.items()}
-    verify_digests(sd, meta.get(DIGEST_KEY) if isinstance(meta, dict) else None, where)
+    if isinstance(meta, dict) and DIGEST_KEY in meta:
+        verify_digests(sd, meta[DIGEST_KEY], where)
+        meta = {k: v for k, v in meta.items() if k != DIGEST_KEY}  # they describe this file only
     return sd, meta
 
 
@@ -128,6 +130,20 @@ def _both_namings(key):
         if key.startswith(p) and p != 'module.':
             return f'{key} (backbone: {key[len(p):]})'
     return key
+
+
+def state_mismatch(own, sd, expected_missing=()):
+    """``(missing, unexpected, shape_mismatched)`` key lists of ``sd`` against the model state ``own``.
+
+    Args:
+        own (dict[str, Tensor]): ``model.state_dict()``.
+        sd (dict[str, Tensor]): the checkpoint's tensors in the same naming.
+        expected_missing (Collection[str]): model keys allowed to be absent (not reported).
+    """
+    missing = [k for k in own if k not in sd and k not in expected_missing]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shape
 
 
 def check_state_fits(model, state_dict, path, fix=None):
@@ -151,9 +167,7 @@ def check_state_fits(model, state_dict, path, fix=None):
     """
     own = model.state_dict()
     sd = {k[len('module.'):] if k.startswith('module.') and k not in own else k: v for k, v in state_dict.items()}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape = [k for k in sd if k in own and hasattr(sd[k], 'shape') and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, shape = state_mismatch(own, sd)
     if missing or unexpected or shape:
         def show(keys):
             return '[' + ', '.join(_both_namings(k) for k in keys[:6]) + (', ...' if len(keys) > 6 else '') + ']'

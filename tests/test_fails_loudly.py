@@ -494,3 +494,22 @@ def test_detectron2_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_pat
              env={'DYNSCALE_DATASETS': env_root})
     out = r.stdout + r.stderr
     assert r.returncode == 0 and out.count('SKIP_NONFINITE: iteration skipped') == 2, out[-3000:]
+
+
+def test_digests_describe_their_file_only(tmp_path):
+    """A verified file's digests are not carried along: re-wrapping its tensors (a prefix selection, the float32
+    cast of half-precision tensors) must not read as corruption."""
+    from backbones.checkpoint import atomic_save, read_checkpoint
+    from backbones.integrity import DIGEST_KEY
+    from backbones.pretrained import load_pretrained, read_source
+    model = backbones.create('rs_resnet18', num_classes=0)
+    sd = {'backbone.' + k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = str(tmp_path / 'seg.pth')
+    atomic_save({'state_dict': sd, 'meta': {'family': 'rsnet'}}, path)
+    src = read_source(path)
+    assert DIGEST_KEY not in src.meta and src.meta['family'] == 'rsnet'
+    full, meta = read_checkpoint({'state_dict': src.state_dict, 'meta': src.meta})
+    sel = {k[len('backbone.'):]: v for k, v in full.items()}
+    rep = load_pretrained(model, {'state_dict': sel, 'meta': meta})
+    assert rep.loaded == len(sel)
+    assert DIGEST_KEY not in read_checkpoint(path)[1]

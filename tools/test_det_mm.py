@@ -79,8 +79,8 @@ def build_cfg(args):
     # options a backbone family does not have fail here, before anything is built or read (one table:
     # backbones.capabilities)
     given = {f'--{k.replace("_", "-")}': cap for k, cap in _FLAG_CAPABILITY.items() if getattr(args, k) is not None}
-    caps = check_options(backbone_arch(cfg), given, where='tools/test_det_mm.py',
-                         label=backbone_arch(cfg) or 'this backbone')
+    arch = backbone_arch(cfg)
+    caps = check_options(arch, given, where='tools/test_det_mm.py', label=arch or 'this backbone')
     slim = 'calibration' in caps
     if args.width is not None:
         cfg.model.test_width = args.width

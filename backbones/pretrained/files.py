@@ -242,6 +242,9 @@ def read_source(path_or_obj):
             t = t.float()
         out[k] = t
     container = {} if sd is obj else {k: v for k, v in obj.items() if k != state_key}
+    for key in ('meta', 'dynscale_meta'):  # verified above: the digests describe this file only, never re-check them
+        if isinstance(container.get(key), dict) and DIGEST_KEY in container[key]:
+            container[key] = {k: v for k, v in container[key].items() if k != DIGEST_KEY}
     return SourceFile(state_dict=out, container=container, container_keys=tuple(obj) if sd is not obj else (),
                       state_key=state_key, path=path, sha256_=sha, wrapped_member=wrapped, cast_keys=cast,
                       weights_only=weights_only)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _registry
-from ..checkpoint import _PREFIXES, FORMAT, CheckpointMismatchError, backbone_meta, strip_prefix
+from ..checkpoint import _PREFIXES, FORMAT, CheckpointMismatchError, backbone_meta, state_mismatch, strip_prefix
 from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
 from .files import SourceFile, read_source
 from .mapping import Transfer
@@ -399,9 +399,7 @@ def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_ma
             if '.halting.' in k:
                 report.new.append((k, 'SACT/ACT halting branch: the checkpoint is a plain pre-activation ResNet'))
     new = {k for k, _ in report.new}
-    report.missing = [k for k in own if k not in sd and k not in new]
-    report.unexpected = [k for k in sd if k not in own]
-    report.shape_mismatch = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    report.missing, report.unexpected, report.shape_mismatch = state_mismatch(own, sd, expected_missing=new)
     if report.missing or report.unexpected or report.shape_mismatch:
         hint = _likely_cause(model, sd, meta, report)
         msg = (f'checkpoint does not match {getattr(model, "variant", type(model).__name__)} '

@@ -344,7 +344,7 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
         weight = self.weight if c == self.num_features else self.weight[:c]
         bias = self.bias if c == self.num_features else self.bias[:c]
         stats = self.private[self.key] if self.key in self.private else None
-        if stats is not None and getattr(stats, 'uncalibrated', None) and not self.probe:
+        if stats is not None and stats.__dict__.get('uncalibrated') and not self.probe:  # plain dict lookup
             if not self.training:
                 raise self._uncalibrated_error(stats.uncalibrated)
             if stats.training and stats.track_running_stats:

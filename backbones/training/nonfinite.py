@@ -40,13 +40,14 @@ def _bn_buffers(model):
 
 def nonfinite_bn_statistics(model, limit=5):
     """Names of BN layers of ``model`` whose running mean or variance holds NaN / inf (at most ``limit``)."""
-    bad = []
-    for name, m in _bn_buffers(model):
-        if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
-            bad.append(name or type(m).__name__)
-            if len(bad) >= limit:
-                break
-    return bad
+    mods = list(_bn_buffers(model))
+    if not mods:
+        return []
+    finite = torch.stack([torch.isfinite(m.running_mean).all() & torch.isfinite(m.running_var).all()
+                          for _, m in mods])
+    if bool(finite.all()):  # the common case: one host-device synchronisation per step
+        return []
+    return [name or type(m).__name__ for (name, m), ok in zip(mods, finite.tolist()) if not ok][:limit]
 
 
 class BNSnapshot:
