@@ -344,16 +344,18 @@ class DynscaleCheckpointer(DetectionCheckpointer):
     Missing or shape-mismatched keys of the dynscale backbone (and of the C4 res5 head) raise
     ValueError when ``strict`` (``MODEL.DYNSCALE.STRICT_BACKBONE_LOAD``), else are logged as errors.
 
-    Evaluating or resuming needs the *whole* detector: with ``whole_model`` (``--eval-only``, and a resume from
-    the output folder's last checkpoint; ``MODEL.DYNSCALE.NON_STRICT`` opts out) any missing, unexpected or
+    Evaluating or resuming needs the *whole* detector: with ``whole_model`` (``--eval-only``) or
+    ``resume_whole_model`` (a resume from the output folder's last checkpoint; ``MODEL.DYNSCALE.NON_STRICT`` turns
+    both off) any missing, unexpected or
     shape-mismatched key of any module raises :class:`backbones.checkpoint.CheckpointMismatchError`, listing the
     keys in the detector's and the backbone's naming.
     """
 
-    def __init__(self, model, save_dir='', *, strict=True, whole_model=False, **kwargs):
+    def __init__(self, model, save_dir='', *, strict=True, whole_model=False, resume_whole_model=False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self.whole_model = whole_model
+        self.resume_whole_model = resume_whole_model
 
     def save(self, name, **kwargs):
         """detectron2's ``save`` with per-tensor digests of the model (:mod:`backbones.integrity`)."""
@@ -367,10 +369,10 @@ class DynscaleCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def resume_or_load(self, path, *, resume=True):
-        """detectron2's ``resume_or_load``; a resume (the output folder has a checkpoint) checks the whole model
-        unless ``MODEL.DYNSCALE.NON_STRICT`` was given to the trainer (``whole_model`` stays as set)."""
+        """detectron2's ``resume_or_load``; with ``resume_whole_model`` a resume (the output folder has a checkpoint)
+        checks the whole model (``whole_model`` stays as set for other loads)."""
         saved = self.whole_model
-        if resume and self.has_checkpoint() and getattr(self, 'resume_whole_model', False):
+        if resume and self.resume_whole_model and self.has_checkpoint():
             self.whole_model = True
         try:
             return super().resume_or_load(path, resume=resume)
@@ -523,9 +525,9 @@ class DynscaleTrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DynscaleCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), strict=cfg.MODEL.DYNSCALE.STRICT_BACKBONE_LOAD,
+            resume_whole_model=not cfg.MODEL.DYNSCALE.NON_STRICT,
         )
-        self.checkpointer.resume_whole_model = not cfg.MODEL.DYNSCALE.NON_STRICT
         if cfg.MODEL.DYNSCALE.NON_STRICT:
             logging.getLogger(__name__).warning('MODEL.DYNSCALE.NON_STRICT: a resumed checkpoint is loaded without '
                                                 'checking that it fits the whole model')

@@ -294,7 +294,7 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 class CalibrationSampler(torch.utils.data.Sampler):
-    """The same calibration batches whatever the number of processes (post-statistics BN).
+    """The same calibration batches whatever the number of processes (post-statistics BN, US-Nets Sec. 3.3).
 
     A seeded permutation of the ``n`` training images is cut into global batches of ``batch_size``; process ``rank``
     of ``num_replicas`` yields the images of global batches ``rank, rank + num_replicas, ...`` (whole batches, in
