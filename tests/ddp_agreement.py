@@ -94,14 +94,15 @@ def run_mmseg(rank):
         type='SlimmableEncoderDecoder', data_preprocessor=_pre(), num_subnets=3,
         backbone=dict(type='SlimmableNet', arch='us_mobilenet_v2', output_stride=16),
         decode_head=dict(type='DeepLabV3Head', in_channels=320, in_index=3, channels=16, dilations=(1, 2),
-                         num_classes=3, input_sliced=True, norm_cfg=dict(type='BN')),
+                         num_classes=3, input_sliced=True, norm_cfg=dict(type='SyncBN')),
         train_cfg=dict(resolutions=(64, 48), max_resolution=64),
         test_cfg=dict(mode='whole', width=0.6, resolution=48)))
     torch.manual_seed(100 + rank)
     model.policy = type(model.policy)(model.backbone.model.width_range, 3, (64, 48), 64, seed=None)
     g = torch.Generator().manual_seed(1000 + rank)
+    # rank 1 holds one batch fewer: the SyncBN head must calibrate each rank's batches on their own
     data = [dict(inputs=[torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(2)],
-                 data_samples=_samples(2, 64, 64, 3)) for _ in range(2)]
+                 data_samples=_samples(2, 64, 64, 3)) for _ in range(2 - rank)]
     runner = type('R', (), {'model': model, 'cfg': None, 'seed': 0})()
     BNCalibrationHook(num_batches=2, dataloader=data).calibrate(runner)
     return [model.policy.subnets(s) for s in range(5)], _stats(model)

@@ -513,3 +513,83 @@ def test_digests_describe_their_file_only(tmp_path):
     rep = load_pretrained(model, {'state_dict': sel, 'meta': meta})
     assert rep.loaded == len(sel)
     assert DIGEST_KEY not in read_checkpoint(path)[1]
+
+
+# ------------------------------------------------------------------------------------------ ranks that disagree
+def test_calibration_batches_do_not_depend_on_the_number_of_processes():
+    """One process and three read the same calibration images, each augmented identically (seeded per image)."""
+    import random
+
+    import numpy as np
+
+    from backbones.training import CalibrationSampler, SeededSamples
+
+    class Augmented:
+        def __len__(self):
+            return 11
+
+        def __getitem__(self, i):  # draws from every global generator, as MMCV transforms do
+            import torch
+            return (i, random.random(), float(np.random.rand()), float(torch.rand(())))
+
+    data = SeededSamples(Augmented(), seed=3)
+    one = [data[i] for i in CalibrationSampler(11, 2, 1, 0, seed=3, num_batches=4)]
+    shares = [CalibrationSampler(11, 2, 3, r, seed=3, num_batches=4) for r in range(3)]
+    three = [data[i] for s in shares for i in s]
+    assert len(one) == 8 and sorted(one) == sorted(three)
+    assert [len(s) for s in shares] == [4, 2, 2]  # global batches 0, 3 | 1 | 2
+    assert len({x[1] for x in one}) == 8  # each image its own draw
+    state = np.random.get_state()[1].copy()
+    data[0]
+    assert (np.random.get_state()[1] == state).all()  # the caller's generators are left alone
+    other = [SeededSamples(Augmented(), seed=4)[i] for i in CalibrationSampler(11, 2, 1, 0, seed=3, num_batches=4)]
+    assert other != one
+
+
+def _metrics_line(out):
+    """The metrics dict a test tool printed last (``{'mIoU': np.float32(1.52), ...}``) as ``{name: float}``."""
+    import re
+    lines = [ln for ln in out.splitlines() if ln.startswith('{') and 'mIoU' in ln]
+    assert lines, out[-3000:]
+    return {k: float(v) for k, v in re.findall(r"'([^']+)': (?:np\.float\d+\()?([-+0-9.eE]+|nan)", lines[-1])}
+
+
+@pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
+def test_test_seg_two_processes_report_what_one_reports(tmp_path, shared_dir):
+    """``torchrun --nproc_per_node 2 tools/test_seg.py ... --launcher pytorch`` (gloo, CPU) of a slimmable
+    MutualNet checkpoint with BN calibration reports the one-process metrics: the calibration batches and their
+    augmentation do not depend on the number of processes, the statistics are averaged weighted by batches."""
+    import torch
+    voc = os.path.join(shared_dir, 'datasets', 'VOCdevkit', 'VOC2012')
+    with open(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt')) as f:
+        (tmp_path / 'val8.txt').write_text(''.join(f.readlines()[:8]))
+    base = os.path.join(SEG, 'deeplabv3_us-mobilenetv2-d16_mutualnet-4net_1xb8-1k_voc12subset-321x321.py')
+    cfg = tmp_path / 'mutualnet_small.py'
+    cfg.write_text(f'''_base_ = [{base!r}]
+crop_size = (129, 129)
+model = dict(data_preprocessor=dict(size=crop_size))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(160, 160), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size), dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(ann_file={str(tmp_path / 'val8.txt')!r},
+    pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 160), keep_ratio=True),
+              dict(type='LoadAnnotations'), dict(type='PackSegInputs')]))
+test_dataloader = val_dataloader
+custom_hooks = [dict(type='BNCalibrationHook', num_batches=3)]
+default_hooks = dict(visualization=dict(type='SegVisualizationHook', draw=False))
+''')
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / 'mutualnet.pth')
+    torch.save({'state_dict': _build_segmentor(str(cfg)).state_dict(), 'meta': {}}, ckpt)
+    data = os.path.join(shared_dir, 'datasets')
+    common = ['tools/test_seg.py', str(cfg), ckpt, '--width', '0.6', '--data-root', data]
+    one = _run([*common, '--work-dir', str(tmp_path / 'one')], cwd=ROOT, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *common, '--launcher',
+                'pytorch', '--work-dir', str(tmp_path / 'two')], cwd=ROOT, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = _metrics_line(one.stdout), _metrics_line(two.stdout)
+    assert set(m1) == set(m2) and all(abs(m1[k] - m2[k]) <= 1e-6 for k in m1), (m1, m2)
+    assert 'averaged over ranks' in two.stdout + two.stderr  # the two processes did calibrate on their shares
+    assert 'on 2 batches' in two.stdout + two.stderr  # rank 0: global batches 0 and 2 (rank 1 logs errors only)

@@ -8,6 +8,8 @@ module                 what it holds
 ``resolutions``        :class:`ResolutionPolicy`: RS-Nets private BN per resolution, MRED
 ``ponder``             :class:`PonderPolicy`: SACT / ACT ponder cost
 ``calibration``        post-statistics BN: :func:`reset_and_average`, :func:`calibrate`
+``calibration_data``   the same calibration batches for any number of processes: :class:`CalibrationSampler`,
+                       :class:`SeededSamples`
 ``distributed``        rank agreement: one seed, rank-averaged BN statistics, :func:`check_ranks_agree`
 =====================  ==================================================================================
 
@@ -17,6 +19,7 @@ Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build
 :data:`POLICIES` entry (:func:`register_policy`); the frontends build every policy through :func:`policy_for`.
 """
 from .calibration import calibrate, head_batchnorms, reset_and_average
+from .calibration_data import CalibrationSampler, SeededSamples
 from .distributed import agree_seed, average_bn_statistics, check_ranks_agree, digest, world_size
 from .policy import StandardPolicy, Subnet, TrainingPolicy, weighted_losses
 from .ponder import PonderPolicy, ponder_costs_of
@@ -25,8 +28,8 @@ from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
            'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'agree_seed',
-           'weighted_losses', 'ponder_costs_of', 'reset_and_average',
-           'calibrate', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
+           'weighted_losses', 'ponder_costs_of', 'reset_and_average', 'calibrate', 'CalibrationSampler',
+           'SeededSamples', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
 #: method name -> policy class, in the order :func:`policy_for` tries them for a model (``trains``)
 POLICIES = {'standard': StandardPolicy, 'usnet': SandwichPolicy, 'mutualnet': SandwichPolicy,

@@ -14,6 +14,7 @@ images.  Nothing happens when ``torch.distributed`` is not initialised or has on
 """
 import contextlib
 import itertools
+import types
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -28,7 +29,8 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
     """Re-estimate the running statistics of ``targets`` as exact averages over ``batches``.
 
     Every module of ``model`` is put in eval mode except the ``targets``, which are reset and put in train mode
-    with ``momentum=None`` (cumulative average); each batch is forwarded without gradient; afterwards every
+    with ``momentum=None`` (cumulative average; a ``SyncBatchNorm`` target normalises each batch on its own, without
+    synchronising, during the calibration); each batch is forwarded without gradient; afterwards every
     module's mode and the momenta are restored and, under DDP, the statistics are averaged over ranks
     (:func:`~backbones.training.distributed.average_bn_statistics`) and checked to be identical on every rank.
 
@@ -65,6 +67,10 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
             t.reset_running_stats()
             t.momentum = None
             t.train()
+            if isinstance(t, torch.nn.SyncBatchNorm):
+                # each rank's batches on their own (a synchronised forward would pair batches across ranks and
+                # hang when the ranks hold different numbers of batches); the ranks' averages are combined below
+                t.forward = types.MethodType(_BatchNorm.forward, t)
             t.__dict__.pop('uncalibrated', None)  # re-estimated now (SlimmableBatchNorm2d.mark_uncalibrated)
         for batch in itertools.islice(batches, num_batches):
             forward(model, batch)
@@ -72,6 +78,7 @@ def reset_and_average(model, targets, batches, forward=None, num_batches=None):
     finally:
         for t, mom in zip(targets, momenta):
             t.momentum = mom
+            t.__dict__.pop('forward', None)
         for m, mode in modes.items():
             m.training = mode
     # weighted by the batches each rank saw: the result is the average over every batch, however they were split

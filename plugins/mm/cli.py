@@ -5,8 +5,8 @@ import logging
 import os
 import os.path as osp
 
-__all__ = ['add_common_args', 'add_train_args', 'load_config', 'apply_train_args', 'build_runner', 'set_data_root',
-           'dataset_cfgs', 'train', 'check_checkpoint', 'resume_path']
+__all__ = ['add_common_args', 'add_train_args', 'load_config', 'apply_train_args', 'build_runner',
+           'prepare_cpu_launcher', 'set_data_root', 'dataset_cfgs', 'train', 'check_checkpoint', 'resume_path']
 
 # mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6 refuses to
 # unpickle with its default weights_only=True, and mmengine calls torch.load without the argument: this documented
@@ -185,9 +185,61 @@ def build_runner(cfg, flags=None):
     """
     from .options import check_config_options
     check_config_options(cfg, flags, where=cfg.get('filename'))
+    prepare_cpu_launcher(cfg)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def prepare_cpu_launcher(cfg):
+    """Let ``--launcher pytorch`` (torchrun) run on machines without CUDA: MMEngine's launcher calls
+    ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids=[LOCAL_RANK]``, both of which fail on CPU.
+    Without CUDA the process group is initialised here with the ``gloo`` backend (MMEngine then finds it
+    initialised), the model is wrapped with ``device_ids=None``, and ``SyncBN`` norm layers of ``cfg.model``
+    become ``BN`` (PyTorch's SyncBatchNorm needs GPU tensors; in evaluation both are the same layer, in training
+    each process then normalises with its own batch's statistics: logged).  Nothing changes with CUDA or another
+    launcher.
+
+    Args:
+        cfg (mmengine.Config): the merged config (``launcher``, ``env_cfg.dist_cfg.timeout``,
+            ``model_wrapper_cfg``, ``find_unused_parameters`` are read; ``model_wrapper_cfg`` may be set).
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        timeout = (cfg.get('env_cfg') or {}).get('dist_cfg', {}).get('timeout')
+        kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
+        dist.init_process_group('gloo', **kwargs)
+    if _sync_bn_to_bn(cfg.model):
+        from mmengine.logging import print_log
+        print_log('--launcher pytorch without CUDA: SyncBN layers run as BN (gloo has no synchronised batch norm); '
+                  'in training each process normalises with its own batch statistics', logger='current',
+                  level=logging.WARNING)
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
+    elif isinstance(wrapper, dict) and wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+        wrapper.setdefault('device_ids', None)
+
+
+def _sync_bn_to_bn(node):
+    """Replace ``type='SyncBN'`` by ``'BN'`` in every dict of a config subtree; returns how many."""
+    n = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            n += 1
+        for v in node.values():
+            n += _sync_bn_to_bn(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            n += _sync_bn_to_bn(v)
+    return n
 
 
 def check_checkpoint(runner, path, non_strict=False):

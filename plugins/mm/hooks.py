@@ -2,6 +2,7 @@
 calibration before evaluation, SACT ponder-map saving, the check that the data preprocessor normalises inputs as
 the pretrained weights expect.  Former names (``SlimmableBNCalibrationHook``, ``SlimmableDetBNCalibrationHook``,
 ``DetPonderMapSaveHook``) raise, naming the hook that replaced them."""
+import functools
 import itertools
 import os
 import os.path as osp
@@ -16,7 +17,7 @@ from mmengine.structures import PixelData
 from .registry import register_mm_module, register_renamed
 from .runtime import unwrap_model as _unwrap
 
-__all__ = ['BNCalibrationHook', 'PonderMapSaveHook', 'InputNormalizationHook']
+__all__ = ['BNCalibrationHook', 'calibration_loader', 'PonderMapSaveHook', 'InputNormalizationHook']
 
 
 @register_mm_module(registry='HOOKS')
@@ -29,16 +30,22 @@ class BNCalibrationHook(Hook):
     evaluated resolution (``model.calibration_inputs``), and calls :func:`backbones.training.calibrate` for the
     model's evaluation configuration (``model.calibration_config()``): the backbone's statistics of that
     configuration and the BNs of ``model.calibration_head_scope`` (a segmentor's decode head; a detector's neck)
-    are re-estimated.  Under DDP each rank forwards its own batches and the statistics are averaged over the ranks,
-    so every rank evaluates, and rank 0 checkpoints, the same network.
+    are re-estimated.  The batches are the first ``num_batches`` of a seeded permutation of the training set, each
+    image augmented from a seed of its own (:func:`calibration_loader`); under DDP each rank forwards its share of
+    those batches and the statistics are averaged over the ranks weighted by their batch counts, so that every rank
+    evaluates, rank 0 checkpoints, and one process or several report, the same network.
 
     Args:
         num_batches (int): batches to average over (MutualNet: 9 x 1024 images; US-Nets: ~2000 images).
         heads (bool): also re-estimate the BNs of the model's ``calibration_head_scope``.
         width (float | None), resolution (int | None): evaluate and calibrate this configuration instead of the
             model's (``model.set_calibration_config``).
-        dataloader (dict | None): dataloader config (None: the runner's training dataloader).
+        dataloader (dict | Iterable | None): dataloader config (None: the config's ``train_dataloader``; its
+            dataset, ``batch_size``, ``num_workers`` and ``collate_fn`` are used, its sampler is not), or the
+            data batches themselves.
         on_val (bool), on_test (bool): calibrate before validation / testing.
+        seed (int): seed of the calibration batches and of their augmentation (not the runner's seed: the same
+            checkpoint calibrates the same way in every run).
 
     Raises:
         ValueError: ``num_batches < 1``; a model whose policy does not calibrate (not a slimmable segmentor /
@@ -48,28 +55,25 @@ class BNCalibrationHook(Hook):
     priority = 'ABOVE_NORMAL'
 
     def __init__(self, num_batches=5, heads=True, width=None, resolution=None, dataloader=None, on_val=True,
-                 on_test=True):
+                 on_test=True, seed=0):
         if num_batches < 1:
             raise ValueError(f'num_batches must be >= 1, got {num_batches}')
-        self.num_batches, self.heads = num_batches, heads
+        self.num_batches, self.heads, self.seed = num_batches, heads, seed
         self.width, self.resolution = width, resolution
         self.dataloader_cfg, self.on_val, self.on_test = dataloader, on_val, on_test
         self._built_loader = None
 
     def _loader(self, runner):
-        from mmengine.runner import BaseLoop
-        if self.dataloader_cfg is None:
-            loop = getattr(runner, '_train_loop', None)
-            if isinstance(loop, BaseLoop):
-                return loop.dataloader
+        cfg = self.dataloader_cfg
+        if cfg is None and getattr(runner, 'cfg', None) is not None:
+            cfg = runner.cfg.get('train_dataloader')
+        if not cfg:
+            raise ValueError('BNCalibrationHook needs training data: give dataloader=... or a train_dataloader '
+                             'in the config (BN statistics are calibrated on training batches)')
+        if not isinstance(cfg, dict):
+            return cfg  # batches given directly (an iterable of data dicts)
         if self._built_loader is None:
-            cfg = self.dataloader_cfg
-            if cfg is None and getattr(runner, 'cfg', None) is not None:
-                cfg = runner.cfg.get('train_dataloader')
-            if not cfg:
-                raise ValueError('BNCalibrationHook needs training data: give dataloader=... or a train_dataloader '
-                                 'in the config (BN statistics are calibrated on training batches)')
-            self._built_loader = runner.build_dataloader(cfg, seed=runner.seed) if isinstance(cfg, dict) else cfg
+            self._built_loader = calibration_loader(cfg, self.num_batches, self.seed)
         return self._built_loader
 
     def calibrate(self, runner):
@@ -91,7 +95,8 @@ class BNCalibrationHook(Hook):
         n = calibrate(model, batches, backbone=model.backbone.model, width=width, bn_resolution=res,
                       heads=heads if heads is not None else False, forward=lambda m, x: m.calibration_forward(x))
         print_log(f'calibrated BN statistics for width {width}, resolution {res or "as loaded"} on {n} batches'
-                  + (' (averaged over ranks)' if world_size() > 1 else ''), logger='current')
+                  + (' (averaged over ranks, weighted by their batches)' if world_size() > 1 else ''),
+                  logger='current')
         return width, res
 
     def before_val_epoch(self, runner):
@@ -101,6 +106,55 @@ class BNCalibrationHook(Hook):
     def before_test_epoch(self, runner):
         if self.on_test:
             self.calibrate(runner)
+
+
+def calibration_loader(dataloader_cfg, num_batches, seed=0):
+    """The calibration DataLoader of ``dataloader_cfg``: this process's share of ``num_batches`` global batches.
+
+    The dataset of ``dataloader_cfg`` is read through :class:`backbones.training.SeededSamples` (its random
+    augmentation seeded per image) in the order of :class:`backbones.training.CalibrationSampler` (a seeded
+    permutation cut into batches of ``batch_size``, global batch ``k`` read by rank ``k % world_size``), so the
+    batches do not depend on the number of processes (US-Nets Sec. 3.3, post-statistics BN).
+
+    Args:
+        dataloader_cfg (dict): an MMEngine dataloader config (``dataset``, ``batch_size``, optional
+            ``num_workers``, ``collate_fn``); its ``sampler`` is replaced.
+        num_batches (int): global batches.
+        seed (int): calibration seed.
+
+    Returns:
+        torch.utils.data.DataLoader: yields collated data dicts.
+
+    Raises:
+        ValueError: a dataset smaller than one batch.
+    """
+    import copy
+
+    import torch.distributed as dist
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DATASETS, FUNCTIONS
+
+    from backbones.training import CalibrationSampler, SeededSamples, world_size
+    cfg = copy.deepcopy(dict(dataloader_cfg))
+    dataset = cfg['dataset']
+    if isinstance(dataset, dict):
+        dataset = DATASETS.build(dataset)
+    batch_size = int(cfg.get('batch_size', 1))
+    world = world_size()
+    rank = dist.get_rank() if world > 1 else 0
+    sampler = CalibrationSampler(len(dataset), batch_size, world, rank, seed=seed, num_batches=num_batches)
+    if sampler.num_global_batches == 0:
+        raise ValueError(f'BN calibration needs one batch of {batch_size} training images, the dataset has '
+                         f'{len(dataset)}: lower train_dataloader.batch_size or give more training data')
+    collate = cfg.get('collate_fn') or dict(type='pseudo_collate')
+    if isinstance(collate, dict):
+        collate = dict(collate)
+        fn = collate.pop('type')
+        fn = FUNCTIONS.get(fn) if isinstance(fn, str) else fn
+        collate = functools.partial(fn, **collate) if collate else fn
+    return torch.utils.data.DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler,
+                                       num_workers=int(cfg.get('num_workers', 0)), collate_fn=collate or pseudo_collate,
+                                       drop_last=True)
 
 
 _CALIBRATION_ARGS = 'one hook for segmentors and detectors; arguments num_batches, heads, width, resolution, dataloader'

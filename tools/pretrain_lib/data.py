@@ -23,6 +23,8 @@ from torch.utils.data._utils.collate import default_collate
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
+from backbones import training
+
 BAD_IMAGE_POLICIES = ('skip', 'fail')
 
 # PCA of ImageNet RGB pixels (Krizhevsky et al. 2012, Sec. 4.1), the constants every "lighting"
@@ -293,33 +295,17 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.idx)
 
 
-class CalibrationSampler(torch.utils.data.Sampler):
-    """The same calibration batches whatever the number of processes (post-statistics BN, US-Nets Sec. 3.3).
+class CalibrationSampler(training.CalibrationSampler):
+    """:class:`backbones.training.CalibrationSampler` keyed ``(index, 0)`` for :class:`ImageFolderDataset`, so that
+    the augmentation of an image is the same wherever it is read (post-statistics BN, US-Nets Sec. 3.3).  With the
+    statistics averaged over the processes weighted by their batch counts
+    (:func:`backbones.training.average_bn_statistics`), one process and several estimate the same statistics.
 
-    A seeded permutation of the ``n`` training images is cut into global batches of ``batch_size``; process ``rank``
-    of ``num_replicas`` yields the images of global batches ``rank, rank + num_replicas, ...`` (whole batches, in
-    order), keyed ``(index, 0)`` so that the augmentation is the same wherever an image is read.  With the statistics
-    averaged over the processes weighted by their batch counts (:func:`backbones.training.average_bn_statistics`),
-    one process and several estimate the same statistics.
-
-    Args:
-        n (int): training images.
-        batch_size (int): images per batch (the DataLoader's).
-        num_replicas (int), rank (int): the process group.
-        seed (int): seed of the permutation.
-        num_batches (int | None): only the first ``num_batches`` global batches (``--calib-batches``).
+    Args: as :class:`backbones.training.CalibrationSampler`.
     """
 
-    def __init__(self, n, batch_size, num_replicas=1, rank=0, seed=0, num_batches=None):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
-        batches = [perm[k:k + batch_size] for k in range(0, n - batch_size + 1, batch_size)][:num_batches]
-        self.keys = [(i, 0) for b in batches[rank::num_replicas] for i in b]
-
     def __iter__(self):
-        return iter(self.keys)
-
-    def __len__(self):
-        return len(self.keys)
+        return iter([(i, 0) for i in self.indices])
 
 
 def subset_indices(n, max_samples, seed):
