@@ -71,6 +71,10 @@ class DynamicBackbone(nn.Module):
     input_format = 'RGB'
     pixel_mean = (0.485, 0.456, 0.406)
     pixel_std = (0.229, 0.224, 0.225)
+    #: memory format the stages compute in on CPU, whatever the input's: ``'channels_last'`` (families whose
+    #: pooling / bilinear upsampling / BN are several times faster there: converted once at the input, the
+    #: ``forward_features`` maps handed back in the input's layout) or None (the input's layout)
+    cpu_layout = None
 
     def _init_dense(self, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
         out_indices = tuple(out_indices)
@@ -127,7 +131,28 @@ class DynamicBackbone(nn.Module):
         Raises:
             ValueError: wrong channel count.
         """
-        return self._forward_stages(x)[0]
+        return self._stages_in_layout(x)[0]
+
+    def _stages_in_layout(self, x):
+        """:meth:`_forward_stages` in :attr:`cpu_layout` on CPU: a contiguous (NCHW) input is converted to
+        channels-last once and the feature maps are handed back NCHW-contiguous (the layout frameworks feed and
+        expect); the logits path converts nothing back.  A model whose weights are channels-last (``channels_last``
+        flag, ``model.to(memory_format=torch.channels_last)``) already computes, and returns, channels-last maps
+        and is left alone.  Same values up to float rounding (the convolution kernels differ per layout)."""
+        back = False
+        if (self.cpu_layout == 'channels_last' and x.dim() == 4 and x.device.type == 'cpu'
+                and not x.is_contiguous(memory_format=torch.channels_last) and not self._channels_last_weights()):
+            back = x.is_contiguous()
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats, last = self._forward_stages(x)
+        if back:
+            feats = OrderedDict((k, v.contiguous()) for k, v in feats.items())
+        return feats, last
+
+    def _channels_last_weights(self):
+        conv = next((m for m in self.modules() if isinstance(m, nn.Conv2d)), None)
+        return conv is not None and conv.weight.dim() == 4 and not conv.weight.is_contiguous() and \
+            conv.weight.is_contiguous(memory_format=torch.channels_last)
 
     def _forward_stages(self, x):
         """Stem and stages, run once for :meth:`forward_features` and :meth:`forward` (timm-style).
@@ -161,7 +186,7 @@ class DynamicBackbone(nn.Module):
 
     def forward(self, x):
         """Logits ``[N, num_classes]`` when a head exists, else the ``forward_features`` dict."""
-        feats, last = self._forward_stages(x)
+        feats, last = self._stages_in_layout(x)
         if self.head is None:
             return feats
         return self.forward_head(last)

@@ -194,6 +194,7 @@ class DenseNet(DynamicBackbone):
     """
 
     family = 'elastic'
+    cpu_layout = 'channels_last'  # DynamicBackbone.cpu_layout: Elastic's pooling/upsampling are slow in NCHW on CPU
 
     def __init__(self, block_config, growth_rate=32, bn_size=4, compression=0.5, num_init_features=64, elastic=False,
                  num_classes=1000, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, output_stride=32,

@@ -288,6 +288,7 @@ class DLA(DynamicBackbone):
     """
 
     family = 'elastic'
+    cpu_layout = 'channels_last'  # DynamicBackbone.cpu_layout: Elastic's pooling/upsampling are slow in NCHW on CPU
 
     def __init__(self, levels, channels=CHANNELS, cardinality=32, elastic=False, residual_root=False, num_classes=1000,
                  out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, output_stride=32, norm_layer=None,

@@ -29,12 +29,12 @@ Implementation notes (all exact re-arrangements of the same arithmetic; the MAC 
   bilinear map only at the ``H x W`` output positions that survive the crop (``scales_h = scales_w =
   2``).  No padded copy or cropped copy is made; ``tests/test_elastic.py`` checks the equivalence with
   the literal pad/crop formulation.
-* Speed on CPU: use ``channels_last`` (constructor flag, or ``model.to(memory_format=torch.channels_last)``).
-  PyTorch's CPU average pooling and bilinear upsampling (and training-mode BatchNorm) are roughly 10x
-  slower on NCHW tensors than on channels-last ones.  Measured on a shared 2-core CPU (2 threads,
-  batch 8, 224x224) against torchvision's resnext50_32x4d in the same layout, ResNeXt50+Elastic reaches
-  about 0.5-0.6x its throughput in NCHW and about 0.8-0.95x (inference) / 0.73-0.86x (training step)
-  in channels-last.
+* Speed on CPU: PyTorch's CPU average pooling, bilinear upsampling and training-mode BatchNorm are several
+  times slower on NCHW tensors than on channels-last ones, and frameworks feed NCHW.  The Elastic families
+  therefore compute in channels-last on CPU whatever the input layout (``cpu_layout``, see
+  :class:`backbones.base.DynamicBackbone`): an NCHW input is converted once, the feature maps are handed back
+  NCHW.  ``tools/benchmark.py --pairs elastic elastic_nchw elastic101`` measures the ratios against the dense
+  twin; the README's table holds the last run.
 """
 import contextlib
 import functools
@@ -273,6 +273,7 @@ class ElasticResNeXt(DynamicBackbone):
     """
 
     family = 'elastic'
+    cpu_layout = 'channels_last'  # DynamicBackbone.cpu_layout: Elastic's pooling/upsampling are slow in NCHW on CPU
 
     def __init__(self, layers, elastic=False, se=False, cardinality=32, base_width=4, num_classes=1000,
                  out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, output_stride=32,

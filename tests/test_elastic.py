@@ -399,3 +399,22 @@ def test_deterministic_under_seed_and_channels_last():
     assert outs[0].abs().sum() > 0
     # same values in the other memory layout (summation order differs: tolerance relative to the scale)
     torch.testing.assert_close(outs[0], outs[2], rtol=1e-3, atol=1e-4 * outs[0].abs().max().item())
+
+
+@pytest.mark.parametrize('name', ['resnext50_elastic', 'densenet201_elastic', 'dla60x_elastic'])
+def test_nchw_input_computes_channels_last_on_cpu(name):
+    """Frameworks feed NCHW: the Elastic families convert once to channels-last (their pooling / upsampling are
+    several times slower in NCHW on CPU) and hand the feature maps back NCHW, equal to an NCHW computation."""
+    torch.manual_seed(0)
+    m = backbones.create(name, num_classes=0, out_indices=(0, 3)).eval()
+    seen = []
+    m.stages[0].register_forward_hook(lambda mod, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(2, 3, 65, 71)
+    with torch.no_grad():
+        fast = m.forward_features(x)
+        m.cpu_layout = None
+        ref = m.forward_features(x)
+    assert seen == [True, False]  # channels-last inside, then the input's layout when switched off
+    for k in ref:
+        assert fast[k].is_contiguous()  # handed back in the layout it was fed
+        assert (fast[k] - ref[k]).abs().max() <= 1e-5 * ref[k].abs().max()
