@@ -453,3 +453,44 @@ def test_method_configs_run_in_runner(name, tmp_path):
         assert len(glob.glob(osp.join(cfg.work_dir, 'ponder_maps', '*.npy'))) == 2
     else:
         assert 'train/mred_kd' in hub.log_scalars
+
+
+@pytest.mark.parametrize('name', ['deeplabv3_densenet201-elastic-d16_1xb16-33k_voc12aug-513x513.py',
+                                  'deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py'],
+                         ids=['densenet201_elastic', 'dla60x_elastic'])
+def test_densenet_dla_configs_train_one_step(name, tmp_path):
+    """Issue 20: the DenseNet-201+Elastic and DLA-X60+Elastic DeepLabV3 configs (OS 16) train one CPU iteration in
+    the Runner (synthetic VOC, 65-pixel crops, random initialisation instead of the converted zoo file)."""
+    torch.set_num_threads(1)
+    from mmengine.runner import Runner
+
+    from plugins.mm.cli import set_data_root
+    from plugins.mm.datasets import make_synthetic_voc
+    make_synthetic_voc(str(tmp_path / 'data' / 'VOCdevkit' / 'VOC2012'), num_train=2, num_val=1, size=(72, 56))
+    cfg = Config.fromfile(osp.join(ROOT, 'seg_configs', name))
+    set_data_root(cfg, str(tmp_path / 'data'))
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.model.backbone.init_cfg = dict()
+    cfg.model.backbone.norm_cfg = dict(type='BN', requires_grad=True)  # one process
+    cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.train_dataloader = dict(
+        batch_size=2, num_workers=0, persistent_workers=False, sampler=dict(type='InfiniteSampler', shuffle=True),
+        dataset=dict(type='VOCSegDataset', data_root=str(tmp_path / 'data' / 'VOCdevkit' / 'VOC2012'),
+                     data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'),
+                     ann_file='ImageSets/Segmentation/train.txt',
+                     pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                               dict(type='RandomCrop', crop_size=(65, 65)), dict(type='PackSegInputs')]))
+    cfg.model.data_preprocessor.size = (65, 65)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1, val_interval=100)
+    cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
+    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
+    cfg.param_scheduler = []
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
+    cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    runner = Runner.from_cfg(cfg)
+    before = {n: p.detach().clone() for n, p in runner.model.backbone.named_parameters()}
+    runner.train()
+    assert np.isfinite(runner.message_hub.get_scalar('train/loss').data[0]).all()
+    changed = [n for n, p in runner.model.backbone.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert changed and any('stages.3' in n for n in changed)

@@ -107,10 +107,106 @@ def build(spec, size=224):
     return model, info
 
 
+#: --frameworks: one training iteration of a framework config with Elastic-ResNeXt50 against the same config with
+#: the dense ResNeXt50 (dynscale's, computing in channels-last on CPU like every Elastic-family model, and computing
+#: in the framework's NCHW as torchvision's ResNeXt does); ratios against the first row of each framework
+_SEG_ELASTIC = 'seg_configs/deeplabv3_elastic-resnext50-d16-mg124_1xb8-1k_voc12subset-321x321.py'
+_SEG_DENSE = 'seg_configs/deeplabv3_resnext50-d16-mg124_1xb8-1k_voc12subset-321x321.py'
+_D2_QUICK = 'det_configs/detectron2/quick_schedules/mask_rcnn_resnext50_elastic_FPN_quick.yaml'
+FRAMEWORK_ROWS = [
+    ('MMSeg DeepLabV3, ResNeXt50 (dense twin)', {'framework': 'mmseg', 'config': _SEG_DENSE}),
+    ('MMSeg DeepLabV3, Elastic-ResNeXt50', {'framework': 'mmseg', 'config': _SEG_ELASTIC}),
+    ('MMSeg DeepLabV3, ResNeXt50 computing in NCHW (torchvision)',
+     {'framework': 'mmseg', 'config': _SEG_DENSE, 'cpu_layout': None}),
+    ('Detectron2 Mask R-CNN FPN, ResNeXt50 (dense twin)',
+     {'framework': 'detectron2', 'config': _D2_QUICK, 'name': 'resnext50_32x4d'}),
+    ('Detectron2 Mask R-CNN FPN, Elastic-ResNeXt50',
+     {'framework': 'detectron2', 'config': _D2_QUICK, 'name': 'resnext50_elastic'}),
+    ('Detectron2 Mask R-CNN FPN, ResNeXt50 computing in NCHW (torchvision)',
+     {'framework': 'detectron2', 'config': _D2_QUICK, 'name': 'resnext50_32x4d', 'cpu_layout': None}),
+]
+
+
+def _framework_step(spec, batch, size):
+    """``(model, step)``: the framework model of ``spec`` and a closure running one training iteration on a fixed
+    random batch of ``batch`` images of ``size`` x ``size`` (labels / boxes / masks included)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(batch)]
+    if spec['framework'] == 'mmseg':
+        from mmengine.config import Config
+        from mmengine.optim import OptimWrapper
+        from mmengine.registry import init_default_scope
+        from mmengine.structures import PixelData
+        from mmseg.registry import MODELS
+        from mmseg.structures import SegDataSample
+
+        import plugins.mm  # noqa: F401  (registration)
+        init_default_scope('mmseg')
+        cfg = Config.fromfile(os.path.join(ROOT, spec['config']))
+        cfg.model.backbone.norm_cfg = cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+        cfg.model.data_preprocessor.size = (size, size)
+        model = MODELS.build(cfg.model)
+        samples = []
+        for _ in range(batch):
+            ds = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 21, (1, size, size), generator=g)))
+            ds.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size)))
+            samples.append(ds)
+        data = dict(inputs=images, data_samples=samples)
+        optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+        model.train()
+        return model, lambda: model.train_step(data, optim)
+    from detectron2.structures import Boxes, Instances, PolygonMasks
+    from detectron2.utils.events import EventStorage
+
+    from plugins.detectron2 import DynscaleTrainer, get_dynscale_cfg
+    cfg = get_dynscale_cfg(os.path.join(ROOT, spec['config']),
+                           ['MODEL.DEVICE', 'cpu', 'MODEL.WEIGHTS', '', 'MODEL.DYNSCALE.NAME', spec['name']])
+    model = DynscaleTrainer.build_model(cfg)
+    optim = DynscaleTrainer.build_optimizer(cfg, model)
+    data = []
+    for img in images:
+        inst = Instances((size, size))
+        boxes = [[8, 8, size // 2, size // 2], [size // 3, size // 4, size - 8, size - 8]]
+        inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.gt_classes = torch.tensor([1, 3])
+        inst.gt_masks = PolygonMasks([[torch.tensor([a, b, c, b, c, d, a, d], dtype=torch.float64).numpy()]
+                                      for a, b, c, d in boxes])
+        data.append({'image': img, 'instances': inst, 'height': size, 'width': size})
+    model.train()
+
+    def step():
+        with EventStorage(0):
+            loss = sum(model(data).values())
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    return model, step
+
+
+def run_framework(spec, batch, size, iters, warmup):
+    """Time one framework training iteration (median of ``iters`` after ``warmup``); returns a result dict."""
+    model, step = _framework_step(spec, batch, size)
+    if 'cpu_layout' in spec:
+        for m in model.modules():
+            if hasattr(m, 'cpu_layout') and hasattr(m, 'stages'):
+                m.cpu_layout = spec['cpu_layout']
+    times = []
+    for i in range(warmup + iters):
+        t = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return {'spec': spec, 'batch': batch, 'size': size, 'train_img_s': batch / statistics.median(times),
+            'peak_mem_MiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def run_one(spec, batch, size, iters, warmup, threads, device):
     """Measure one spec in this process; returns a dict of results."""
     import torch
     torch.set_num_threads(threads)
+    if 'framework' in spec:
+        return run_framework(spec, batch, size, iters, warmup)
     model, info = build(spec, size)
     model.to(device)
     if spec.get('channels_last'):
@@ -227,6 +323,45 @@ def checkpoint_load_cost(name='resnext101_elastic', repeats=5):
                 ratio_unchecked=best['checked'] / best['unchecked'], tensors=n, MiB=mib)
 
 
+def frameworks_table(common, repeats, json_path=None):
+    """Print the ``--frameworks`` table (interleaved rounds, best round per row); returns 0."""
+    import importlib.util
+    rows = [(label, spec) for label, spec in FRAMEWORK_ROWS
+            if importlib.util.find_spec(spec['framework']) is not None]
+    for label, spec in FRAMEWORK_ROWS:
+        if (label, spec) not in rows:
+            print(f"{label}: skipped ({spec['framework']} is not installed)")
+    print(f"one training iteration, batch {common['batch']}, {common['size']}x{common['size']}, {common['threads']} "
+          f"threads, {common['device']}, median of {common['iters']} after {common['warmup']} warm-up, best of "
+          f"{repeats} interleaved round(s)")
+    print('| framework | model | train img/s | x dense twin | peak MiB |')
+    print('|---|---|---|---|---|')
+    best = {}
+    for _ in range(repeats):
+        for label, spec in rows:
+            r = _measure(spec, common)
+            if isinstance(r, dict) and isinstance(best.get(label), dict):
+                best[label]['train_img_s'] = max(best[label]['train_img_s'], r['train_img_s'])
+            elif not isinstance(best.get(label), dict):
+                best[label] = r
+    refs, results = {}, []
+    for label, spec in rows:
+        r = best[label]
+        if not isinstance(r, dict):
+            print(f'| {spec["framework"]} | {label} | failed: {r} |||')
+            continue
+        ref = refs.setdefault(spec['framework'], r)
+        r.update(label=label)
+        results.append(r)
+        ratio = r['train_img_s'] / ref['train_img_s']
+        print(f"| {spec['framework']} | {label} | {r['train_img_s']:.2f} | {ratio:.2f} | "
+              f"{r['peak_mem_MiB']:.0f} ({r['peak_mem_MiB'] / ref['peak_mem_MiB']:.2f}x) |", flush=True)
+    if json_path:
+        with open(json_path, 'w') as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--checkpoint-load', action='store_true',
@@ -241,6 +376,11 @@ def main():
     ap.add_argument('--repeats', type=int, default=1,
                     help='interleaved rounds over the models of each pair; the best round of each is reported')
     ap.add_argument('--json', help='write all results to this file')
+    ap.add_argument('--frameworks', action='store_true',
+                    help='only time one training iteration of MMSeg DeepLabV3 and Detectron2 Mask R-CNN with '
+                         'Elastic-ResNeXt50 against the same configs with the dense ResNeXt50')
+    ap.add_argument('--fw-batch', type=int, default=2, help='--frameworks: images per iteration')
+    ap.add_argument('--fw-size', type=int, default=320, help='--frameworks: image side (pixels)')
     ap.add_argument('--one', help=argparse.SUPPRESS)  # internal: JSON spec measured in a subprocess
     args = ap.parse_args()
     common = dict(batch=args.batch, size=args.size, iters=args.iters, warmup=args.warmup, threads=args.threads,
@@ -256,6 +396,8 @@ def main():
               f"({r['ratio_unchecked']:.3f}x), {r['loader_before_s'] * 1e3:.0f} ms as before the check (SHA-256 of "
               f"the file on every load): {r['ratio']:.3f}x (target <= 1.10x)")
         return 0
+    if args.frameworks:
+        return frameworks_table(dict(common, batch=args.fw_batch, size=args.fw_size), args.repeats, args.json)
     results = []
     print(f'batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, {args.device}, '
           f'median of {args.iters} iterations after {args.warmup} warm-up, best of {args.repeats} '
