@@ -87,6 +87,8 @@ def elastic_upsample(x, size):
 
     Source: Elastic paper Sec. 3.2 (bilinear upsampling, Table 6); crop from the reference code.
     """
+    if torch.onnx.is_in_onnx_export():  # ONNX has no "output size with scale 2": Resize x2, then Slice
+        return F.interpolate(x, scale_factor=2.0, mode='bilinear', align_corners=False)[..., :size[0], :size[1]]
     return torch.ops.aten.upsample_bilinear2d(x, [size[0], size[1]], False, 2.0, 2.0)
 
 

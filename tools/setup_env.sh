@@ -54,8 +54,8 @@ else
 fi
 "${PIP[@]}" install -c "$CONSTRAINTS" "$wheel_dir"/mmcv-*.whl
 
-log "installing dynscale (editable) with the mm and dev extras"
-"${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT[mm,dev]"
+log "installing dynscale (editable) with the mm, dev and export extras"
+"${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT[mm,dev,export]"
 
 "$PY" "$ROOT/tools/check_env.py"
 echo "$fp" > "$stamp"

@@ -278,7 +278,8 @@ class ACTStage(nn.Module):
         L = len(self.units)
         for t in range(L):
             if t > 0:
-                if not bool(alive.any()):
+                # stop when every position halted; a traced graph (export) keeps every unit, masked
+                if not torch.jit.is_tracing() and not bool(alive.any()):
                     break
                 masks.append(alive)
                 m = alive.unsqueeze(1).to(state.dtype)
@@ -330,7 +331,8 @@ class ACTStage(nn.Module):
             idx_pos = idx_img = None  # which rows / images were updated by this unit
             mode = 'dense'
             if t > 0:
-                if not bool(alive.any()):
+                # stop when every position halted; a traced graph (export) keeps every unit, masked
+                if not torch.jit.is_tracing() and not bool(alive.any()):
                     break
                 masks.append(alive)
                 unit = self.units[t]

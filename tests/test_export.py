@@ -1,0 +1,110 @@
+"""tools/export.py: one configuration of every family to ONNX (checked with ONNX Runtime) and TorchScript,
+exact against PyTorch; options a family does not have are refused before anything is read."""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+import backbones
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+HAS_ORT = importlib.util.find_spec('onnxruntime') is not None and importlib.util.find_spec('onnx') is not None
+needs_ort = pytest.mark.skipif(
+    not HAS_ORT, reason='onnx / onnxruntime not installed (the export extra: tools/setup_env.sh installs it)')
+
+# (model, extra flags): one configuration per family, small inputs
+CASES = [
+    ('us_mobilenet_v2', ['--width', '0.35']),  # random init stores the statistics of 0.35 and 1.0
+    ('resnext50_elastic', []),
+    ('densenet201_elastic', []),
+    ('dla60x_elastic', []),
+    ('rs_resnet50', ['--resolution', '128', '--input-size', '64']),
+    ('sact_resnet50', []),
+]
+
+
+def _export(tmp_path, name, flags, fmt, *more):
+    import export
+    suffix = '.onnx' if fmt == 'onnx' else '.pt'
+    return export.main([f'--model={name}', '--random-init', '--format', fmt, '--input-size', '64',
+                        '--out', str(tmp_path / f'{name}{suffix}'), *flags, *more])
+
+
+@needs_ort
+@pytest.mark.parametrize('name, flags', CASES, ids=[c[0] for c in CASES])
+def test_onnx_export_matches_pytorch(tmp_path, name, flags):
+    torch.manual_seed(0)
+    rep = _export(tmp_path, name, flags, 'onnx', '--dynamic-batch')
+    assert os.path.getsize(rep['path']) > 10_000
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output'])
+    import onnx
+    ops = {n.op_type for n in onnx.load(rep['path']).graph.node}
+    assert 'Conv' in ops
+    if name == 'us_mobilenet_v2':
+        assert 'BatchNormalization' not in ops  # every BN follows a convolution: folded into it
+
+
+@pytest.mark.parametrize('name, flags', [CASES[0], CASES[1], CASES[4], CASES[5]],
+                         ids=['us_mobilenet_v2', 'resnext50_elastic', 'rs_resnet50', 'sact_resnet50'])
+def test_torchscript_export_matches_pytorch(tmp_path, name, flags):
+    torch.manual_seed(0)
+    rep = _export(tmp_path, name, flags, 'torchscript')
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output'])
+    assert isinstance(torch.jit.load(rep['path']), torch.jit.ScriptModule)
+
+
+def test_slimmable_export_has_the_width_parameter_count(tmp_path):
+    torch.manual_seed(0)
+    rep = _export(tmp_path, 'us_mobilenet_v2', ['--width', '0.35'], 'torchscript')
+    from backbones.complexity import complexity
+    full = complexity(backbones.create('us_mobilenet_v2'), input_size=64)
+    assert rep['params'] < 0.6 * full['params']  # the static copy holds only the channels of width 0.35
+    loaded = torch.jit.load(rep['path'])
+    assert sum(p.numel() for p in loaded.parameters()) == rep['params']
+
+
+@needs_ort
+def test_features_export_has_one_output_per_stage(tmp_path):
+    torch.manual_seed(0)
+    rep = _export(tmp_path, 'resnext50_elastic', ['--features', '--out-indices', '1', '3'], 'onnx')
+    import onnxruntime as ort
+    sess = ort.InferenceSession(rep['path'], providers=['CPUExecutionProvider'])
+    outs = sess.get_outputs()
+    assert [o.name for o in outs] == ['stage2', 'stage4']
+    res = sess.run(None, {'input': torch.randn(1, 3, 64, 64).numpy()})
+    assert [r.shape for r in res] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
+
+
+def test_sact_dense_export_keeps_every_unit(tmp_path):
+    """A traced SACT graph must not bake in where the example input halted: with every position halting after
+    the first unit of each stage on the example, another input (not halting) still gets the exact result."""
+    import export
+    model = backbones.create('sact_resnet50').eval()
+    model.execution = 'dense'
+    model.set_halting_bias(10.0)  # every position halts after the first unit of each stage
+    wrapper = export.ExportWrapper(model).eval()
+    path = str(tmp_path / 'sact.pt')
+    export.export(wrapper, torch.randn(1, 3, 64, 64), path, 'torchscript')
+    model.set_halting_bias(-3.0)  # now positions run several units
+    traced = torch.jit.load(path)
+    traced.load_state_dict(wrapper.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), wrapper(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('flags, expect', [
+    (['--model', 'resnext50_elastic', '--width', '0.5'], '--width'),
+    (['--model', 'sact_resnet50', '--width', '0.5'], 'slimmable'),
+])
+def test_options_the_family_lacks_are_refused_before_reading(tmp_path, flags, expect):
+    import export
+
+    from backbones.capabilities import OptionNotApplicable
+    ckpt = tmp_path / 'not_a_checkpoint.pth'
+    ckpt.write_text('text')
+    with pytest.raises(OptionNotApplicable, match=expect):
+        export.parse_args([str(ckpt), '--format', 'onnx', *flags])
