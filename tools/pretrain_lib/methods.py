@@ -547,7 +547,8 @@ def format_table(rows, title):
 
 
 def budget_table(rows, budgets=None):
-    """MutualNet's query "best configuration under a MACs budget".
+    """MutualNet's query "best configuration under a MACs budget" (the query table tool's code:
+    :func:`query_table.budget_lines`).
 
     Args:
         rows: evaluation rows with ``width``, ``resolution``, ``macs``, ``top1``.
@@ -556,18 +557,6 @@ def budget_table(rows, budgets=None):
     Returns:
         str: one line per budget with the best (width, resolution), its MACs and top-1.
     """
-    if budgets:
-        bs = sorted(float(b) * 1e6 for b in budgets)
-    else:
-        bs = sorted({r['macs'] for r in rows})
-    lines = ['best configuration under a MACs budget (MutualNet query)',
-             f'{"budget MMACs":>12}  {"width":>6}  {"resolution":>10}  {"MMACs":>8}  {"top-1":>6}']
-    for b in bs:
-        ok = [r for r in rows if r['macs'] <= b * (1 + 1e-9)]
-        if not ok:
-            lines.append(f'{b / 1e6:>12.1f}  {"-":>6}  {"-":>10}  {"-":>8}  {"-":>6}  (no configuration fits)')
-            continue
-        best = max(ok, key=lambda r: (r['top1'], -r['macs']))
-        lines.append(f'{b / 1e6:>12.1f}  {best["width"]:>6.3g}  {best["resolution"]:>10}  {best["macs"] / 1e6:>8.1f}  '
-                     f'{best["top1"]:>6.2f}')
-    return '\n'.join(lines)
+    from query_table import budget_lines
+    bs = [float(b) * 1e6 for b in budgets] if budgets else sorted({r['macs'] for r in rows})
+    return '\n'.join(budget_lines(rows, bs))

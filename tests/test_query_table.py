@@ -1,0 +1,91 @@
+"""tools/query_table.py: the MutualNet query table of a tiny slimmable checkpoint trained by tools/pretrain.py
+(grid CSV, non-dominated frontier, budget choice, plot), and its pure pieces."""
+import csv
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import query_table  # noqa: E402
+
+HAS_ORT = importlib.util.find_spec('onnxruntime') is not None
+
+
+def test_parse_macs_and_budget_rules():
+    assert query_table.parse_macs('150M') == 150e6 and query_table.parse_macs('1.5g') == 1.5e9
+    assert query_table.parse_macs('3e8') == 3e8
+    with pytest.raises(ValueError, match='K/M/G'):
+        query_table.parse_macs('lots')
+    rows = [dict(width=w, resolution=r, macs=m, top1=t) for w, r, m, t in
+            [(1.0, 224, 300, 70.0), (0.5, 224, 100, 60.0), (1.0, 128, 110, 58.0), (0.75, 192, 180, 66.0),
+             (0.5, 128, 40, 50.0), (0.75, 128, 200, 55.0)]]
+    front = query_table.pareto_front(rows)
+    assert [(r['width'], r['resolution']) for r in front] == [(0.5, 128), (0.5, 224), (0.75, 192), (1.0, 224)]
+    for r in front:  # nobody is at least as good and at most as costly, strictly better in one
+        assert not any(o['top1'] >= r['top1'] and o['macs'] <= r['macs'] and o is not r
+                       and (o['top1'] > r['top1'] or o['macs'] < r['macs']) for o in rows)
+    assert query_table.best_under_budget(rows, 150)['top1'] == 60.0
+    assert query_table.best_under_budget(rows, 39) is None
+    assert query_table.default_widths((0.35, 1.0), 0.25) == [1.0, 0.75, 0.5, 0.35]
+
+
+@pytest.fixture(scope='module')
+def tiny_slimmable(tmp_path_factory):
+    """A US-MobileNet v2 trained one epoch by tools/pretrain.py (MutualNet) on 4 x 6 tiny images."""
+    import pretrain
+    from test_pretrain import BASE, _make_folder
+    data = _make_folder(tmp_path_factory.mktemp('data'))
+    out = tmp_path_factory.mktemp('run')
+    pretrain.main(['--data-path', data, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v2',
+                   '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '32', '24',
+                   '--max-train-samples', '8', '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
+    return data, str(out / 'backbone.pth')
+
+
+def test_query_table_of_a_trained_checkpoint(tiny_slimmable, tmp_path):
+    data, ckpt = tiny_slimmable
+    out = tmp_path / 'qt'
+    argv = [ckpt, '--model', 'us_mobilenet_v2', '--data-path', data, '--widths', '1.0', '0.5', '0.35',
+            '--resolutions', '32', '24', '--batch', '2', '--repeats', '2', '--calib-batches', '1',
+            '--eval-batch-size', '4', '--workers', '0', '--threads', '1', '--out-dir', str(out),
+            '--budget-macs', '3M']
+    if HAS_ORT:
+        argv.append('--onnx')
+    rows = query_table.main(argv)
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.5, 0.35) for r in (32, 24)}
+    with open(out / 'query_table.csv') as f:
+        lines = f.read().splitlines()
+    header = [ln for ln in lines if ln.startswith('#')]
+    assert any('evaluation set' in h and 'val' in h for h in header)
+    assert any('BN calibration: 1 batches' in h for h in header)
+    table = list(csv.DictReader(ln for ln in lines if not ln.startswith('#')))
+    assert len(table) == 6
+    for col in ('width', 'resolution', 'macs', 'top1', 'torch_ms_b1', 'torch_ms_b2', 'frontier_macs'):
+        assert col in table[0], col
+    if HAS_ORT:
+        assert float(table[0]['onnx_ms_b1']) > 0
+    assert all(float(r['torch_ms_b1']) > 0 and 0 <= float(r['top1']) <= 100 for r in table)
+    by = {(float(r['width']), int(r['resolution'])): float(r['macs']) for r in table}
+    assert by[(1.0, 32)] > by[(0.5, 32)] > by[(0.35, 32)] and by[(1.0, 32)] > by[(1.0, 24)]
+    front = [r for r in rows if r['frontier_macs']]
+    assert front and all(not any(o['top1'] >= r['top1'] and o['macs'] <= r['macs'] and o is not r and
+                                 (o['top1'] > r['top1'] or o['macs'] < r['macs']) for o in rows) for r in front)
+    with open(out / 'frontier.csv') as f:
+        assert len([ln for ln in f.read().splitlines() if ln and not ln.startswith('#')]) == len(front) + 1
+    png = (out / 'accuracy_macs.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+    best = query_table.best_under_budget(rows, 3e6)
+    assert best is None or best['macs'] <= 3e6
+
+
+def test_query_table_refuses_a_model_without_widths(tmp_path):
+    from backbones.capabilities import OptionNotApplicable
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_text('x')
+    with pytest.raises(OptionNotApplicable, match='slimmable'):
+        query_table.parse_args([str(ckpt), '--model', 'resnext50_elastic', '--data-path', str(tmp_path)])
