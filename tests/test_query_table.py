@@ -89,3 +89,19 @@ def test_query_table_refuses_a_model_without_widths(tmp_path):
     ckpt.write_text('x')
     with pytest.raises(OptionNotApplicable, match='slimmable'):
         query_table.parse_args([str(ckpt), '--model', 'resnext50_elastic', '--data-path', str(tmp_path)])
+
+
+@pytest.mark.skipif(not HAS_ORT, reason='onnx / onnxruntime not installed (the export extra: tools/setup_env.sh)')
+@pytest.mark.parametrize('fmt', ['onnx', 'torchscript'])
+def test_export_of_the_trained_checkpoint_matches_pytorch(tiny_slimmable, tmp_path, fmt):
+    """tools/export.py on a checkpoint trained by tools/pretrain.py: the largest width (whose BN statistics the
+    sandwich rule trained) exports exactly; the parameter count is that configuration's."""
+    import export
+    _, ckpt = tiny_slimmable
+    rep = export.main([ckpt, '--model', 'us_mobilenet_v2', '--width', '1.0', '--format', fmt, '--input-size', '32',
+                       '--out', str(tmp_path / f'net.{fmt}')])
+    # within the float32 rounding of the PyTorch computation itself (this 1-epoch network has tiny BN variances)
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output']) + 4 * rep['float32_error']
+    import backbones
+    from backbones.complexity import complexity
+    assert rep['params'] == complexity(backbones.create('us_mobilenet_v2', pretrained=ckpt), 32, width=1.0)['params']

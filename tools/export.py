@@ -19,8 +19,10 @@ The file takes ``[N, 3, H, W]`` normalised images at the exported resolution (``
 returns the logits, or with ``--features`` the feature maps of ``out_indices`` (``stage1`` ...) that the
 frameworks' deploy tools start from.  After writing, the tool runs the file (ONNX Runtime / ``torch.jit``)
 against PyTorch on two random batches and prints ``max |diff|``, the parameter count and the MACs of the
-configuration (:func:`backbones.complexity.complexity`); a difference above ``--tolerance`` x max(1, max |output|)
-is an error (random-weight DenseNets reach outputs of 1e12 in eval mode).
+configuration (:func:`backbones.complexity.complexity`).  A difference above ``--tolerance`` x max(1, max |output|)
+plus 4 x the float32 rounding error of the PyTorch computation itself (measured against a float64 copy) is an
+error: random-weight DenseNets reach outputs of 1e12 in eval mode, and a briefly trained network with tiny BN
+variances is off by 2e-4 in float32 PyTorch already, which no exported graph can beat.
 
 Options a family does not have (``--width`` on Elastic, ``--resolution`` on SACT) are refused before the
 checkpoint is read (:mod:`backbones.capabilities`).
@@ -148,15 +150,22 @@ def run_exported(path, fmt, x):
     return [torch.from_numpy(o) for o in sess.run(None, {'input': x.numpy()})]
 
 
-def max_abs_diff(wrapper, path, fmt, x):
-    """``(max |exported(x) - pytorch(x)|, max |pytorch(x)|)`` over every output."""
-    with torch.no_grad():
-        ref = wrapper(x)
-    ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+def max_abs_diff(wrapper, path, fmt, x, wrapper64=None):
+    """``(max |exported(x) - pytorch(x)|, max |pytorch(x)|, float32 error)`` over every output; the float32 error
+    is ``max |pytorch(x) - pytorch_float64(x)|`` when ``wrapper64`` (a float64 copy) is given, else 0."""
+    def run(w, inp):
+        with torch.no_grad():
+            out = w(inp)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+    ref = run(wrapper, x)
     got = run_exported(path, fmt, x)
     if len(got) != len(ref):
         raise RuntimeError(f'{path} returns {len(got)} outputs, PyTorch {len(ref)}')
-    return (max(float((a - b).abs().max()) for a, b in zip(got, ref)), max(float(b.abs().max()) for b in ref))
+    err32 = 0.0
+    if wrapper64 is not None:
+        err32 = max(float((a.double() - b).abs().max()) for a, b in zip(ref, run(wrapper64, x.double())))
+    return (max(float((a - b).abs().max()) for a, b in zip(got, ref)), max(float(b.abs().max()) for b in ref),
+            err32)
 
 
 def main(argv=None):
@@ -175,18 +184,21 @@ def main(argv=None):
     export(wrapper, x, path, args.format, args.opset, args.dynamic_batch, names)
     checks = [x, torch.randn(args.batch + 1 if args.dynamic_batch or args.format == 'torchscript' else args.batch,
                              3, size, size, generator=g)]
-    diffs = [max_abs_diff(wrapper, path, args.format, c) for c in checks]
-    diff, scale = max(d for d, _ in diffs), max(m for _, m in diffs)
+    import copy
+    wrapper64 = copy.deepcopy(wrapper).double()
+    diffs = [max_abs_diff(wrapper, path, args.format, c, wrapper64) for c in checks]
+    diff, scale, err32 = (max(d[i] for d in diffs) for i in range(3))
     from backbones.complexity import complexity
     c = complexity(model, input_size=size, batch=x[:1] if backbones.model_family(args.model) == 'sact' else None)
-    report = dict(path=path, max_abs_diff=diff, max_abs_output=scale, params=c['params'], macs=c['macs'],
-                  input_size=size)
+    report = dict(path=path, max_abs_diff=diff, max_abs_output=scale, float32_error=err32, params=c['params'],
+                  macs=c['macs'], input_size=size)
     print(f'wrote {path} ({args.format}, input [N, 3, {size}, {size}], outputs {", ".join(names)}): '
           f'{c["params"] / 1e6:.3f}M parameters, {c["macs"] / 1e9:.3f} GMACs per image; max |diff| against '
-          f'PyTorch {diff:.2e} (outputs up to {scale:.2e}) on {len(checks)} random batches')
-    if diff > args.tolerance * max(1.0, scale):
+          f'PyTorch {diff:.2e} (outputs up to {scale:.2e}; PyTorch float32 itself is {err32:.2e} from float64) '
+          f'on {len(checks)} random batches')
+    if diff > args.tolerance * max(1.0, scale) + 4 * err32:
         raise RuntimeError(f'{path} differs from PyTorch by {diff:.2e} > --tolerance {args.tolerance:g} x '
-                           f'max(1, max |output|)')
+                           f'max(1, max |output|) + 4 x the float32 error of PyTorch itself ({err32:.2e})')
     return report
 
 
