@@ -76,4 +76,34 @@ def create(name, pretrained=None, source=None, **kwargs):
         return create_pretrained(name, pretrained, source=source, **kwargs)
     if source is not None:
         raise ValueError('source= only applies together with pretrained=')
-    return _MODELS[name](**kwargs)
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as e:
+        bad = _unexpected_kwarg(e)
+        if bad is None:
+            raise
+        raise ValueError(f'{name} has no argument {bad!r}{_close(bad, _accepted_kwargs(name))}; its arguments: '
+                         f'{", ".join(_accepted_kwargs(name))}') from None
+
+
+def _unexpected_kwarg(err):
+    import re
+    m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    return m.group(1) if m else None
+
+
+def _accepted_kwargs(name):
+    """Keyword arguments the model class of ``name`` accepts (its ``__init__`` signature)."""
+    import inspect
+    try:
+        model = _MODELS[name]()
+    except Exception:
+        return []
+    params = inspect.signature(type(model).__init__).parameters
+    return [p for p in params if p not in ('self', 'args', 'kwargs', 'variant')]
+
+
+def _close(word, names):
+    import difflib
+    near = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    return f' (did you mean {", ".join(near)}?)' if near else ''

@@ -106,12 +106,28 @@ class DynamicBackbone(nn.Module):
         return [StageSpec(f'stage{i + 1}', ch[i], self._stage_strides[i]) for i in self.out_indices]
 
     def check_input(self, x):
-        """Raise ValueError unless ``x`` is ``[N, 3, H, W]`` (skipped while tracing: shapes are symbolic)."""
+        """Raise unless ``x`` is a ``[N, 3, H, W]`` floating tensor of the weights' dtype (skipped while tracing:
+        shapes are symbolic).
+
+        Raises:
+            TypeError: not a tensor; integer images (normalise first); a dtype other than the weights'.
+            ValueError: not ``[N, 3, H, W]``.
+        """
         if torch.jit.is_tracing():
             return
+        if not torch.is_tensor(x):
+            raise TypeError(f'{type(self).__name__} takes a [N, 3, H, W] tensor, got {type(x).__name__}; stack the '
+                            f'images with torch.stack')
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'{type(self).__name__} expects input of shape [N, 3, H, W] (RGB), got '
                              f'{tuple(x.shape)}; convert grayscale/RGBA images to 3 channels')
+        if not x.is_floating_point():
+            raise TypeError(f'{type(self).__name__} takes normalised float images, got {x.dtype}: convert with '
+                            f'x.float() / 255 and normalise with the model\'s pixel_mean / pixel_std')
+        p = next(self.parameters(), None)
+        if p is not None and p.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'input dtype {x.dtype} does not match the weights\' {p.dtype}: pass x.to({p.dtype}) or '
+                            f'convert the model with model.to({x.dtype})')
 
     # ----------------------------------------------------------------- forward
     def forward_stem(self, x):
@@ -139,15 +155,43 @@ class DynamicBackbone(nn.Module):
         expect); the logits path converts nothing back.  A model whose weights are channels-last (``channels_last``
         flag, ``model.to(memory_format=torch.channels_last)``) already computes, and returns, channels-last maps
         and is left alone.  Same values up to float rounding (the convolution kernels differ per layout)."""
+        if not torch.is_tensor(x):
+            self.check_input(x)  # raises, naming the fix
         back = False
         if (self.cpu_layout == 'channels_last' and x.dim() == 4 and x.device.type == 'cpu'
                 and not x.is_contiguous(memory_format=torch.channels_last) and not self._channels_last_weights()):
             back = x.is_contiguous()
             x = x.contiguous(memory_format=torch.channels_last)
-        feats, last = self._forward_stages(x)
+        try:
+            feats, last = self._forward_stages(x)
+        except ValueError as e:
+            if 'Expected more than 1 value per channel when training' not in str(e):
+                raise
+            raise ValueError(f'{type(self).__name__} in training mode got a batch of {x.shape[0]} image(s) of '
+                             f'{tuple(x.shape[-2:])} pixels: a normalisation layer sees a single value per channel '
+                             f'({e}); train with a batch of >= 2 images or larger inputs, call model.eval() to '
+                             f'evaluate, or keep BN statistics fixed (norm_eval=True)') from None
         if back:
             feats = OrderedDict((k, v.contiguous()) for k, v in feats.items())
         return feats, last
+
+    def set_width(self, width, *args, **kwargs):
+        """Only slimmable families switch width; on any other model this raises.
+
+        Raises:
+            backbones.capabilities.OptionNotApplicable: always here (the message names the slimmable models).
+        """
+        from .capabilities import check_options
+        check_options(self, {f'set_width({width})': 'width'}, label=getattr(self, 'variant', None))
+
+    def set_resolution(self, resolution, *args, **kwargs):
+        """Only RS-Net switches its private BN by resolution; on any other model this raises.
+
+        Raises:
+            backbones.capabilities.OptionNotApplicable: always here (the message names the RS-Net models).
+        """
+        from .capabilities import check_options
+        check_options(self, {f'set_resolution({resolution})': 'private_bn'}, label=getattr(self, 'variant', None))
 
     def _channels_last_weights(self):
         conv = next((m for m in self.modules() if isinstance(m, nn.Conv2d)), None)

@@ -387,8 +387,10 @@ def test_torchvision_weights_give_the_same_logits(arch, name, tmp_path):
     assert model.pretrained_meta['origin'] == 'torchvision'
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        diff = (model(x) - ref(x)).abs().max().item()
-    assert diff <= 1e-4, (arch, name, diff)
+        want = ref(x)
+        diff = (model(x) - want).abs().max().item()
+    # relative to the logits' scale: the Elastic family computes in channels-last on CPU (another summation order)
+    assert diff <= 1e-4 * max(1.0, want.abs().max().item()), (arch, name, diff, want.abs().max().item())
     if name.startswith('us_'):  # only width 1.0 has statistics; the others are uncalibrated
         assert model.bn_configs == ((1.0, None),)
         model.set_width(model.width_range[0])
@@ -425,8 +427,10 @@ def test_timm_weights_give_the_same_logits(arch, name, tmp_path):
     assert model.pretrained_meta['origin'] == 'timm'
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        diff = (model(x) - ref(x)).abs().max().item()
-    assert diff <= 1e-4, (arch, name, diff)
+        want = ref(x)
+        diff = (model(x) - want).abs().max().item()
+    # relative to the logits' scale: the Elastic family computes in channels-last on CPU (another summation order)
+    assert diff <= 1e-4 * max(1.0, want.abs().max().item()), (arch, name, diff, want.abs().max().item())
 
 
 def test_timm_preact_resnet_starts_a_sact_model_with_new_halting_branches(tmp_path):

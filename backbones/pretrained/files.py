@@ -160,8 +160,7 @@ def _load_path(path):
         return obj, None, wo
     except CheckpointFileError:
         raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, ImportError, ModuleNotFoundError, UnicodeDecodeError) as e:
+    except Exception as e:  # any failure of the unpickler / archive reader (a text file raises KeyError)
         what = _describe_bytes(path)
         hint = ('the file looks truncated (an interrupted download or a disk-full write): download or convert '
                 'it again' if isinstance(e, EOFError) or 'end of' in str(e).lower() or 'truncat' in str(e).lower()

@@ -445,8 +445,33 @@ def _likely_cause(model, sd, meta, report):
     if any('.bns.' in k for k in report.missing + report.unexpected):
         return (f'Likely cause: wrong resolutions: checkpoint {meta.get("resolutions")}, model '
                 f'{getattr(model, "resolutions", None)}.')
+    fits = models_fitting(sd)
+    if fits and variant not in fits:
+        return (f'Likely cause: wrong model: the checkpoint\'s keys and shapes are those of {", ".join(fits)}; build '
+                f'backbones.create({fits[0]!r}, ...).')
     return ('Likely cause: wrong model or wrong origin: check the variant, output stride does not matter (weights are '
             'the same), and pass source=... if the origin was misdetected.')
+
+
+def models_fitting(sd, max_models=40):
+    """Registered models whose parameter names and shapes are exactly those of the state dict ``sd`` (the
+    classifier may differ in its number of classes); built on the ``meta`` device, so nothing is allocated.
+
+    Returns:
+        list[str]: matching registered names (empty when none or the check cannot run).
+    """
+    from .._registry import _MODELS
+    want = {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, 'shape')}
+    out = []
+    for name in list(_MODELS)[:max_models]:
+        try:
+            with torch.device('meta'):
+                have = {k: tuple(v.shape) for k, v in _MODELS[name]().state_dict().items()}
+        except Exception:
+            continue
+        if have.keys() == want.keys() and all(have[k] == want[k] for k in have if not k.startswith('head.')):
+            out.append(name)
+    return out
 
 
 def load_pretrained(model, checkpoint, source=None, strict=True, drop_head=False, private_bn_map=None,

@@ -60,7 +60,12 @@ def set_halting_bias(model, value):
 
     Raises:
         ValueError: ``model`` has no halting branches (plain network).
+        TypeError: ``value`` is not a real number.
     """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            torch.is_tensor(value) and value.numel() == 1):
+        raise TypeError(f'the halting bias is a number (e.g. -3.0, the initialisation; +5 halts after the first '
+                        f'unit), got {value!r}')
     found = False
     for m in model.modules():
         if isinstance(m, (ACTHalting, SACTHalting)):

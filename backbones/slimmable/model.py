@@ -62,6 +62,9 @@ class SlimmableBackbone(DynamicBackbone):
             raise ValueError(f'width_range must be (w_min, w_max), got {width_range!r}') from None
         if not 0 < lo <= hi:
             raise ValueError(f'width_range must satisfy 0 < w_min <= w_max, got {width_range!r}')
+        if hi > 1.0:
+            raise ValueError(f'width_range {width_range!r} goes above 1.0: a width multiplier slices the full '
+                             f'network\'s channels, so the largest is 1.0 (e.g. (0.35, 1.0)); pass w_max <= 1.0')
         self.width_range = (lo, hi)
         self.channel_divisor = divisor
         self.width, self.resolution = hi, None
