@@ -82,8 +82,13 @@ def create(name, pretrained=None, source=None, **kwargs):
         bad = _unexpected_kwarg(e)
         if bad is None:
             raise
-        raise ValueError(f'{name} has no argument {bad!r}{_close(bad, _accepted_kwargs(name))}; its arguments: '
-                         f'{", ".join(_accepted_kwargs(name))}') from None
+        raise UnknownArgumentError(f'{name} has no argument {bad!r}{_close(bad, _accepted_kwargs(name))}; its '
+                                   f'arguments: {", ".join(_accepted_kwargs(name))}') from None
+
+
+class UnknownArgumentError(TypeError, ValueError):
+    """A keyword argument the model's factory does not take (a ``TypeError`` as Python raises it, and a
+    ``ValueError`` like every other bad build option); the message lists close matches and the accepted ones."""
 
 
 def _unexpected_kwarg(err):

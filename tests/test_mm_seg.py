@@ -494,3 +494,39 @@ def test_densenet_dla_configs_train_one_step(name, tmp_path):
     assert np.isfinite(runner.message_hub.get_scalar('train/loss').data[0]).all()
     changed = [n for n, p in runner.model.backbone.named_parameters() if not torch.equal(before[n], p.detach())]
     assert changed and any('stages.3' in n for n in changed)
+
+
+def test_torchrun_two_processes_train_on_cpu(tmp_path):
+    """Issue 23: ``torchrun --nproc_per_node 2 tools/train_seg.py CFG --launcher pytorch`` trains on a machine without
+    a GPU (gloo instead of MMEngine's CUDA device call, DDP without device_ids, SyncBN as BN): two iterations."""
+    import subprocess
+    import sys
+
+    from plugins.mm.datasets import make_synthetic_voc
+    make_synthetic_voc(str(tmp_path / 'data' / 'VOCdevkit' / 'VOC2012'), num_train=4, num_val=2, size=(72, 56))
+    base = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
+    cfg = tmp_path / 'two_iters.py'
+    cfg.write_text(f'''_base_ = [{base!r}]
+crop_size = (65, 65)
+model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(arch='resnext50_32x4d'))
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomCrop', crop_size=crop_size), dict(type='PackSegInputs')]))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
+param_scheduler = []
+default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
+                     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, max_keep_ckpts=1))
+''')
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        'tools/train_seg.py', str(cfg), '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work'),
+                        '--data-root', str(tmp_path / 'data')], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert 'Iter(train) [2/2]' in out
+    assert 'SyncBN layers run as BN' in out
+    assert glob.glob(str(tmp_path / 'work' / 'iter_2.pth'))
