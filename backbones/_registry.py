@@ -82,8 +82,9 @@ def create(name, pretrained=None, source=None, **kwargs):
         bad = _unexpected_kwarg(e)
         if bad is None:
             raise
-        raise UnknownArgumentError(f'{name} has no argument {bad!r}{_close(bad, _accepted_kwargs(name))}; its '
-                                   f'arguments: {", ".join(_accepted_kwargs(name))}') from None
+        accepted = _accepted_kwargs(name)
+        raise UnknownArgumentError(f'{name} has no argument {bad!r}{_close(bad, accepted)}; its arguments: '
+                                   f'{", ".join(accepted)}') from None
 
 
 class UnknownArgumentError(TypeError, ValueError):
@@ -100,8 +101,11 @@ def _unexpected_kwarg(err):
 def _accepted_kwargs(name):
     """Keyword arguments the model class of ``name`` accepts (its ``__init__`` signature)."""
     import inspect
+
+    import torch
     try:
-        model = _MODELS[name]()
+        with torch.device('meta'):  # only the class is needed: allocate nothing
+            model = _MODELS[name]()
     except Exception:
         return []
     params = inspect.signature(type(model).__init__).parameters

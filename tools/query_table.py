@@ -204,7 +204,6 @@ def parse_args(argv=None):
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out-dir', default='query_table')
     args = ap.parse_args(argv)
-    import backbones
     from backbones.capabilities import check_options
     check_options(args.model, {'query table (width x resolution grid)': 'width'}, where='tools/query_table.py')
     if not os.path.isfile(args.checkpoint):
@@ -212,7 +211,6 @@ def parse_args(argv=None):
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(args.data_path, split)):
             ap.error(f'{args.data_path} has no {split}/ folder (ImageNet layout: train/<class>/*, val/<class>/*)')
-    del backbones
     return args
 
 
