@@ -41,10 +41,53 @@ def model_family(name):
 
 
 def _check(name):
+    if not isinstance(name, str):
+        raise TypeError(f'a backbone is created by its registered name (a str), got {type(name).__name__} {name!r}; '
+                        f'see backbones.list_models()')
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.4)
         hint = f' Did you mean: {", ".join(close)}?' if close else ''
         raise ValueError(f'unknown backbone {name!r}.{hint} Registered: {", ".join(list_models())}')
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_common_kwargs(name, pretrained, kwargs):
+    """Types of the arguments every factory shares, checked before anything is built (a string class count or a
+    single out_index would otherwise fail deep inside a layer constructor).
+
+    Raises:
+        TypeError: ``pretrained`` that is not a path or a dict; ``num_classes`` / ``frozen_stages`` that are not
+            integers; ``out_indices`` that is not a sequence of integers.
+        ValueError: a negative ``num_classes``.
+    """
+    import os
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike, dict)):
+        hint = f'; did you mean num_classes={pretrained}?' if _is_int(pretrained) else ''
+        raise TypeError(f'pretrained is a checkpoint path or a state dict, got {type(pretrained).__name__} '
+                        f'{pretrained!r}{hint} (the second positional argument of create() is pretrained)')
+    if 'num_classes' in kwargs:
+        n = kwargs['num_classes']
+        if not _is_int(n):
+            raise TypeError(f'num_classes is an int (0: no classifier head), got {type(n).__name__} {n!r}'
+                            + (f'; pass num_classes={int(n)}' if isinstance(n, str) and n.isdigit() else ''))
+        if n < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no classifier head, features only), got {n}')
+    if 'out_indices' in kwargs:
+        oi = kwargs['out_indices']
+        if _is_int(oi):
+            raise TypeError(f'out_indices is a sequence of stage indices, got the int {oi}; pass out_indices=({oi},)')
+        try:
+            ok = all(_is_int(i) for i in oi)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise TypeError(f'out_indices is a sequence of stage indices in 0..3 (e.g. (0, 1, 2, 3)), got {oi!r}')
+    if 'frozen_stages' in kwargs and not _is_int(kwargs['frozen_stages']):
+        raise TypeError(f"frozen_stages is an int in -1..4 (-1: nothing frozen), got "
+                        f"{type(kwargs['frozen_stages']).__name__} {kwargs['frozen_stages']!r}")
 
 
 def create(name, pretrained=None, source=None, **kwargs):
@@ -66,11 +109,15 @@ def create(name, pretrained=None, source=None, **kwargs):
         nn.Module: a :class:`backbones.base.DynamicBackbone`.
 
     Raises:
-        ValueError: unknown name; the message lists the closest registered names.
+        ValueError: unknown name; the message lists the closest registered names.  A negative ``num_classes``.
+        TypeError: a name that is not a string; arguments of the wrong type (``pretrained`` that is not a path or
+            a dict, a string ``num_classes``, an int ``out_indices``).
+        UnknownArgumentError: a misspelt argument (with close matches).
         backbones.checkpoint.CheckpointMismatchError: ``pretrained`` does not fit ``name`` (the message names
             the model it fits or the unmatched keys).
     """
     _check(name)
+    _check_common_kwargs(name, pretrained, kwargs)
     if pretrained is not None:
         from .pretrained import create_pretrained
         return create_pretrained(name, pretrained, source=source, **kwargs)

@@ -111,19 +111,25 @@ class DynamicBackbone(nn.Module):
 
         Raises:
             TypeError: not a tensor; integer images (normalise first); a dtype other than the weights'.
-            ValueError: not ``[N, 3, H, W]``.
+            ValueError: not ``[N, 3, H, W]``; H or W below the total stride (the largest of ``_stage_strides``).
         """
         if torch.jit.is_tracing():
             return
         if not torch.is_tensor(x):
-            raise TypeError(f'{type(self).__name__} takes a [N, 3, H, W] tensor, got {type(x).__name__}; stack the '
-                            f'images with torch.stack')
+            fix = ('convert it with torch.from_numpy(x) (an HWC image: torch.from_numpy(x).permute(2, 0, 1)[None])'
+                   if type(x).__module__ == 'numpy' else 'stack the images with torch.stack')
+            raise TypeError(f'{type(self).__name__} takes a [N, 3, H, W] tensor, got {type(x).__name__}; {fix}')
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'{type(self).__name__} expects input of shape [N, 3, H, W] (RGB), got '
                              f'{tuple(x.shape)}; convert grayscale/RGBA images to 3 channels')
         if not x.is_floating_point():
             raise TypeError(f'{type(self).__name__} takes normalised float images, got {x.dtype}: convert with '
                             f'x.float() / 255 and normalise with the model\'s pixel_mean / pixel_std')
+        stride = max(getattr(self, '_stage_strides', None) or (1,))
+        if min(x.shape[-2:]) < stride:
+            raise ValueError(f'input of {tuple(x.shape[-2:])} pixels is smaller than the total stride {stride} of '
+                             f'{type(self).__name__}: its last stage would see less than one pixel; resize the images '
+                             f'to at least {stride}x{stride} (the weights were trained at 224x224)')
         p = next(self.parameters(), None)
         if p is not None and p.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f'input dtype {x.dtype} does not match the weights\' {p.dtype}: pass x.to({p.dtype}) or '

@@ -11,6 +11,7 @@ Format (``torch.save``)::
 Every framework adapter loads through :func:`load_backbone_state`, so the rules (prefix stripping,
 missing/unexpected report, metadata checks) live in one place.
 """
+import io
 import os
 import tempfile
 
@@ -23,6 +24,32 @@ _PREFIXES = ('module.', 'backbone.bottom_up.model.', 'backbone.bottom_up.', 'bac
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model; the message lists the keys and the fix."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed for lack of space (disk full, quota, file size limit); the message names the
+    path, the space needed and free, and says that the previous file at that path is intact."""
+
+
+def _no_space_error(e, size, path, existed):
+    """The :class:`CheckpointWriteError` for an ``OSError`` ``e`` raised while writing ``size`` bytes to ``path``
+    (None if ``e`` is not about space)."""
+    import errno
+    import shutil
+    codes = {errno.ENOSPC, errno.EFBIG, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+    if getattr(e, 'errno', None) not in codes:
+        return None
+    d = os.path.dirname(os.path.abspath(path))
+    need = size / 2 ** 20
+    free = shutil.disk_usage(d).free / 2 ** 20
+    if e.errno == errno.EFBIG:
+        why = f'a file size limit (ulimit -f) stopped the write of about {need:.1f} MiB'
+        fix = 'raise the limit (ulimit -f unlimited)'
+    else:
+        why = f'the device is full: about {need:.1f} MiB needed, {free:.0f} MiB free in {d}'
+        fix = 'free some space or write the run elsewhere (--output-dir / --work-dir / OUTPUT_DIR)'
+    kept = 'the previous checkpoint at this path is intact' if existed else 'no partial file was left'
+    return CheckpointWriteError(e.errno, f'cannot write checkpoint {path}: {why}; {fix} ({kept})')
 
 
 def with_digests(obj):
@@ -40,25 +67,47 @@ def with_digests(obj):
 
 
 def atomic_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``
+    (:func:`atomic_write_bytes`).
 
     A crash mid-write leaves the previous file intact (never a truncated checkpoint).  Checkpoint dicts get
     per-tensor digests (:func:`with_digests`) that every dynscale loader verifies.
+
+    Raises:
+        CheckpointWriteError: no space left (disk full, quota, file size limit): names the path, the space needed
+            and free; the temporary file is removed and the previous file at ``path`` is unchanged.
     """
-    obj = with_digests(obj)
+    buf = io.BytesIO()  # serialised first: torch's zip writer hides the errno of a failed write
+    torch.save(with_digests(obj), buf)
+    return atomic_write_bytes(buf.getbuffer(), path)
+
+
+def atomic_write_bytes(data, path):
+    """Write ``data`` (bytes-like) to ``path`` through a temporary file in the same folder, fsync, then
+    ``os.replace``; returns ``path``.  Also the writer of the OpenMMLab checkpoints
+    (:mod:`plugins.mm.file_backend`).
+
+    Raises:
+        CheckpointWriteError: no space left (disk full, quota, file size limit), as :func:`atomic_save`.
+        OSError: any other failed write (the temporary file is removed).
+    """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    existed = os.path.exists(path)
     fd, tmp = tempfile.mkstemp(dir=d, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = _no_space_error(e, len(memoryview(data)), path, existed) if isinstance(e, OSError) else None
+        if err is not None:
+            raise err from e
         raise
     return path
 
@@ -97,13 +146,13 @@ def read_checkpoint(path_or_obj):
 
     Raises:
         FileNotFoundError: the path does not exist.
+        backbones.pretrained.files.CheckpointFileError: the file is not a readable checkpoint (names what it is).
         CheckpointMismatchError: the file holds no state dict.
     """
     obj = path_or_obj
     if isinstance(path_or_obj, (str, os.PathLike)):
-        if not os.path.exists(path_or_obj):
-            raise FileNotFoundError(f'checkpoint not found: {path_or_obj}')
-        obj = torch.load(path_or_obj, map_location='cpu', weights_only=False)
+        from .pretrained.files import load_file
+        obj = load_file(path_or_obj)
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f'checkpoint is a {type(obj).__name__}, not a dict with a state_dict')
     meta = obj.get('meta') or {}

@@ -449,3 +449,38 @@ def test_dla_elastic_mask_rcnn_trains_one_step():
     assert trainable  # frozen_stages=1 keeps the stem and stage 1 frozen, the rest trains
     dead = [n for n, p in trainable if p.grad is None]
     assert not dead, f'backbone parameters without a gradient (unused convolutions): {dead[:5]}'
+
+
+def test_torchrun_two_processes_train_on_cpu(shared_dir, tmp_path):
+    """Issue 23: ``torchrun --nproc_per_node 2 tools/train_det_mm.py CFG --launcher pytorch`` trains on a machine
+    without a GPU (gloo, DDP without device_ids): two iterations of Faster R-CNN on the real COCO subset, with a
+    checkpoint written at the end."""
+    import subprocess
+    import sys
+    coco = osp.join(shared_dir, 'datasets', 'coco')
+    if not osp.isdir(coco):
+        pytest.skip(f'COCO subset missing: expected {coco} with annotations/, train2017/, val2017/')
+    base = osp.join(CFG_DIR, 'rsnet', 'faster-rcnn_rs-r50_fpn_short_coco-subset.py')
+    cfg = tmp_path / 'two_iters.py'
+    cfg.write_text(f'''_base_ = [{base!r}]
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
+test_dataloader = None
+test_evaluator = None
+test_cfg = None
+param_scheduler = []
+default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
+                     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, max_keep_ckpts=1))
+''')
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        'tools/train_det_mm.py', str(cfg), '--launcher', 'pytorch', '--work-dir',
+                        str(tmp_path / 'work'), '--data-root', osp.join(shared_dir, 'datasets')], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert 'Iter(train) [2/2]' in out
+    assert glob.glob(str(tmp_path / 'work' / 'iter_2.pth'))

@@ -324,6 +324,9 @@ def main(argv=None):
     elif not resume and not args.evaluate and os.path.exists(last):
         raise ValueError(f'{last} exists: pass --resume auto to continue that run, or choose another '
                          f'--output-dir (a new run would overwrite its checkpoints)')
+    elif resume and not os.path.isfile(resume):
+        raise FileNotFoundError(f'--resume {resume}: no such checkpoint file; pass a last.pth / best.pth written by '
+                                f'tools/pretrain.py, or --resume auto to continue the run in --output-dir')
     info = pdist.init_distributed(args.device, args.dist_backend)
     try:
         if info.is_main:
@@ -358,9 +361,10 @@ def main(argv=None):
 if __name__ == '__main__':
     from pretrain_lib.data import UnreadableImageError
 
+    from backbones.checkpoint import CheckpointWriteError
     from backbones.training.nonfinite import NonFiniteStepError
     try:
         main()
-    except (ValueError, FileNotFoundError, UnreadableImageError, NonFiniteStepError) as e:
+    except (ValueError, FileNotFoundError, UnreadableImageError, NonFiniteStepError, CheckpointWriteError) as e:
         print(f'pretrain.py: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -115,7 +115,7 @@ def build_cfg(args):
 def main(argv=None):
     """Build the runner and evaluate; returns the metrics dict."""
     args = parse_args(argv)
-    runner = cli.build_runner(build_cfg(args), {'model.test_width': '--width'})
+    runner = cli.build_runner(build_cfg(args), {'model.test_width': '--width'}, checkpoint=args.checkpoint)
     cli.check_checkpoint(runner, args.checkpoint, args.non_strict)
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
@@ -124,4 +124,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from backbones.errors import run_main
+    run_main(main)

@@ -51,7 +51,7 @@ def main(argv=None):
         cfg.visualizer.save_dir = args.show_dir
     flags = {'model.test_cfg.width': '--width', 'model.test_cfg.resolution': '--resolution',
              'model.test_cfg.untrained_resolution': '--untrained-resolution'}
-    runner = cli.build_runner(cfg, flags)
+    runner = cli.build_runner(cfg, flags, checkpoint=args.checkpoint)
     cli.check_checkpoint(runner, args.checkpoint, args.non_strict)
     metrics = runner.test()
     print(metrics)
@@ -59,4 +59,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from backbones.errors import run_main
+    run_main(main)

@@ -53,12 +53,7 @@ def main(args):
 
 
 if __name__ == '__main__':
+    from backbones.errors import run_main
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    run_main(lambda: launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                            dist_url=args.dist_url, args=(args,)))

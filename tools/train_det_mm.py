@@ -51,4 +51,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from backbones.errors import run_main
+    run_main(main)

@@ -27,7 +27,7 @@ import torch
 
 from ..checkpoint import CheckpointMismatchError
 
-__all__ = ['CheckpointFileError', 'SourceFile', 'read_source', 'sha256_of']
+__all__ = ['CheckpointFileError', 'SourceFile', 'load_file', 'read_source', 'sha256_of']
 
 #: container entries that hold the weights, in order of preference
 STATE_KEYS = ('state_dict', 'model', 'state_dict_ema')
@@ -106,10 +106,12 @@ def _describe_bytes(path):
         return f'an HTML/XML page of {size} bytes (a download that returned a web page, e.g. a Google Drive ' \
                f'confirmation page)'
     try:
-        head.decode('utf-8')
-        return f'a text file of {size} bytes starting with {head[:40]!r}'
+        text = head.decode('utf-8')
     except UnicodeDecodeError:
-        return f'a binary file of {size} bytes that is not a torch checkpoint'
+        text = None
+    if text is not None and all(c.isprintable() or c in '\t\r\n' for c in text):
+        return f'a text file of {size} bytes starting with {head[:40]!r}'
+    return f'a binary file of {size} bytes that is not a torch checkpoint'
 
 
 def _torch_load(fileobj_or_path):
@@ -123,8 +125,32 @@ def _torch_load(fileobj_or_path):
         return torch.load(fileobj_or_path, map_location='cpu', weights_only=False), False
 
 
-def _load_path(path):
-    """Load ``path``; returns ``(obj, wrapped_member, weights_only)``.
+def load_file(path, remedy=None):
+    """The object stored in the checkpoint file ``path`` (on CPU), for every reader of checkpoints (backbone
+    loader, ``--resume`` of the tools, converters): a file that is not a checkpoint fails here with one message
+    naming the path, what the file looks like (text, web page, empty, truncated, zip archive, folder) and the fix.
+
+    Args:
+        path (str | os.PathLike): a torch file (zip or legacy serialisation), a zip archive wrapping one, a
+            detectron2 ``.pkl`` or a ``.safetensors`` file.
+        remedy (str | None): the fix to name for an unreadable file in this context (default: download or convert
+            it again), e.g. "resume from best.pth".
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointFileError: a folder, or a file that cannot be read as a checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if os.path.isdir(path):
+        raise CheckpointFileError(f'{path} is a folder; pass the checkpoint file inside it')
+    return _load_path(path, remedy)[0]
+
+
+def _load_path(path, remedy=None):
+    """Load ``path``; returns ``(obj, wrapped_member, weights_only)``; ``remedy`` replaces the default fix named
+    for an unreadable file.
 
     Raises:
         CheckpointFileError: unreadable (truncated, not a checkpoint, empty wrapper archive).
@@ -162,12 +188,15 @@ def _load_path(path):
         raise
     except Exception as e:  # any failure of the unpickler / archive reader (a text file raises KeyError)
         what = _describe_bytes(path)
-        hint = ('the file looks truncated (an interrupted download or a disk-full write): download or convert '
-                'it again' if isinstance(e, EOFError) or 'end of' in str(e).lower() or 'truncat' in str(e).lower()
-                or 'central directory' in str(e).lower() else
-                'check that it is a checkpoint (.pth/.pth.tar/.pt/.pt.zip/.pkl) and download it again if it is '
-                'damaged')
-        raise CheckpointFileError(f'cannot read {path} ({what}): {type(e).__name__}: {e}; {hint}') from e
+        text = str(e).lower()
+        if isinstance(e, EOFError) or any(w in text for w in ('end of', 'truncat', 'central directory')):
+            hint = ('the file looks truncated (an interrupted download or a disk-full write): '
+                    + (remedy or 'download or convert it again'))
+        else:
+            hint = ('check that it is a checkpoint (.pth/.pth.tar/.pt/.pt.zip/.pkl); '
+                    + (remedy or 'download it again if it is damaged'))
+        cause = str(e).split('. ')[0].strip().rstrip('.')[:200]  # the reader's first sentence, not its advice
+        raise CheckpointFileError(f'cannot read {path} ({what}): {type(e).__name__}: {cause}; {hint}') from e
 
 
 def _unpickle(f):

@@ -3,6 +3,8 @@
 :func:`ponder_loss` (the ``tau``-weighted ponder term of the loss), :func:`ponder_cost_map` (visualisation)
 and :func:`set_halting_bias` (force or sweep halting in tests and benchmarks).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,13 +61,16 @@ def set_halting_bias(model, value):
     halting weights (fresh model) h = sigmoid(value) everywhere.
 
     Raises:
-        ValueError: ``model`` has no halting branches (plain network).
+        ValueError: ``model`` has no halting branches (plain network); a NaN or infinite ``value``.
         TypeError: ``value`` is not a real number.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
             torch.is_tensor(value) and value.numel() == 1):
         raise TypeError(f'the halting bias is a number (e.g. -3.0, the initialisation; +5 halts after the first '
                         f'unit), got {value!r}')
+    if not math.isfinite(float(value)):
+        raise ValueError(f'the halting bias must be finite, got {float(value)}: a NaN bias makes every halting score '
+                         f'NaN; pass e.g. -3.0 (the initialisation)')
     found = False
     for m in model.modules():
         if isinstance(m, (ACTHalting, SACTHalting)):

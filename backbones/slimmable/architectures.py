@@ -290,12 +290,6 @@ class USVGG16BN(SlimmableBackbone):
         self._init_slimmable(width_range, width_list, d)
         self._init_dense(out_indices, frozen_stages, norm_eval)
 
-    def check_input(self, x):
-        """Raise ValueError unless ``x`` is ``[N, 3, H, W]`` with H, W >= 32 (five 2x2 max-pools)."""
-        super().check_input(x)
-        if min(x.shape[-2:]) < 32:
-            raise ValueError(f'us_vgg16_bn needs H, W >= 32 (five 2x2 max-pools), got {tuple(x.shape[-2:])}')
-
 
 # --------------------------------------------------------------------------------------------- ResNet-50
 class USResNet50(SlimmableBackbone):

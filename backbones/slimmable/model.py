@@ -108,9 +108,14 @@ class SlimmableBackbone(DynamicBackbone):
             self
 
         Raises:
+            TypeError: ``width`` is not a number (e.g. the string ``'0.5'`` from a command line).
             ValueError: width outside ``width_range`` (the message names the range); bad resolution; a
                 width other than the exported one on an :func:`export_static` model.
         """
+        if isinstance(width, bool) or not isinstance(width, (int, float)):
+            raise TypeError(f'width multiplier is a number, got {type(width).__name__} {width!r}; pass e.g. '
+                            f'set_width(float({width!r}))' if isinstance(width, str) else
+                            f'width multiplier is a number, got {type(width).__name__} {width!r}')
         if self._static_config is not None:
             sw, sr = self._static_config
             if normalize_width(width) != sw or (resolution is not None and resolution != sr):

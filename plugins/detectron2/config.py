@@ -232,6 +232,60 @@ def check_dynscale_options(cfg):
     return check_options(cfg.MODEL.DYNSCALE.NAME, dynscale_options(cfg), where='the config')
 
 
+def _config_keys(node, prefix=''):
+    """Every leaf key of a CfgNode as a dotted path (``MODEL.DYNSCALE.WIDTH``)."""
+    out = []
+    for k, v in node.items():
+        out.extend(_config_keys(v, f'{prefix}{k}.') if isinstance(v, dict) else [f'{prefix}{k}'])
+    return out
+
+
+class _named_keys:
+    """Turn yacs' ``AssertionError('Non-existent key: X')`` into a :class:`backbones.errors.ConfigError` listing
+    the closest existing keys (a misspelt key on the command line or in a yaml)."""
+
+    def __init__(self, cfg, where):
+        self.cfg, self.where = cfg, where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if typ is not AssertionError or 'Non-existent key' not in str(e):
+            return False
+        import difflib
+
+        from backbones.errors import ConfigError
+        key = str(e).split('Non-existent key:', 1)[1].strip()
+        close = difflib.get_close_matches(key.upper(), _config_keys(self.cfg), n=4, cutoff=0.6)
+        raise ConfigError(f'config key {key} (from {self.where}) does not exist'
+                          + (f"; did you mean {', '.join(close)}?" if close else '')
+                          + ' (dynscale keys live under MODEL.DYNSCALE, see plugins/detectron2/config.py)') from None
+
+
+def check_backbone_name(cfg):
+    """Raise unless ``MODEL.BACKBONE.NAME`` is registered in detectron2's ``BACKBONE_REGISTRY`` (detectron2 would
+    raise a ``KeyError`` from inside ``build_model``).
+
+    Raises:
+        backbones.errors.ConfigError: the name is not registered; the message lists the closest names.
+    """
+    import difflib
+
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    from backbones.errors import ConfigError
+    name = cfg.MODEL.BACKBONE.NAME
+    names = [n for n, _ in BACKBONE_REGISTRY]
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+    ours = [n for n, f in BACKBONE_REGISTRY if f.__module__.startswith('plugins')]
+    raise ConfigError(f'MODEL.BACKBONE.NAME {name!r} is not a registered detectron2 backbone'
+                      + (f"; did you mean {', '.join(close)}?" if close else '')
+                      + f" (dynscale: {', '.join(sorted(ours))})")
+
+
 def get_dynscale_cfg(config_file=None, opts=()):
     """A frozen-free config with the dynscale keys, merged from ``config_file`` and ``opts``.
 
@@ -244,6 +298,8 @@ def get_dynscale_cfg(config_file=None, opts=()):
 
     Raises:
         FileNotFoundError: ``config_file`` does not exist.
+        backbones.errors.ConfigError: a key that does not exist (with the closest keys), or an unregistered
+            ``MODEL.BACKBONE.NAME`` (:func:`check_backbone_name`).
         ValueError: a bad ``MODEL.DYNSCALE`` value (see :func:`validate_dynscale_config`).
         backbones.capabilities.OptionNotApplicable: an option the backbone's family does not have
             (:func:`check_dynscale_options`).
@@ -253,9 +309,12 @@ def get_dynscale_cfg(config_file=None, opts=()):
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f'config file not found: {config_file}')
-        cfg.merge_from_file(config_file)
+        with _named_keys(cfg, config_file):
+            cfg.merge_from_file(config_file)
     if opts:
-        cfg.merge_from_list(list(opts))
+        with _named_keys(cfg, 'the command line'):
+            cfg.merge_from_list(list(opts))
+    check_backbone_name(cfg)
     validate_dynscale_config(cfg)
     check_dynscale_options(cfg)
     return cfg

@@ -26,6 +26,7 @@ What :class:`DynscaleTrainer` adds to detectron2's default training loop:
 import contextlib
 import logging
 import math
+import os
 import time
 import weakref
 from collections import OrderedDict
@@ -358,10 +359,26 @@ class DynscaleCheckpointer(DetectionCheckpointer):
         self.resume_whole_model = resume_whole_model
 
     def save(self, name, **kwargs):
-        """detectron2's ``save`` with per-tensor digests of the model (:mod:`backbones.integrity`)."""
-        from backbones.integrity import DIGEST_KEY, tensor_digests
-        kwargs.setdefault(DIGEST_KEY, tensor_digests(self.model.state_dict()))
-        return super().save(name, **kwargs)
+        """detectron2's ``save`` (model, checkpointables, ``kwargs`` into ``save_dir/name.pth``, then tagged as the
+        last checkpoint), written atomically with per-tensor digests of the model
+        (:func:`backbones.checkpoint.atomic_save`, :mod:`backbones.integrity`).
+
+        Raises:
+            backbones.checkpoint.CheckpointWriteError: no space left: the path and the space needed are named, no
+                partial file is left and ``last_checkpoint`` still names the previous checkpoint.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        from backbones.checkpoint import atomic_save
+        data = {'model': self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f'{name}.pth'
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f'Saving checkpoint to {path}')
+        atomic_save(data, path)
+        self.tag_last_checkpoint(basename)
 
     def load(self, path, *args, **kwargs):
         """detectron2's ``load`` (``path`` is named in mismatch errors)."""

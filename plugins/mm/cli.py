@@ -6,7 +6,8 @@ import os
 import os.path as osp
 
 __all__ = ['add_common_args', 'add_train_args', 'load_config', 'apply_train_args', 'build_runner',
-           'prepare_cpu_launcher', 'set_data_root', 'dataset_cfgs', 'train', 'check_checkpoint', 'resume_path']
+           'prepare_cpu_launcher', 'set_data_root', 'dataset_cfgs', 'train', 'check_checkpoint',
+           'read_checkpoint_file', 'check_data_roots', 'resume_path']
 
 # mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6 refuses to
 # unpickle with its default weights_only=True, and mmengine calls torch.load without the argument: this documented
@@ -73,6 +74,24 @@ def dataset_cfgs(cfg):
     return out
 
 
+def check_data_roots(cfg):
+    """Raise unless the ``data_root`` of every dataset of ``cfg`` is an existing folder (checked before the model
+    is built; each dataset class then checks its own layout when it is built).
+
+    Raises:
+        FileNotFoundError: the first missing folder, with the config key and the ways to point the config at the
+            data (``--data-root``, ``$DYNSCALE_DATASETS``, the synthetic-set scripts).
+    """
+    for d in dataset_cfgs(cfg):
+        root = d.get('data_root')
+        if isinstance(root, str) and root and '://' not in root and not osp.isdir(root):
+            raise FileNotFoundError(
+                f"dataset folder {root} (dataset type {d.get('type')}) does not exist; pass --data-root DIR, the "
+                f'folder that holds VOCdevkit/ (VOC), coco/ (COCO) or nyudv2/ (NYUDv2) (default ../shared/datasets '
+                f'beside the repository, or $DYNSCALE_DATASETS), or create a small synthetic set with '
+                f'tools/make_synthetic_voc.py / tools/make_synthetic_coco.py')
+
+
 def set_data_root(cfg, root):
     """Point every dataset (and every evaluator's ``ann_file``) of ``cfg`` at ``root``.
 
@@ -105,7 +124,8 @@ def set_data_root(cfg, root):
 def load_config(args):
     """``Config.fromfile(args.config)`` with ``--cfg-options``, ``--launcher``, ``--work-dir`` and ``--data-root``
     applied, and ``load_from`` set to ``args.checkpoint`` when the tool takes one (MMSeg/MMDet ``tools/*.py``
-    semantics).
+    semantics).  Checkpoints are written atomically (:mod:`plugins.mm.file_backend`) unless the config's
+    checkpoint hook chooses a backend or an ``out_dir``.
 
     Raises:
         FileNotFoundError: the config or checkpoint does not exist.
@@ -133,6 +153,10 @@ def load_config(args):
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if getattr(args, 'checkpoint', None):
         cfg.load_from = args.checkpoint
+    ckpt_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(ckpt_hook, dict) and not ckpt_hook.get('backend_args') and not ckpt_hook.get('out_dir'):
+        from .file_backend import BACKEND
+        ckpt_hook['backend_args'] = dict(backend=BACKEND)  # atomic writes, a full disk named (file_backend.py)
     hooks = list(cfg.get('custom_hooks', None) or [])
     types = {h.get('type') for h in hooks if isinstance(h, dict)}
     if 'TensorDigestHook' not in types:
@@ -172,23 +196,34 @@ def apply_train_args(cfg, args):
     return cfg
 
 
-def build_runner(cfg, flags=None):
+def build_runner(cfg, flags=None, checkpoint=None):
     """The MMEngine runner of ``cfg`` (``runner_type`` honoured), after checking that every option of ``cfg``
     applies to its backbone (:func:`plugins.mm.options.check_config_options`: nothing is built or read first).
 
     Args:
         cfg (mmengine.Config): the merged config.
         flags (dict | None): ``config key -> command-line flag`` that set it (named in the error).
+        checkpoint (str | None): a local checkpoint the tool will check with :func:`check_checkpoint`: read after
+            the options are checked and before anything is built, so that a file that is not a checkpoint fails
+            first (the object is kept on the runner for :func:`check_checkpoint`).
 
     Raises:
         backbones.capabilities.OptionNotApplicable: an option the backbone's family does not have.
+        FileNotFoundError: a dataset folder that does not exist (:func:`check_data_roots`).
+        FileNotFoundError, backbones.pretrained.files.CheckpointFileError: ``checkpoint`` is missing or unreadable.
     """
     from .options import check_config_options
     check_config_options(cfg, flags, where=cfg.get('filename'))
+    check_data_roots(cfg)
+    read = None
+    if checkpoint and '://' not in checkpoint:
+        read = (checkpoint, read_checkpoint_file(checkpoint, _REMEDY))
     prepare_cpu_launcher(cfg)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner._dynscale_checkpoint = read
+    return runner
 
 
 def prepare_cpu_launcher(cfg):
@@ -252,6 +287,8 @@ def check_checkpoint(runner, path, non_strict=False):
         non_strict (bool): the explicit opt-out (``--non-strict``): log that the check is skipped.
 
     Raises:
+        FileNotFoundError, backbones.pretrained.files.CheckpointFileError: a local file that is missing or not a
+            checkpoint (the message says what it is and the fix).
         backbones.integrity.CorruptedCheckpointError: a tensor that does not match its recorded digest.
         backbones.checkpoint.CheckpointMismatchError: missing, unexpected or shape-mismatched keys (listed).
     """
@@ -261,7 +298,16 @@ def check_checkpoint(runner, path, non_strict=False):
 
     from backbones.checkpoint import check_state_fits
     from backbones.integrity import DIGEST_KEY, verify_digests
-    ckpt = _load_checkpoint(path, map_location='cpu')
+    from backbones.pretrained.files import CheckpointFileError
+    read = getattr(runner, '_dynscale_checkpoint', None)
+    if read is not None and read[0] == path:
+        ckpt = read[1]
+        runner._dynscale_checkpoint = None
+    else:
+        ckpt = read_checkpoint_file(path, _REMEDY) if '://' not in path else _load_checkpoint(path, map_location='cpu')
+    if not isinstance(ckpt, dict):
+        raise CheckpointFileError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict: save '
+                                  f'{{"state_dict": model.state_dict()}} (MMEngine Runner checkpoints do)')
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
     meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
     verify_digests(sd, meta.get(DIGEST_KEY) if isinstance(meta, dict) else None, path)
@@ -270,7 +316,31 @@ def check_checkpoint(runner, path, non_strict=False):
                   f'their initialisation)', logger='current', level=logging.WARNING)
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    tops = {k.split('.', 1)[0] for k, _ in model.named_parameters()}
+    if isinstance(sd, dict) and sd and not any(str(k).split('.', 1)[0] in tops for k in sd):
+        from backbones.checkpoint import FORMAT, CheckpointMismatchError
+        kind = (f"a dynscale backbone checkpoint ({meta.get('variant')})" if isinstance(meta, dict)
+                and meta.get('format') == FORMAT else f'a backbone / ImageNet checkpoint (keys like {list(sd)[:2]})')
+        raise CheckpointMismatchError(
+            f'{path} is {kind}, not a checkpoint of this {type(model).__name__} (none of its keys starts with '
+            f'{sorted(tops)}): evaluate a checkpoint written by the training tool, or train from these weights with '
+            f"--cfg-options model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint={path}")
     check_state_fits(model, sd, path, fix='--non-strict')
+
+
+_REMEDY = 'pass a checkpoint written by the MM tools (work_dir/iter_N.pth, best_*.pth) or the released file again'
+
+
+def read_checkpoint_file(path, remedy):
+    """The object in the local checkpoint file ``path`` (:func:`backbones.pretrained.files.load_file`): a missing,
+    empty, text, HTML, truncated or zip-wrapped file fails with the path, what it looks like and ``remedy``,
+    before MMEngine's own loader would raise a bare unpickling error.
+
+    Raises:
+        FileNotFoundError, backbones.pretrained.files.CheckpointFileError
+    """
+    from backbones.pretrained.files import load_file
+    return load_file(path, remedy=remedy)
 
 
 def resume_path(cfg):
@@ -287,7 +357,11 @@ def train(args):
     """Load the config, apply the training flags, build the runner and train; returns the runner (its message
     hub holds the logged scalars).  A ``--resume`` checkpoint must fit the model unless ``--non-strict``."""
     cfg = apply_train_args(load_config(args), args)
-    runner = build_runner(cfg)
+    init = cfg.get('load_from')
+    if init and not cfg.get('resume') and '://' not in init:  # fine-tuning: fits or not, the file must be one
+        read_checkpoint_file(init, 'set load_from to a checkpoint file (MMEngine / dynscale), or to None')
+    explicit = cfg.load_from if cfg.get('resume') and cfg.get('load_from') else None
+    runner = build_runner(cfg, checkpoint=explicit)
     path = resume_path(cfg)
     if path:
         check_checkpoint(runner, path, getattr(args, 'non_strict', False))

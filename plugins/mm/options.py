@@ -9,7 +9,7 @@ option lives in an MMSeg / MMDet config.
 import backbones as dyn
 from backbones.capabilities import check_options
 
-__all__ = ['backbone_arch', 'config_options', 'check_config_options']
+__all__ = ['backbone_arch', 'config_options', 'check_config_options', 'check_registered_types']
 
 #: MM backbone type -> its default ``arch`` (``plugins.mm.backbones``)
 _ADAPTERS = {'DynscaleBackbone': None, 'ElasticBackbone': 'resnext50_elastic', 'SlimmableNet': 'us_mobilenet_v2',
@@ -106,9 +106,62 @@ def check_config_options(cfg, flags=None, where=None):
         frozenset[str]: the backbone's capabilities.
 
     Raises:
+        backbones.errors.ConfigError: a component ``type`` that is not registered (:func:`check_registered_types`).
         backbones.capabilities.OptionNotApplicable: an option the backbone's family does not have (the message
             names the option, the backbone and the families that have it).
     """
+    check_registered_types(cfg, where)
     arch = backbone_arch(cfg)
     label = arch or f"backbone type={_type((cfg.get('model') or {}).get('backbone'))!r}"
     return check_options(arch, config_options(cfg, flags), where=where or '', label=label)
+
+
+#: the config entries whose ``type`` is a model component (``MODELS`` registry of the config's scope)
+_COMPONENTS = ('backbone', 'neck', 'decode_head', 'auxiliary_head', 'rpn_head', 'roi_head', 'data_preprocessor')
+
+
+def check_registered_types(cfg, where=None):
+    """Raise unless the model and its components (``model.type``, ``model.backbone.type``, ``neck``, heads,
+    ``data_preprocessor``) name types registered in the ``MODELS`` registry of the config's ``default_scope``
+    (``mmseg`` or ``mmdet``), so that a misspelt ``type='ElasticResNext'`` fails before anything is built, with
+    the registered names closest to it (MMEngine would raise a ``KeyError`` from inside the runner).
+
+    Args:
+        cfg (mmengine.Config | dict): the merged config.
+        where (str | None): the config file, named in the message.
+
+    Raises:
+        backbones.errors.ConfigError: an unregistered type; the message lists close matches and the dynscale
+            backbones.
+    """
+    import difflib
+    import importlib
+
+    from backbones.errors import ConfigError
+    scope = cfg.get('default_scope')
+    model = cfg.get('model') or {}
+    if scope not in ('mmseg', 'mmdet') or not isinstance(model, dict):
+        return
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    entries = [('model', model)]
+    for key in _COMPONENTS:
+        sub = model.get(key)
+        for i, d in enumerate(sub if isinstance(sub, (list, tuple)) else [sub]):
+            entries.append((f'model.{key}' + (f'[{i}]' if isinstance(sub, (list, tuple)) else ''), d))
+    for key, d in entries:
+        t = d.get('type') if isinstance(d, dict) else None
+        if not isinstance(t, str) or registry.get(t) is not None:
+            continue
+        names = {n for r in (registry, registry.parent) if r is not None for n, c in r.module_dict.items()
+                 if not (c.__doc__ or '').startswith('Former name')}  # renamed stubs are not suggested
+        ours = sorted(n for n, c in registry.module_dict.items() if c.__module__.startswith('plugins.mm.backbones'))
+        lower = {n.lower(): n for n in sorted(names)}
+        word = t.split('.')[-1]
+        close = [lower[n] for n in difflib.get_close_matches(word.lower(), list(lower), n=5, cutoff=0.6)]
+        # a dynscale backbone whose family word the typed name contains comes first (ElasticResNext -> Elastic...)
+        close.sort(key=lambda n: not (n in ours and n.lower().startswith(word.lower()[:5])))
+        raise ConfigError(
+            f"{key}.type={t!r}{' in ' + where if where else ''} is not registered in {scope}'s MODELS registry"
+            + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else '')
+            + (f" (dynscale backbones: {', '.join(ours)})" if key == 'model.backbone' else '')
+            + '; fix the type in the config or with --cfg-options')

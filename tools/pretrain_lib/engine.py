@@ -432,8 +432,9 @@ class Trainer:
             ValueError: a mid-epoch checkpoint from a run with another per-process batch size, number of
                 processes or accumulation (the position inside the epoch would not mean the same samples).
         """
-        ck = torch.load(path, map_location='cpu', weights_only=False)
-        if ck.get('version') != 1 or 'optimizer' not in ck:
+        from backbones.pretrained.files import load_file
+        ck = load_file(path, remedy='resume from another checkpoint of the run (best.pth) or without --resume')
+        if not isinstance(ck, dict) or ck.get('version') != 1 or 'optimizer' not in ck:
             raise ValueError(f'{path} is not a pretrain.py training checkpoint (exported backbones cannot be '
                              f'resumed; use --init-checkpoint to start from their weights)')
         from backbones.integrity import DIGEST_KEY, verify_digests
