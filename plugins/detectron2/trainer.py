@@ -380,6 +380,25 @@ class DynscaleCheckpointer(DetectionCheckpointer):
         atomic_save(data, path)
         self.tag_last_checkpoint(basename)
 
+    def _load_file(self, filename):
+        """detectron2's reader (``.pkl`` model-zoo files, torch files, URLs); a local file it cannot read is
+        described by :func:`backbones.pretrained.files.load_file` (what it is, and the fix) instead of a bare
+        unpickling or zip error.
+
+        Raises:
+            backbones.pretrained.files.CheckpointFileError: an unreadable local file.
+        """
+        try:
+            return super()._load_file(filename)
+        except Exception:
+            local = self.path_manager.get_local_path(filename) if '://' in filename else filename
+            if not os.path.isfile(local):
+                raise
+            from backbones.pretrained.files import load_file
+            load_file(local, remedy='resume from an earlier model_*.pth of OUTPUT_DIR (edit '
+                                    'OUTPUT_DIR/last_checkpoint) or set MODEL.WEIGHTS to another file')
+            raise
+
     def load(self, path, *args, **kwargs):
         """detectron2's ``load`` (``path`` is named in mismatch errors)."""
         self._loading = path

@@ -171,10 +171,14 @@ def apply_train_args(cfg, args):
     """Apply ``--amp``, ``--auto-scale-lr``, ``--skip-nonfinite`` and ``--resume`` to ``cfg``; returns it.
 
     Raises:
-        ValueError: ``--amp`` with an optimiser wrapper other than ``OptimWrapper``; ``--auto-scale-lr`` on a
-            config without ``auto_scale_lr.base_batch_size``.
+        ValueError: ``--amp`` without CUDA or with an optimiser wrapper other than ``OptimWrapper``;
+            ``--auto-scale-lr`` on a config without ``auto_scale_lr.base_batch_size``.
     """
     if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError('--amp (mixed precision) needs a GPU: MMEngine\'s AmpOptimWrapper refuses to train on '
+                             'CPU; drop --amp on this machine')
         if cfg.optim_wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
             raise ValueError(f'--amp needs optim_wrapper.type=OptimWrapper, the config has {cfg.optim_wrapper.type}')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -218,6 +222,7 @@ def build_runner(cfg, flags=None, checkpoint=None):
     read = None
     if checkpoint and '://' not in checkpoint:
         read = (checkpoint, read_checkpoint_file(checkpoint, _REMEDY))
+        _refuse_backbone_checkpoint(checkpoint, read[1], cfg.model.get('type'))
     prepare_cpu_launcher(cfg)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
@@ -238,6 +243,9 @@ def prepare_cpu_launcher(cfg):
     Args:
         cfg (mmengine.Config): the merged config (``launcher``, ``env_cfg.dist_cfg.timeout``,
             ``model_wrapper_cfg``, ``find_unused_parameters`` are read; ``model_wrapper_cfg`` may be set).
+
+    Raises:
+        ValueError: the process was not started by ``torchrun`` (its rendezvous variables are missing).
     """
     import datetime
 
@@ -245,6 +253,11 @@ def prepare_cpu_launcher(cfg):
     import torch.distributed as dist
     if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
         return
+    missing = [v for v in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if v not in os.environ]
+    if not dist.is_initialized() and missing:
+        raise ValueError(f'--launcher pytorch expects the variables torchrun sets ({", ".join(missing)} missing): '
+                         f'start the tool with torchrun --nproc_per_node N tools/<tool>.py ... --launcher pytorch, '
+                         f'or drop --launcher for one process')
     if not dist.is_initialized():
         timeout = (cfg.get('env_cfg') or {}).get('dist_cfg', {}).get('timeout')
         kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
@@ -328,6 +341,18 @@ def check_checkpoint(runner, path, non_strict=False):
     check_state_fits(model, sd, path, fix='--non-strict')
 
 
+def _refuse_backbone_checkpoint(path, ckpt, model_type):
+    """Raise when ``ckpt`` is a dynscale backbone checkpoint (it has no neck or head: not what a test or a resume
+    reads), naming the way to train from it."""
+    from backbones.checkpoint import FORMAT, CheckpointMismatchError
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and meta.get('format') == FORMAT:
+        raise CheckpointMismatchError(
+            f"{path} is a dynscale backbone checkpoint ({meta.get('variant')}), not a checkpoint of this {model_type}: "
+            f'evaluate or resume a checkpoint written by the training tool, or train from these weights with '
+            f'--cfg-options model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint={path}')
+
+
 _REMEDY = 'pass a checkpoint written by the MM tools (work_dir/iter_N.pth, best_*.pth) or the released file again'
 
 
@@ -360,9 +385,8 @@ def train(args):
     init = cfg.get('load_from')
     if init and not cfg.get('resume') and '://' not in init:  # fine-tuning: fits or not, the file must be one
         read_checkpoint_file(init, 'set load_from to a checkpoint file (MMEngine / dynscale), or to None')
-    explicit = cfg.load_from if cfg.get('resume') and cfg.get('load_from') else None
-    runner = build_runner(cfg, checkpoint=explicit)
     path = resume_path(cfg)
+    runner = build_runner(cfg, checkpoint=path)  # the file is read before the model is built
     if path:
         check_checkpoint(runner, path, getattr(args, 'non_strict', False))
     runner.train()
