@@ -64,6 +64,12 @@ def _check_common_kwargs(name, pretrained, kwargs):
         ValueError: a negative ``num_classes``.
     """
     import os
+    if isinstance(pretrained, bool):
+        raise TypeError(f'pretrained={pretrained} (timm\'s download switch) is not supported: dynscale downloads no '
+                        f'weights; pass the path of a converted release (MODEL_ZOO.md lists each file and its convert '
+                        f'command) or of a dynscale checkpoint, or None for random initialisation')
+    if isinstance(pretrained, (str, os.PathLike)) and not os.fspath(pretrained):
+        raise ValueError("pretrained='' is an empty path; pass a checkpoint path, or None for random initialisation")
     if pretrained is not None and not isinstance(pretrained, (str, os.PathLike, dict)):
         hint = f'; did you mean num_classes={pretrained}?' if _is_int(pretrained) else ''
         raise TypeError(f'pretrained is a checkpoint path or a state dict, got {type(pretrained).__name__} '

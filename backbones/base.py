@@ -42,7 +42,7 @@ def output_stride_dilations(output_stride, multi_grid=(1, 1, 1)):
     elif output_stride == 8:
         strides, dilations = (1, 2, 1, 1), (1, 1, 2, 4)
     else:
-        raise ValueError(f'output_stride must be 32, 16 or 8, got {output_stride}')
+        raise ValueError(f'output_stride must be 32, 16 or 8, got {output_stride!r}')
     grid = tuple(dilations[3] * m for m in multi_grid)
     return strides, dilations, grid
 

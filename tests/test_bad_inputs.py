@@ -125,6 +125,12 @@ API_CASES = {
                              ['>= 0', 'features only']),
     'class count given positionally': (lambda m, f: backbones.create('resnext50_elastic', 10), TypeError,
                                        ['pretrained is a checkpoint path', 'did you mean num_classes=10']),
+    'pretrained=True as in timm': (lambda m, f: backbones.create('resnext50_elastic', pretrained=True), TypeError,
+                                   ['downloads no weights', 'MODEL_ZOO.md', 'None for random']),
+    'pretrained as an empty path': (lambda m, f: backbones.create('resnext50_elastic', pretrained=''), ValueError,
+                                    ['empty path', 'None for random']),
+    'output stride as a string': (lambda m, f: backbones.create('resnext50_elastic', output_stride='16'), ValueError,
+                                  ["got '16'", '32, 16 or 8']),
     'model name missing': (lambda m, f: backbones.create(None), TypeError, ['registered name', 'list_models()']),
 }
 
