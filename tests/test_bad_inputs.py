@@ -227,6 +227,10 @@ def tool_files(tmp_path_factory):
     save_backbone_checkpoint(backbones.create('resnext50_elastic'), d / 'backbone.pth')
     data = (d / 'backbone.pth').read_bytes()
     (d / 'half.pth').write_bytes(data[:len(data) // 2])
+    import pickle
+    with open(d / 'detector_d2.pkl', 'wb') as fh:  # detectron2's own format: a pickle of numpy arrays
+        pickle.dump({'model': {'backbone.bottom_up.net.' + k: v.numpy() for k, v in
+                               torch.load(d / 'backbone.pth')['state_dict'].items()}, '__author__': 'dynscale'}, fh)
     for sub in ('noclass/train', 'noclass/val', 'noimage/train/cat', 'noimage/val/cat'):
         (d / sub).mkdir(parents=True)
     (d / 'noimage/train/cat/readme.txt').write_text('no images here')
@@ -301,10 +305,10 @@ TOOL_CASES = {
     'mmdet: misspelt neck type': ('mmdet', _p('tools/train_det_mm.py', DET, '--work-dir', '{tmp}/w',
                                               '--cfg-options', 'model.neck.type=FPNN'),
                                   ["'FPNN' is not registered", "'FPN'"]),
-    'mmdet: test a truncated checkpoint': ('mmdet', _p('tools/test_det_mm.py', DET, '{f}/half.pth', '--work-dir',
-                                                       '{tmp}/w'),
-                                           ['{f}/half.pth', 'truncated']),
-    # Detectron2
+    'mmdet: test a detectron2 checkpoint': ('mmdet', _p('tools/test_det_mm.py', DET, '{f}/detector_d2.pkl',
+                                                        '--work-dir', '{tmp}/w'),
+                                            ['Detectron2', 'not an MMEngine checkpoint',
+                                             'init_cfg.checkpoint={f}/detector_d2.pkl']),
     'detectron2: MODEL.WEIGHTS a text file': ('d2', _p(*_D2, 'MODEL.WEIGHTS', '{f}/text.pth'),
                                               ['{f}/text.pth', 'a text file']),
     'detectron2: MODEL.WEIGHTS an unconverted backbone': ('d2', _p(*_D2, 'MODEL.WEIGHTS', '{f}/backbone.pth'),

@@ -480,3 +480,26 @@ def test_convert_records_source_and_normalisation(tmp_path):
     assert meta['pixel_mean'] == [0.0, 0.0, 0.0] and meta['pixel_std'] == [255.0, 255.0, 255.0]
     assert meta['eval_protocol'] == 'rsnet-multires' and meta['resolutions'] == [224, 192, 160, 128, 96]
     assert transfer.summary()['dropped'] == 1 and meta['conversion_dropped'][0][0] == 'module.alpha'
+
+
+@pytest.mark.parametrize('layout', ['detectron2_fpn', 'detectron2_c4', 'mmengine'])
+def test_a_detector_or_segmentor_checkpoint_gives_its_backbone_weights(tmp_path, layout):
+    """A whole-model checkpoint (Detectron2 ``{'model'}`` with ``backbone.bottom_up.net.*`` / ``backbone.net.*``, or
+    MMEngine ``{'state_dict'}`` with ``backbone.model.*``) loads its backbone part; the neck and heads are dropped
+    and reported (before: 'wrong model or wrong origin')."""
+    src = backbones.create('resnext50_elastic', num_classes=0)
+    prefix = {'detectron2_fpn': 'backbone.bottom_up.net.', 'detectron2_c4': 'backbone.net.',
+              'mmengine': 'backbone.model.'}[layout]
+    sd = {prefix + k: v for k, v in src.state_dict().items()}
+    sd['backbone.fpn_lateral2.weight' if 'detectron2' in layout else 'decode_head.conv_seg.weight'] = torch.ones(2, 2)
+    sd['roi_heads.box_predictor.cls_score.weight'] = torch.ones(3, 2)
+    path = tmp_path / 'whole.pth'
+    torch.save({'model': sd, '__author__': 'dynscale'} if 'detectron2' in layout else {'state_dict': sd, 'meta': {}},
+               path)
+    m = backbones.create('resnext50_elastic', num_classes=0, pretrained=str(path))
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    from backbones.pretrained import load_pretrained
+    report = load_pretrained(backbones.create('resnext50_elastic', num_classes=0), str(path))
+    dropped = [k for k, _ in report.dropped]
+    assert 'roi_heads.box_predictor.cls_score.weight' in dropped and len(dropped) == 2

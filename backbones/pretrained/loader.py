@@ -115,6 +115,10 @@ class LoadReport:
 
 
 # ---------------------------------------------------------------------------------------------- detection
+#: where a Detectron2 (FPN, C4) or OpenMMLab checkpoint of a whole model keeps the dynscale backbone's weights
+_DETECTOR_PREFIXES = ('backbone.bottom_up.net.', 'backbone.net.', 'backbone.bottom_up.model.', 'backbone.model.')
+
+
 def _is_dynscale(src):
     meta = src.meta
     if meta.get('format') == FORMAT:
@@ -367,7 +371,14 @@ def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_ma
     meta = dict(meta or {})
     report = report or LoadReport(origin=origin, meta=meta)
     own = model.state_dict()
-    sd = strip_prefix(dict(sd), own.keys())
+    inner = next((p for p in _DETECTOR_PREFIXES if any(k.startswith(p) for k in sd)), None)
+    if inner is not None:  # a whole detector / segmentor: its backbone's weights only
+        for k in sd:
+            if not k.startswith(inner):
+                report.dropped.append((k, f'part of the detector / segmentor, not of its backbone ({inner}*)'))
+        sd = {k[len(inner):]: v for k, v in sd.items() if k.startswith(inner)}
+    else:
+        sd = strip_prefix(dict(sd), own.keys())
     has_head = any(k.startswith('head.') for k in own)
     file_head = [k for k in sd if k.startswith('head.')]
     if file_head and (not has_head or drop_head):

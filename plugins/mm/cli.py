@@ -330,13 +330,19 @@ def check_checkpoint(runner, path, non_strict=False):
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     tops = {k.split('.', 1)[0] for k, _ in model.named_parameters()}
-    if isinstance(sd, dict) and sd and not any(str(k).split('.', 1)[0] in tops for k in sd):
+    d2 = isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'state_dict' not in ckpt
+    if d2:  # a Detectron2 checkpoint ({'model': ..., '__author__': ...})
+        sd = ckpt['model']
+    foreign = d2 or not any(str(k).split('.', 1)[0] in tops for k in sd)
+    if isinstance(sd, dict) and sd and foreign:
         from backbones.checkpoint import FORMAT, CheckpointMismatchError
         kind = (f"a dynscale backbone checkpoint ({meta.get('variant')})" if isinstance(meta, dict)
-                and meta.get('format') == FORMAT else f'a backbone / ImageNet checkpoint (keys like {list(sd)[:2]})')
+                and meta.get('format') == FORMAT else
+                f'a Detectron2 / pretrain.py checkpoint (keys like {list(sd)[:2]})' if d2 else
+                f'a backbone / ImageNet checkpoint (keys like {list(sd)[:2]})')
         raise CheckpointMismatchError(
-            f'{path} is {kind}, not a checkpoint of this {type(model).__name__} (none of its keys starts with '
-            f'{sorted(tops)}): evaluate a checkpoint written by the training tool, or train from these weights with '
+            f'{path} is {kind}, not an MMEngine checkpoint of this {type(model).__name__} (keys {sorted(tops)}.*): '
+            f'evaluate a checkpoint written by the MM training tool, or train from its backbone weights with '
             f"--cfg-options model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint={path}")
     check_state_fits(model, sd, path, fix='--non-strict')
 
