@@ -52,9 +52,64 @@ def test_coco_targets_follow_the_instance_annotations(shared_dir):
     image, target = ds[0]
     assert ds.samples[0][0].endswith(img['file_name']) and image.size == (img['width'], img['height'])
     assert torch.nonzero(target).flatten().tolist() == expect
-    assert ds.targets().sum(0).gt(0).all()  # the subset has every class in val (datasets README)
+    assert ds.target_matrix().sum(0).gt(0).all()  # the subset has every class in val (datasets README)
 
 
 def test_missing_annotation_file_names_the_layout(tmp_path):
-    with pytest.raises(FileNotFoundError, match='instances_'):
+    with pytest.raises(FileNotFoundError, match='COCO 2017 layout'):
         CocoMultiLabel(str(tmp_path), 'val2017')
+
+
+def _ml_run(shared_dir, out, *extra):
+    from tools import pretrain
+    return pretrain.main(['--task', 'multilabel', '--data-path', os.path.join(shared_dir, 'datasets', 'coco'),
+                          '--model', 'resnext50_elastic', '--model-kwargs', '{"cardinality": 4, "base_width": 4}',
+                          '--output-dir', str(out), '--epochs', '1', '--batch-size', '4', '--train-crop-size', '64',
+                          '--val-crop-size', '64', '--max-train-samples', '16', '--max-val-samples', '16',
+                          '--workers', '0', '--no-tensorboard', '--lr', '0.01', '--log-interval', '2', *extra])
+
+
+def test_pretrain_multilabel_trains_on_coco_and_writes_the_stress_test(shared_dir, tmp_path):
+    """A few CPU iterations of --task multilabel on the shared COCO subset (train2017 -> val2017), then the metric
+    table at two input sizes (the scale stress test), side by side with a second model through tools/stress_test.py."""
+    import csv
+    import json
+    rows = _ml_run(shared_dir, tmp_path / 'run', '--stress-sizes', '64', '96')
+    assert [r['size'] for r in rows] == [64, 96]
+    for r in rows:
+        assert r['images'] == 16 and 0 < r['classes_scored'] <= 80
+        for k in ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'):
+            assert 0.0 <= r[k] <= 100.0, (k, r[k])
+    text = (tmp_path / 'run' / 'eval.txt').read_text()
+    assert 'scale stress test' in text and 'CF1' in text and 'OF1' in text
+    with open(tmp_path / 'run' / 'summary.csv') as f:
+        summary = list(csv.DictReader(f))
+    assert float(summary[-1]['mAP']) == pytest.approx(rows[0]['mAP'], abs=1e-6)  # per-epoch val at the val size
+    assert (tmp_path / 'run' / 'stress_test.png').stat().st_size > 0
+    # a second model's run (same rows, other name) beside it
+    other = tmp_path / 'dense'
+    other.mkdir()
+    (other / 'stress_test.json').write_text(json.dumps([dict(r, model='resnext50_32x4d') for r in rows]))
+    from tools import stress_test
+    both = stress_test.main([str(tmp_path / 'run'), str(other), '--out', str(tmp_path / 'cmp')])
+    assert {r['model'] for r in both} == {'resnext50_elastic', 'resnext50_32x4d'} and len(both) == 4
+    assert (tmp_path / 'cmp.png').stat().st_size > 0 and (tmp_path / 'cmp.csv').read_text().count('\n') == 5
+
+
+@pytest.mark.parametrize('flags, expect', [
+    (['--task', 'multilabel', '--method', 'usnet', '--model', 'us_mobilenet_v2'], '--method standard'),
+    (['--model', 'resnext50_elastic', '--stress-sizes', '224'], 'belongs to --task multilabel'),
+])
+def test_pretrain_refuses_multilabel_flags_that_do_not_fit(tmp_path, flags, expect):
+    from tools import pretrain
+    with pytest.raises(ValueError, match=expect):
+        pretrain.parse_args(['--data-path', str(tmp_path), *flags])
+
+
+def test_recipe_is_the_papers_multilabel_setting(tmp_path):
+    from tools import pretrain
+    args = pretrain.parse_args(['--recipe', 'coco-multilabel-elastic-resnext50', '--data-path', str(tmp_path)])
+    assert (args.task, args.method, args.model) == ('multilabel', 'standard', 'resnext50_elastic')
+    assert (args.train_dir, args.val_dir) == ('train2017', 'val2017')
+    assert (args.lr, args.weight_decay, args.epochs, args.lr_milestones) == (0.001, 5e-4, 36, [24, 30])
+    assert args.effective_batch_size == 96 and args.lr_schedule == 'step' and args.train_crop_size == 224

@@ -150,15 +150,16 @@ def _has(module):
 
 def test_mutualnet_budget_table(tiny, tmp_path):
     rows = _run(tiny, tmp_path, '--model', 'us_mobilenet_v2', '--method', 'mutualnet', '--widths', '0.7', '1.0',
-                '--resolutions', '32', '28', '24', '--max-train-samples', '8', '--eval-widths', '1.0', '0.7',
+                '--resolutions', '48', '40', '32', '--train-crop-size', '48',
+                '--max-train-samples', '8', '--eval-widths', '1.0', '0.7',
                 '--calib-batches', '1')
     ck, meta = _check_outputs(tmp_path, steps=2)
-    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.7) for r in (32, 28, 24)}
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.7) for r in (48, 40, 32)}
     by = {(r['width'], r['resolution']): r['macs'] for r in rows}
-    assert by[(1.0, 32)] > by[(1.0, 24)] and by[(1.0, 32)] > by[(0.7, 32)]
+    assert by[(1.0, 48)] > by[(1.0, 32)] and by[(1.0, 48)] > by[(0.7, 48)]
     text = open(os.path.join(tmp_path, 'eval.txt')).read()
     assert 'best configuration under a MACs budget' in text
-    assert meta['widths'] == [0.7, 1.0] and meta['trained_resolutions'] == [32, 28, 24]
+    assert meta['widths'] == [0.7, 1.0] and meta['trained_resolutions'] == [48, 40, 32]
 
 
 def test_rsnet(tiny, tmp_path):
@@ -287,7 +288,8 @@ def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', SCRIPT,
            '--data-path', tiny, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v1', '--method',
-           'mutualnet', '--resolutions', '32', '24', '--max-train-samples', '16', '--eval-widths', '1.0', '0.25',
+           'mutualnet', '--resolutions', '40', '32', '--train-crop-size', '40',
+           '--max-train-samples', '16', '--eval-widths', '1.0', '0.25',
            '--eval-resolutions', '32', '--calib-batches', '1', '--device', 'cpu']
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
@@ -471,13 +473,14 @@ def test_transfer_learning_from_converted_mutualnet_weights(tiny, tmp_path):
     import convert_weights
     conv = str(tmp_path / 'mn1.pth')
     assert convert_weights.main([_official('mutualnet_mobilenet_v1', tmp_path), conv]) == 0
-    rows = _run(tiny, tmp_path / 'ft', '--pretrained', conv, '--resolutions', '32', '24', '--calib-batches', '1')
+    rows = _run(tiny, tmp_path / 'ft', '--pretrained', conv, '--resolutions', '40', '32', '--train-crop-size', '40',
+                '--calib-batches', '1')
     src = torch.load(conv, map_location='cpu', weights_only=True)['state_dict']
     ck = torch.load(os.path.join(tmp_path, 'ft', 'last.pth'), map_location='cpu', weights_only=False)
     assert ck['args']['method'] == 'mutualnet' and ck['args']['model'] == 'us_mobilenet_v1'
     assert ck['model']['model.head.2.weight'].shape == (4, 1024)  # a new classifier for the 4 classes
     assert src['head.2.weight'].shape == (1000, 1024)
-    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.25) for r in (32, 24)}
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.25) for r in (40, 32)}
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tiny, tmp_path):
@@ -518,8 +521,9 @@ def test_nonfinite_batch_stops_naming_its_files_and_keeps_the_checkpoint(tiny, t
 
 
 @pytest.mark.parametrize('model_args', [SMALL_ELASTIC,
-                                        ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--resolutions', '32',
-                                         '24', '--eval-widths', '1.0', '0.25', '--eval-resolutions', '32',
+                                        ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--resolutions', '40',
+                                         '32', '--train-crop-size', '40',
+                                         '--eval-widths', '1.0', '0.25', '--eval-resolutions', '32',
                                          '--calib-batches', '2']],
                          ids=['standard', 'mutualnet-calibrated'])
 def test_two_ranks_report_the_metric_of_one(tiny, tmp_path, model_args):

@@ -42,7 +42,8 @@ def tiny_slimmable(tmp_path_factory):
     data = _make_folder(tmp_path_factory.mktemp('data'))
     out = tmp_path_factory.mktemp('run')
     pretrain.main(['--data-path', data, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v2',
-                   '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '32', '24',
+                   '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '40', '32',
+                   '--train-crop-size', '40',
                    '--max-train-samples', '8', '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
     return data, str(out / 'backbone.pth')
 
@@ -51,13 +52,13 @@ def test_query_table_of_a_trained_checkpoint(tiny_slimmable, tmp_path):
     data, ckpt = tiny_slimmable
     out = tmp_path / 'qt'
     argv = [ckpt, '--model', 'us_mobilenet_v2', '--data-path', data, '--widths', '1.0', '0.5', '0.35',
-            '--resolutions', '32', '24', '--batch', '2', '--repeats', '2', '--calib-batches', '1',
+            '--resolutions', '40', '32', '--batch', '2', '--repeats', '2', '--calib-batches', '1',
             '--eval-batch-size', '4', '--workers', '0', '--threads', '1', '--out-dir', str(out),
             '--budget-macs', '3M']
     if HAS_ORT:
         argv.append('--onnx')
     rows = query_table.main(argv)
-    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.5, 0.35) for r in (32, 24)}
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.5, 0.35) for r in (40, 32)}
     with open(out / 'query_table.csv') as f:
         lines = f.read().splitlines()
     header = [ln for ln in lines if ln.startswith('#')]
@@ -71,7 +72,7 @@ def test_query_table_of_a_trained_checkpoint(tiny_slimmable, tmp_path):
         assert float(table[0]['onnx_ms_b1']) > 0
     assert all(float(r['torch_ms_b1']) > 0 and 0 <= float(r['top1']) <= 100 for r in table)
     by = {(float(r['width']), int(r['resolution'])): float(r['macs']) for r in table}
-    assert by[(1.0, 32)] > by[(0.5, 32)] > by[(0.35, 32)] and by[(1.0, 32)] > by[(1.0, 24)]
+    assert by[(1.0, 40)] > by[(0.5, 40)] > by[(0.35, 40)] and by[(1.0, 40)] > by[(1.0, 32)]
     front = [r for r in rows if r['frontier_macs']]
     assert front and all(not any(o['top1'] >= r['top1'] and o['macs'] <= r['macs'] and o is not r and
                                  (o['top1'] > r['top1'] or o['macs'] < r['macs']) for o in rows) for r in front)

@@ -84,7 +84,14 @@ def get_parser():
     g.add_argument('--iter-delay', type=float, default=0.0, help=argparse.SUPPRESS)  # throttle for kill/resume tests
 
     g = p.add_argument_group('data')
-    g.add_argument('--data-path', default=None, help='ImageFolder root with train/<class>/ and val/<class>/')
+    g.add_argument('--data-path', default=None, help='ImageFolder root with train/<class>/ and val/<class>/ (--task '
+                   'multilabel: the COCO folder with annotations/ and train2017/, val2017/)')
+    g.add_argument('--task', default='classification', choices=['classification', 'multilabel'],
+                   help='multilabel: MS-COCO 80-label classification (Elastic paper Sec. 4.2): BCE loss, mAP / CP / '
+                        'CR / CF1 / OP / OR / OF1, the scale stress test over --stress-sizes')
+    g.add_argument('--stress-sizes', type=int, nargs='+', default=None,
+                   help='--task multilabel: input sizes (square resize, no crop) of the final evaluation\'s scale '
+                        'stress test (default: --val-crop-size only)')
     g.add_argument('--train-dir', default='train')
     g.add_argument('--val-dir', default='val')
     g.add_argument('--train-crop-size', type=int, default=224, help='RandomResizedCrop size')
@@ -267,6 +274,16 @@ def parse_args(argv=None, world_size=None):
         raise ValueError('--model is required (or a --recipe that names one, or --pretrained); see '
                          'backbones.list_models()')
     check_flags(args, given)
+    if args.task == 'multilabel':
+        if args.method != 'standard':
+            raise ValueError(f'--task multilabel trains with --method standard (the Elastic paper fine-tunes Elastic '
+                             f'and dense classifiers); --method {args.method} is for ImageNet classification')
+        if args.train_dir == 'train' and 'train_dir' not in explicit:
+            args.train_dir = 'train2017'
+        if args.val_dir == 'val' and 'val_dir' not in explicit:
+            args.val_dir = 'val2017'
+    elif args.stress_sizes:
+        raise ValueError('--stress-sizes belongs to --task multilabel (the scale stress test); remove it')
     for name in ('epochs', 'accum_steps', 'num_subnets', 'log_interval', 'eval_interval', 'model_ema_steps',
                  'calib_batches'):
         if getattr(args, name) < 1:

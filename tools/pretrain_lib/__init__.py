@@ -7,4 +7,5 @@
   mutualnet, rsnet, sact); the method maths lives in :mod:`backbones`.
 * :mod:`.engine` -- optimizer, schedules, checkpoints/resume, logging, the training loop.
 * :mod:`.dist` -- ``torchrun`` / DDP helpers.
+* :mod:`.multilabel` -- ``--task multilabel``: COCO 80-label targets, loss, metrics and the scale stress test.
 """

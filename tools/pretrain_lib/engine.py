@@ -44,6 +44,10 @@ SCHEDULES = ('step', 'cosine', 'linear', 'constant')
 
 
 # ---------------------------------------------------------------------- logging
+#: the multi-label metrics logged per epoch (``--task multilabel``; :data:`pretrain_lib.multilabel.METRIC_NAMES`)
+ML_METRICS = ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
+
+
 def setup_logging(output_dir, info):
     """Rank 0: INFO to stdout and ``output_dir/log.txt``; other ranks: WARNING to stderr.
     Every line carries the rank (``[r0]``)."""
@@ -283,15 +287,26 @@ class Trainer:
         a = args
         train_root = os.path.join(a.data_path, a.train_dir)
         val_root = os.path.join(a.data_path, a.val_dir)
+        self.multilabel = getattr(a, 'task', 'classification') == 'multilabel'
         for root in (train_root, val_root):
             if not os.path.isdir(root):
-                raise FileNotFoundError(f'{root} not found: --data-path must hold {a.train_dir}/<class>/ and '
-                                        f'{a.val_dir}/<class>/ (ImageFolder layout)')
-        self.train_set = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
+                raise FileNotFoundError(
+                    f'{root} not found: ' + (f'--task multilabel expects the COCO folder as --data-path ('
+                                             f'annotations/, {a.train_dir}/, {a.val_dir}/)' if self.multilabel else
+                                             f'--data-path must hold {a.train_dir}/<class>/ and {a.val_dir}/<class>/ '
+                                             f'(ImageFolder layout)'))
+        if self.multilabel:
+            from .multilabel import CocoMultiLabel
+            self.train_set = CocoMultiLabel(a.data_path, a.train_dir, None, a.bad_images, a.seed)
+        else:
+            self.train_set = pdata.RobustImageFolder(train_root, None, a.bad_images, a.seed)
         self.classes = self.train_set.classes
         num_classes = a.num_classes or len(self.classes)
+        if self.multilabel and num_classes != len(self.classes):
+            raise ValueError(f'--num-classes {a.num_classes}: COCO multi-label has {len(self.classes)} classes; drop '
+                             f'--num-classes')
         index_map = None
-        if a.pretrained:
+        if a.pretrained and not self.multilabel:
             from .pretrained import imagenet_index_map, pretrained_info
             file_classes = pretrained_info(a.pretrained, a.pretrained_source)[1]
             if not a.num_classes and file_classes == 1000:
@@ -317,8 +332,14 @@ class Trainer:
         self.train_set.select(pdata.subset_indices(len(self.train_set), a.max_train_samples, a.seed))
         vres = self.method.val_resolutions()
         multires_val = bool(vres) and (self.method.name == 'rsnet' or a.val_resize_mode == 'crop')
-        self.val_set = pdata.RobustImageFolder(
-            val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images, a.seed)
+        if self.multilabel:
+            from .multilabel import CocoMultiLabel, square_val_transform
+            self.val_set = CocoMultiLabel(a.data_path, a.val_dir, square_val_transform(
+                a.val_crop_size, a.interpolation, mean, std), a.bad_images, a.seed)
+        else:
+            self.val_set = pdata.RobustImageFolder(
+                val_root, pdata.build_val_transform(a, mean, std, vres if multires_val else None), a.bad_images,
+                a.seed)
         if self.val_set.classes != self.classes:
             raise ValueError(f'{val_root} and {train_root} hold different class folders')
         if index_map is not None:
@@ -423,7 +444,7 @@ class Trainer:
         LOG.info(f'saved checkpoint {path} (epoch {self.epoch}, micro-batch {self.consumed}, step {self.global_step})')
         if best:
             path = atomic_save(st, os.path.join(self.out, 'best.pth'))
-            LOG.info(f'saved checkpoint {path} (best top-1 {self.best_top1:.2f})')
+            LOG.info(f'saved checkpoint {path} (best {"mAP" if self.multilabel else "top-1"} {self.best_top1:.2f})')
 
     def resume(self, path):
         """Restore everything from a training checkpoint (see the module docstring).
@@ -622,6 +643,10 @@ class Trainer:
 
     def validate(self):
         """Per-epoch validation at the method's cheap points (no calibration); returns rows."""
+        if self.multilabel:  # mAP stands in for top-1 (best.pth selection), OF1 for top-5
+            from .multilabel import evaluate_multilabel
+            m = evaluate_multilabel(self.model, self.val_loader, self.info, self.autocast, self.args.channels_last)
+            return [dict(m, width=None, resolution=None, top1=m['mAP'], top5=m['OF1'], n=m['images'])]
         pts = self.method.eval_points(final=False)
         rows = pm.evaluate(self.method, self.model, self.val_loader, self.info, pts, self.autocast,
                            self.args.channels_last, sact_macs=isinstance(self.method, pm.SACTMethod))
@@ -643,18 +668,18 @@ class Trainer:
             if self.epoch % a.eval_interval == 0 or self.epoch == a.epochs:
                 rows = self.validate()
                 top1 = rows[0]['top1']
-                for r in rows:
+                for r in rows if not self.multilabel else ():
                     tag = '_'.join(str(x) for x in (f'w{r["width"]}' if r['width'] is not None else None,
                                                     f'r{r["resolution"]}' if r['resolution'] else None) if x)
                     row[f'top1{"_" + tag if tag else ""}'] = r['top1']
                     row[f'top5{"_" + tag if tag else ""}'] = r['top5']
-                for k in ('ema_top1', 'macs', 'macs_std', 'ponder_cost'):  # EMA; SACT data-dependent MACs
+                for k in ('ema_top1', 'macs', 'macs_std', 'ponder_cost') + ML_METRICS:  # EMA; SACT MACs; multilabel
                     if k in rows[0]:
                         row[k] = rows[0][k]
                 best = top1 > self.best_top1
                 if best:
                     self.best_top1, self.best_epoch = top1, self.epoch
-                parts = [f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema'))]
+                parts = [f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema')) or k in ML_METRICS]
                 if 'macs' in row:
                     parts.append(f'MMACs {row["macs"] / 1e6:.1f} (std {row["macs_std"] / 1e6:.1f}) '
                                  f'ponder cost {row["ponder_cost"]:.3f}')
@@ -671,6 +696,8 @@ class Trainer:
     def final_eval(self):
         """Full evaluation table (+ MutualNet budget query, SACT MACs statistics); returns the rows."""
         a = self.args
+        if self.multilabel:
+            return self.stress_test()
         slim = isinstance(self.method, pm.SlimmableMethod)
         LOG.info('final evaluation' + (f' (BN statistics: {a.bn_calibration})' if slim else ''))
         model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
@@ -688,6 +715,45 @@ class Trainer:
                 f.write(text + '\n')
             with open(os.path.join(self.out, 'eval.json'), 'w') as f:
                 json.dump(rows, f, indent=1)
+        return rows
+
+    def stress_test(self):
+        """``--task multilabel`` final evaluation: the multi-label metrics at every ``--stress-sizes`` input size
+        (square resize, no crop; Elastic paper Sec. 4.2), written as ``eval.txt``, ``stress_test.csv`` /
+        ``.json`` and ``stress_test.png``; returns the rows (``resolution`` = size, ``top1`` = mAP)."""
+        from .multilabel import (
+            CocoMultiLabel,
+            evaluate_multilabel,
+            plot_stress_test,
+            square_val_transform,
+            stress_test_table,
+            write_metric_table,
+        )
+        a = self.args
+        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
+        mean, std = getattr(model, 'pixel_mean'), getattr(model, 'pixel_std')
+        rows = []
+        for size in a.stress_sizes or [a.val_crop_size]:
+            ds = CocoMultiLabel(a.data_path, a.val_dir, square_val_transform(size, a.interpolation, mean, std),
+                                a.bad_images, a.seed)
+            ds.select(pdata.subset_indices(len(ds), a.max_val_samples, a.seed))
+            loader = DataLoader(ds, batch_size=a.val_batch_size or a.batch_size, num_workers=a.workers,
+                                sampler=pdata.ShardSampler(len(ds), self.info.world_size, self.info.rank),
+                                collate_fn=pdata.collate_skip_none)
+            m = evaluate_multilabel(model, loader, self.info, self.autocast, a.channels_last)
+            rows.append(dict(m, model=a.model, size=size, width=None, resolution=size, top1=m['mAP'], top5=m['OF1'],
+                             n=m['images']))
+            LOG.info(f'stress test {size}x{size}: ' + ' '.join(f'{k} {m[k]:.2f}' for k in ML_METRICS))
+        table = stress_test_table(rows, f'{a.model} on {a.data_path}/{a.val_dir}: {rows[0]["n"]} images, COCO '
+                                        f'multi-label, scale stress test (% ; a class is predicted when p > 0.5)')
+        LOG.info('\n' + table)
+        if self.info.is_main:
+            with open(os.path.join(self.out, 'eval.txt'), 'w') as f:
+                f.write(table + '\n')
+            with open(os.path.join(self.out, 'eval.json'), 'w') as f:
+                json.dump(rows, f, indent=1)
+            write_metric_table(rows, os.path.join(self.out, 'stress_test.csv'))
+            plot_stress_test(rows, os.path.join(self.out, 'stress_test.png'))
         return rows
 
     def export(self, rows=None):

@@ -128,8 +128,11 @@ class StepContext:
 
 
 def _correct(logits, target, k=1):
+    """Images whose ``k`` highest logits include the label (multi-hot ``[N, C]`` targets: include a positive)."""
     k = min(k, logits.shape[1])
     top = logits.topk(k, 1).indices
+    if target.dim() == 2:
+        return target.gather(1, top).gt(0).any(1).sum().item()
     return (top == target.view(-1, 1)).any(1).sum().item()
 
 
@@ -143,6 +146,9 @@ class Method:
         self.args = args
         self.model = model
         self.ce = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        if getattr(args, 'task', 'classification') == 'multilabel':  # BCE x classes (multilabel.multilabel_loss)
+            from .multilabel import multilabel_loss
+            self.ce = multilabel_loss
         self.policy = self.build_policy()
 
     # ------------------------------------------------------------------ setup

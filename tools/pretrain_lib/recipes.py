@@ -51,7 +51,20 @@ _SACT = dict(method='sact', epochs=160, batch_size=32, lr=0.05, momentum=0.9, ne
              label_smoothing=0.1, tau=0.005, crop_scale_min=0.08, color_jitter=0.0, lighting=0.0,
              train_crop_size=224, val_resize_size=256, val_crop_size=224)
 
+#: MS-COCO multi-label fine-tuning (Elastic paper Sec. 4.2; reference 1.6): from ImageNet weights (--pretrained, new
+#: 80-way head), BCE x 80, SGD m 0.9, lr 0.001, wd 5e-4, batch 96, 36 epochs, lr x0.1 at epochs 24 and 30,
+#: RandomResizedCrop 224 + flip; validation: Resize to 224x224, no crop; a class is predicted when its logit > 0
+_COCO_MULTILABEL = dict(task='multilabel', method='standard', epochs=36, total_batch_size=96, lr=0.001, momentum=0.9,
+                        nesterov=False, weight_decay=5e-4, wd_policy='all', lr_schedule='step', lr_milestones=[24, 30],
+                        lr_gamma=0.1, warmup_epochs=0, label_smoothing=0.0, crop_scale_min=0.08, color_jitter=0.0,
+                        lighting=0.0, train_crop_size=224, val_crop_size=224, stress_sizes=[224, 288, 352, 448])
+
 RECIPES = {
+    # MS-COCO multi-label (Elastic paper Sec. 4.2), Elastic and its dense twins
+    'coco-multilabel-elastic-resnext50': dict(_COCO_MULTILABEL, model='resnext50_elastic'),
+    'coco-multilabel-resnext50': dict(_COCO_MULTILABEL, model='resnext50_32x4d'),
+    'coco-multilabel-elastic-dla60x': dict(_COCO_MULTILABEL, model='dla60x_elastic'),
+    'coco-multilabel-dla60x': dict(_COCO_MULTILABEL, model='dla60x'),
     # Elastic and its plain baselines (same recipe in the paper)
     'elastic-resnext50': dict(_ELASTIC, model='resnext50_elastic'),
     'elastic-resnext101': dict(_ELASTIC, model='resnext101_elastic'),
