@@ -147,16 +147,16 @@ def test_pretraining_tool_trains_a_registered_method(tmp_path):
     from pretrain_lib import methods as pm
     os.makedirs(tmp_path / 'train' / 'a')
     args = pretrain.parse_args(['--data-path', str(tmp_path), '--model', 'resnext50_32x4d', '--method', NAME,
-                                '--policy-options', '{"small_size": 24}', '--no-tensorboard'])
+                                '--policy-options', '{"small_size": 32}', '--no-tensorboard'])
     model = backbones.create('resnext50_32x4d', num_classes=3)
     method = pm.build_method(args, model)
     assert isinstance(method, pm.PolicyMethod) and isinstance(method.policy, TwoPassPolicy)
-    assert method.policy.small_size == 24
+    assert method.policy.small_size == 32
     sizes = []
     model.stem.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])))
     net = pm.TrainNet(model, method.policy)
     ctx = pm.StepContext(None, True, contextlib.nullcontext, lambda loss: loss.backward(), step_index=0)
-    out = method.train_step(net, torch.randn(2, 3, 32, 32), torch.tensor([0, 2]), ctx)
-    assert sizes == [(32, 32), (24, 24)]
+    out = method.train_step(net, torch.randn(2, 3, 48, 48), torch.tensor([0, 2]), ctx)
+    assert sizes == [(48, 48), (32, 32)]
     assert out['n'] == 2 and out['loss'] > 0
     assert model.stem.conv.weight.grad is not None
