@@ -547,3 +547,14 @@ def test_two_ranks_report_the_metric_of_one(tiny, tmp_path, model_args):
         assert a['n'] == b['n'] == 12
         for k in ('top1', 'top5'):
             assert abs(a[k] - b[k]) <= 1e-6, (k, a, b)
+
+
+def test_rsnet_validation_resize_side_is_truncated_as_the_authors_do():
+    """Issue 22: RS-Nets evaluate each resolution s with Resize(int(s / 0.875)) -> CenterCrop(s) (182 at 160, 109 at
+    96; rounding gave 183 and 110)."""
+    from pretrain_lib import data as pdata
+    tf = pdata.MultiResolutionVal([224, 192, 160, 128, 96], 224 / 256, 'bilinear', (0.5,) * 3, (0.5,) * 3)
+    assert [t.transforms[0].size for t in tf.tfs] == [256, 219, 182, 146, 109]
+    from PIL import Image
+    outs = tf(Image.new('RGB', (300, 200)))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(s, s) for s in (224, 192, 160, 128, 96)]

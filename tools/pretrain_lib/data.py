@@ -4,7 +4,7 @@
   mean/std (the backbone's ``pixel_mean``/``pixel_std``).  Multi-resolution methods get ONE random crop
   per image, resized to every resolution (RS-Nets, Wang et al. 2020, Sec. 3.1; MutualNet resizes on
   the device instead, see :mod:`.methods`).
-* Val: ``Resize`` (shorter side) + ``CenterCrop``; per resolution for RS-Net (``Resize(s / crop_pct)``
+* Val: ``Resize`` (shorter side) + ``CenterCrop``; per resolution for RS-Net (``Resize(int(s / crop_pct))``
   + ``CenterCrop(s)``, reference 4.3).
 * Unreadable or corrupted files are reported with their path on stderr and then skipped
   (``bad_images='skip'``: the sample is dropped from its batch) or raise a RuntimeError naming the
@@ -104,12 +104,14 @@ class MultiResolutionTrain:
 
 
 class MultiResolutionVal:
-    """``Resize(round(s / crop_pct))`` + ``CenterCrop(s)`` for every resolution s (list of tensors)."""
+    """``Resize(int(s / crop_pct))`` + ``CenterCrop(s)`` for every resolution s (list of tensors): the side is
+    truncated as in the RS-Nets authors' evaluation (``int(s / 0.875)``: 182 at s = 160, 109 at s = 96; reference
+    4.3), not rounded."""
 
     def __init__(self, resolutions, crop_pct, interpolation, mean, std):
         interp = _interp(interpolation)
         self.tfs = [transforms.Compose([
-            transforms.Resize(int(round(r / crop_pct)), interpolation=interp, antialias=True),
+            transforms.Resize(int(r / crop_pct), interpolation=interp, antialias=True),
             transforms.CenterCrop(r), transforms.ToTensor(), transforms.Normalize(mean, std)]) for r in resolutions]
 
     def __call__(self, img):
