@@ -166,8 +166,10 @@ def test_rsnet(tiny, tmp_path):
     rows = _run(tiny, tmp_path, '--model', 'rs_resnet18', '--method', 'rsnet', '--resolutions', '48', '32',
                 '--max-train-samples', '8')
     ck, meta = _check_outputs(tmp_path, steps=2)
-    assert [r['resolution'] for r in rows] == [48, 32]
-    assert rows[0]['macs'] > rows[1]['macs']
+    assert [r['resolution'] for r in rows] == [48, 32, 'ensemble']
+    assert rows[0]['macs'] > rows[1]['macs'] and rows[2]['macs'] == rows[0]['macs'] + rows[1]['macs']
+    # issue 22: the RS-Nets README's multi-resolution ensemble row, weighted by this run's softmax(alpha)
+    assert len(rows[2]['weights']) == 2 and abs(sum(rows[2]['weights']) - 1) < 1e-3 and 0 <= rows[2]['top1'] <= 100
     assert meta['resolutions'] == [48, 32]
     # the MRED ensemble weights alpha are trained and saved with the run (not with the backbone)
     assert 'criterion.alpha' in ck['model'] and not torch.equal(ck['model']['criterion.alpha'], torch.ones(2))
@@ -458,7 +460,10 @@ def test_evaluate_pretrained_rsnet_feeds_unnormalised_inputs(shared_dir, tmp_pat
     args = pretrain.parse_args(argv)
     assert args.method == 'rsnet' and args.model == 'rs_resnet18' and args.resolutions == [224, 192, 160, 128, 96]
     rows = pretrain.main(argv)
-    assert [r['resolution'] for r in rows] == [224, 192, 160, 128, 96]
+    assert [r['resolution'] for r in rows] == [224, 192, 160, 128, 96, 'ensemble']
+    from backbones.pretrained import read_source
+    alpha = torch.tensor([float(a) for a in read_source(path).state_dict['module.alpha']])
+    assert rows[-1]['weights'] == pytest.approx(torch.softmax(alpha, 0).tolist(), abs=1e-4)  # the file's alpha
     with open(os.path.join(tmp_path, 'ev', 'log.txt')) as f:
         assert 'inputs (0.0, 0.0, 0.0) / (1.0, 1.0, 1.0)' in f.read()
 

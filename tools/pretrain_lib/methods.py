@@ -335,6 +335,7 @@ class RSNetMethod(Method):
         subnets = self.policy.subnets(ctx.step_index)
         with ctx.pass_context(True), ctx.autocast():
             losses, logits = net(images, call='combine', target=target, subnets=subnets)
+        self._trained = True  # alpha of this run (ensemble_weights)
         loss = losses['loss_mred']
         ctx.backward(loss)
         out = {'loss': loss.item(), 'correct': _correct(logits[0], target), 'n': target.shape[0]}
@@ -356,6 +357,27 @@ class RSNetMethod(Method):
 
     def eval_points(self, final):
         return [(None, r) for r in self.val_resolutions()]
+
+    def ensemble_weights(self, model):
+        """``softmax(alpha)`` over the trained resolutions (descending), the weights of the RS-Nets README's
+        multi-resolution ensemble row: the MRED scores learned in this run, else those a converted release keeps in
+        its metadata (``rsnet_alpha``); None without either, or when the evaluated resolutions are not exactly the
+        trained ones (RS-Nets Sec. 3.2, reference 4.2).
+
+        Returns:
+            list[float] | None
+        """
+        if self.val_resolutions() != self.resolutions:
+            return None
+        mred = self.policy.mred if self.policy.mred_type is not False else None
+        alpha = None
+        if mred is not None and getattr(self, '_trained', False):
+            alpha = mred.alpha.detach().float().cpu()
+        elif (getattr(model, 'pretrained_meta', None) or {}).get('rsnet_alpha') is not None:
+            alpha = torch.tensor(model.pretrained_meta['rsnet_alpha'], dtype=torch.float32)
+        if alpha is None or alpha.numel() != len(self.resolutions):
+            return None
+        return torch.softmax(alpha, 0).tolist()
 
     def point_context(self, model, width, resolution, calibrated=False):
         return self.policy.eval_context(model, None, resolution)
@@ -419,6 +441,38 @@ def _to_device(images, device, channels_last):
     if isinstance(images, (list, tuple)):
         return [x.to(device, non_blocking=True, memory_format=mf) for x in images]
     return images.to(device, non_blocking=True, memory_format=mf)
+
+
+@torch.no_grad()
+def evaluate_ensemble(method, model, loader, info, points, weights, autocast, channels_last=False):
+    """Top-1/top-5 (%) of the weighted ensemble ``sum_j weights[j] * logits_j`` over the ``points``
+    (RS-Nets' multi-resolution ensemble: each resolution's image through its private BN).
+
+    Returns:
+        dict: ``width`` None, ``resolution`` ``'ensemble'``, ``top1``, ``top5``, ``n``, ``weights``.
+    """
+    was = model.training
+    model.eval()
+    hits, n = [0.0, 0.0], 0.0
+    try:
+        for batch in loader:
+            if batch is None:
+                continue
+            images, target = batch
+            images = _to_device(images, info.device, channels_last)
+            target = target.to(info.device, non_blocking=True)
+            ens = 0.0
+            for wgt, (w, r) in zip(weights, points):
+                with method.point_context(model, w, r), autocast():
+                    ens = ens + wgt * method.logits_at(model, images, w, r).float()
+            hits[0] += _correct(ens, target, 1)
+            hits[1] += _correct(ens, target, 5)
+            n += target.shape[0]
+    finally:
+        model.train(was)
+    t1, t5, n = pdist.all_reduce_sum(hits + [n], info)
+    return {'width': None, 'resolution': 'ensemble', 'top1': 100.0 * t1 / max(n, 1),
+            'top5': 100.0 * t5 / max(n, 1), 'n': int(n), 'weights': [round(w, 4) for w in weights]}
 
 
 @torch.no_grad()
@@ -496,6 +550,9 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
     ``'never'`` uses the statistics stored for the point instead (US-Nets' released per-width statistics). Others:
     one val pass for all points.
 
+    RS-Net: a last row ``resolution='ensemble'`` when MRED scores exist (:meth:`RSNetMethod.ensemble_weights`):
+    the softmax(alpha)-weighted sum of every resolution's logits, MACs summed.
+
     Returns:
         list[dict]: rows with ``width``, ``resolution``, ``macs``, ``top1``, ``top5`` (+ SACT statistics).
     """
@@ -524,6 +581,12 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
             log(f'  evaluated width {w} @ {r or args.val_crop_size}px ({kind} BN statistics): top-1 {row["top1"]:.2f}')
     else:
         rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact)
+    weights = method.ensemble_weights(model) if isinstance(method, RSNetMethod) else None
+    if weights is not None:
+        ens = evaluate_ensemble(method, model, val_loader, info, points, weights, autocast, args.channels_last)
+        ens['macs'] = sum(method.macs(model, w, r) for w, r in points)
+        log(f'  multi-resolution ensemble (softmax(alpha) {ens["weights"]}): top-1 {ens["top1"]:.2f}')
+        rows.append(ens)
     for row in rows:
         if 'macs' not in row:
             row['macs'] = method.macs(model, row['width'], row['resolution'])
