@@ -406,7 +406,7 @@ def test_imagenette_slice(shared_dir, tmp_path):
                           'rsnet', '--resolutions', '64', '48', '--train-crop-size', '64', '--val-resize-size', '73',
                           '--val-crop-size', '64', '--epochs', '1', '--batch-size', '8', '--max-train-samples', '16',
                           '--max-val-samples', '16', '--workers', '1', '--no-tensorboard', '--log-interval', '1'])
-    assert [r['resolution'] for r in rows] == [64, 48] and rows[0]['n'] == 16
+    assert [r['resolution'] for r in rows] == [64, 48, 'ensemble'] and rows[0]['n'] == 16
     ck, meta = _check_outputs(tmp_path, steps=2)
     assert meta['num_classes_pretrain'] == 10
 

@@ -262,6 +262,8 @@ def prepare_cpu_launcher(cfg):
         timeout = (cfg.get('env_cfg') or {}).get('dist_cfg', {}).get('timeout')
         kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
         dist.init_process_group('gloo', **kwargs)
+        import atexit
+        atexit.register(_destroy_process_group)  # an orderly teardown: a live gloo thread at exit aborts (SIGABRT)
     if _sync_bn_to_bn(cfg.model):
         from mmengine.logging import print_log
         print_log('--launcher pytorch without CUDA: SyncBN layers run as BN (gloo has no synchronised batch norm); '
@@ -273,6 +275,16 @@ def prepare_cpu_launcher(cfg):
                                      find_unused_parameters=cfg.get('find_unused_parameters', False))
     elif isinstance(wrapper, dict) and wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
         wrapper.setdefault('device_ids', None)
+
+
+def _destroy_process_group():
+    """Destroy the gloo process group :func:`prepare_cpu_launcher` created (at interpreter exit)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 -- exiting anyway; the peer may already be gone
+            pass
 
 
 def _sync_bn_to_bn(node):
