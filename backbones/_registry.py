@@ -54,7 +54,7 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_common_kwargs(name, pretrained, kwargs):
+def _check_common_kwargs(pretrained, kwargs):
     """Types of the arguments every factory shares, checked before anything is built (a string class count or a
     single out_index would otherwise fail deep inside a layer constructor).
 
@@ -123,7 +123,7 @@ def create(name, pretrained=None, source=None, **kwargs):
             the model it fits or the unmatched keys).
     """
     _check(name)
-    _check_common_kwargs(name, pretrained, kwargs)
+    _check_common_kwargs(pretrained, kwargs)
     if pretrained is not None:
         from .pretrained import create_pretrained
         return create_pretrained(name, pretrained, source=source, **kwargs)

@@ -6,6 +6,7 @@ Every new key lives under ``MODEL.DYNSCALE`` (TridentNet's ``MODEL.TRIDENT`` pat
 so no script can forget it (detectron2 issues #3187, #5111: ``KeyError: Non-existent config key``).
 """
 
+import contextlib
 import os
 
 from detectron2.config import CfgNode as CN
@@ -240,25 +241,21 @@ def _config_keys(node, prefix=''):
     return out
 
 
-class _named_keys:
+@contextlib.contextmanager
+def _named_keys(cfg, where):
     """Turn yacs' ``AssertionError('Non-existent key: X')`` into a :class:`backbones.errors.ConfigError` listing
     the closest existing keys (a misspelt key on the command line or in a yaml)."""
-
-    def __init__(self, cfg, where):
-        self.cfg, self.where = cfg, where
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, e, tb):
-        if typ is not AssertionError or 'Non-existent key' not in str(e):
-            return False
+    try:
+        yield
+    except AssertionError as e:
+        if 'Non-existent key' not in str(e):
+            raise
         import difflib
 
         from backbones.errors import ConfigError
         key = str(e).split('Non-existent key:', 1)[1].strip()
-        close = difflib.get_close_matches(key.upper(), _config_keys(self.cfg), n=4, cutoff=0.6)
-        raise ConfigError(f'config key {key} (from {self.where}) does not exist'
+        close = difflib.get_close_matches(key.upper(), _config_keys(cfg), n=4, cutoff=0.6)
+        raise ConfigError(f'config key {key} (from {where}) does not exist'
                           + (f"; did you mean {', '.join(close)}?" if close else '')
                           + ' (dynscale keys live under MODEL.DYNSCALE, see plugins/detectron2/config.py)') from None
 

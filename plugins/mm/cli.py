@@ -7,7 +7,7 @@ import os.path as osp
 
 __all__ = ['add_common_args', 'add_train_args', 'load_config', 'apply_train_args', 'build_runner',
            'prepare_cpu_launcher', 'set_data_root', 'dataset_cfgs', 'train', 'check_checkpoint',
-           'read_checkpoint_file', 'check_data_roots', 'resume_path']
+           'check_data_roots', 'resume_path']
 
 # mmengine 0.10 checkpoints hold Python objects (message hub history, numpy arrays) that torch >= 2.6 refuses to
 # unpickle with its default weights_only=True, and mmengine calls torch.load without the argument: this documented
@@ -221,7 +221,8 @@ def build_runner(cfg, flags=None, checkpoint=None):
     check_data_roots(cfg)
     read = None
     if checkpoint and '://' not in checkpoint:
-        read = (checkpoint, read_checkpoint_file(checkpoint, _REMEDY))
+        from backbones.pretrained.files import load_file
+        read = (checkpoint, load_file(checkpoint, remedy=_REMEDY))
         _refuse_backbone_checkpoint(checkpoint, read[1], cfg.model.get('type'))
     prepare_cpu_launcher(cfg)
     from mmengine.registry import RUNNERS
@@ -321,20 +322,20 @@ def check_checkpoint(runner, path, non_strict=False):
     from mmengine.model import is_model_wrapper
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from backbones.checkpoint import check_state_fits
+    from backbones.checkpoint import CheckpointMismatchError, check_state_fits
     from backbones.integrity import DIGEST_KEY, verify_digests
-    from backbones.pretrained.files import CheckpointFileError
+    from backbones.pretrained.files import CheckpointFileError, load_file
     read = getattr(runner, '_dynscale_checkpoint', None)
     if read is not None and read[0] == path:
         ckpt = read[1]
         runner._dynscale_checkpoint = None
     else:
-        ckpt = read_checkpoint_file(path, _REMEDY) if '://' not in path else _load_checkpoint(path, map_location='cpu')
+        ckpt = load_file(path, remedy=_REMEDY) if '://' not in path else _load_checkpoint(path, map_location='cpu')
     if not isinstance(ckpt, dict):
         raise CheckpointFileError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict: save '
                                   f'{{"state_dict": model.state_dict()}} (MMEngine Runner checkpoints do)')
-    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
-    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    sd = ckpt.get('state_dict', ckpt)
+    meta = ckpt.get('meta')
     verify_digests(sd, meta.get(DIGEST_KEY) if isinstance(meta, dict) else None, path)
     if non_strict:
         print_log(f'--non-strict: {path} is loaded without checking that it fits the model (unmatched keys keep '
@@ -342,15 +343,12 @@ def check_checkpoint(runner, path, non_strict=False):
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     tops = {k.split('.', 1)[0] for k, _ in model.named_parameters()}
-    d2 = isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict) and 'state_dict' not in ckpt
+    d2 = isinstance(ckpt.get('model'), dict) and 'state_dict' not in ckpt
     if d2:  # a Detectron2 checkpoint ({'model': ..., '__author__': ...})
         sd = ckpt['model']
-    foreign = d2 or not any(str(k).split('.', 1)[0] in tops for k in sd)
-    if isinstance(sd, dict) and sd and foreign:
-        from backbones.checkpoint import FORMAT, CheckpointMismatchError
-        kind = (f"a dynscale backbone checkpoint ({meta.get('variant')})" if isinstance(meta, dict)
-                and meta.get('format') == FORMAT else
-                f'a Detectron2 / pretrain.py checkpoint (keys like {list(sd)[:2]})' if d2 else
+    if isinstance(sd, dict) and sd and (d2 or not any(str(k).split('.', 1)[0] in tops for k in sd)):
+        _refuse_backbone_checkpoint(path, ckpt, type(model).__name__)
+        kind = (f'a Detectron2 / pretrain.py checkpoint (keys like {list(sd)[:2]})' if d2 else
                 f'a backbone / ImageNet checkpoint (keys like {list(sd)[:2]})')
         raise CheckpointMismatchError(
             f'{path} is {kind}, not an MMEngine checkpoint of this {type(model).__name__} (keys {sorted(tops)}.*): '
@@ -374,18 +372,6 @@ def _refuse_backbone_checkpoint(path, ckpt, model_type):
 _REMEDY = 'pass a checkpoint written by the MM tools (work_dir/iter_N.pth, best_*.pth) or the released file again'
 
 
-def read_checkpoint_file(path, remedy):
-    """The object in the local checkpoint file ``path`` (:func:`backbones.pretrained.files.load_file`): a missing,
-    empty, text, HTML, truncated or zip-wrapped file fails with the path, what it looks like and ``remedy``,
-    before MMEngine's own loader would raise a bare unpickling error.
-
-    Raises:
-        FileNotFoundError, backbones.pretrained.files.CheckpointFileError
-    """
-    from backbones.pretrained.files import load_file
-    return load_file(path, remedy=remedy)
-
-
 def resume_path(cfg):
     """The checkpoint ``cfg`` resumes from (``resume=True``: ``load_from``, else the work dir's latest), or None."""
     if not cfg.get('resume'):
@@ -402,7 +388,8 @@ def train(args):
     cfg = apply_train_args(load_config(args), args)
     init = cfg.get('load_from')
     if init and not cfg.get('resume') and '://' not in init:  # fine-tuning: fits or not, the file must be one
-        read_checkpoint_file(init, 'set load_from to a checkpoint file (MMEngine / dynscale), or to None')
+        from backbones.pretrained.files import load_file
+        load_file(init, remedy='set load_from to a checkpoint file (MMEngine / dynscale), or to None')
     path = resume_path(cfg)
     runner = build_runner(cfg, checkpoint=path)  # the file is read before the model is built
     if path:

@@ -36,6 +36,7 @@ from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describ
 from . import data as pdata
 from . import dist as pdist
 from . import methods as pm
+from .multilabel import METRIC_NAMES
 
 LOG = logging.getLogger('pretrain')
 LOG_FILE = logging.getLogger('pretrain.file')  # log.txt only (progress lines while a tqdm bar is shown)
@@ -44,10 +45,6 @@ SCHEDULES = ('step', 'cosine', 'linear', 'constant')
 
 
 # ---------------------------------------------------------------------- logging
-#: the multi-label metrics logged per epoch (``--task multilabel``; :data:`pretrain_lib.multilabel.METRIC_NAMES`)
-ML_METRICS = ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
-
-
 def setup_logging(output_dir, info):
     """Rank 0: INFO to stdout and ``output_dir/log.txt``; other ranks: WARNING to stderr.
     Every line carries the rank (``[r0]``)."""
@@ -673,13 +670,13 @@ class Trainer:
                                                     f'r{r["resolution"]}' if r['resolution'] else None) if x)
                     row[f'top1{"_" + tag if tag else ""}'] = r['top1']
                     row[f'top5{"_" + tag if tag else ""}'] = r['top5']
-                for k in ('ema_top1', 'macs', 'macs_std', 'ponder_cost') + ML_METRICS:  # EMA; SACT MACs; multilabel
+                for k in ('ema_top1', 'macs', 'macs_std', 'ponder_cost') + METRIC_NAMES:  # EMA; SACT MACs; multilabel
                     if k in rows[0]:
                         row[k] = rows[0][k]
                 best = top1 > self.best_top1
                 if best:
                     self.best_top1, self.best_epoch = top1, self.epoch
-                parts = [f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema')) or k in ML_METRICS]
+                parts = [f'{k} {v:.2f}' for k, v in row.items() if k.startswith(('top', 'ema')) or k in METRIC_NAMES]
                 if 'macs' in row:
                     parts.append(f'MMACs {row["macs"] / 1e6:.1f} (std {row["macs_std"] / 1e6:.1f}) '
                                  f'ponder cost {row["ponder_cost"]:.3f}')
@@ -721,8 +718,9 @@ class Trainer:
         """``--task multilabel`` final evaluation: the multi-label metrics at every ``--stress-sizes`` input size
         (square resize, no crop; Elastic paper Sec. 4.2), written as ``eval.txt``, ``stress_test.csv`` /
         ``.json`` and ``stress_test.png``; returns the rows (``resolution`` = size, ``top1`` = mAP)."""
+        import copy
+
         from .multilabel import (
-            CocoMultiLabel,
             evaluate_multilabel,
             plot_stress_test,
             square_val_transform,
@@ -734,16 +732,15 @@ class Trainer:
         mean, std = getattr(model, 'pixel_mean'), getattr(model, 'pixel_std')
         rows = []
         for size in a.stress_sizes or [a.val_crop_size]:
-            ds = CocoMultiLabel(a.data_path, a.val_dir, square_val_transform(size, a.interpolation, mean, std),
-                                a.bad_images, a.seed)
-            ds.select(pdata.subset_indices(len(ds), a.max_val_samples, a.seed))
+            ds = copy.copy(self.val_set)  # the same images (annotations parsed once), resized to this size
+            ds.transform = square_val_transform(size, a.interpolation, mean, std)
             loader = DataLoader(ds, batch_size=a.val_batch_size or a.batch_size, num_workers=a.workers,
                                 sampler=pdata.ShardSampler(len(ds), self.info.world_size, self.info.rank),
                                 collate_fn=pdata.collate_skip_none)
             m = evaluate_multilabel(model, loader, self.info, self.autocast, a.channels_last)
             rows.append(dict(m, model=a.model, size=size, width=None, resolution=size, top1=m['mAP'], top5=m['OF1'],
                              n=m['images']))
-            LOG.info(f'stress test {size}x{size}: ' + ' '.join(f'{k} {m[k]:.2f}' for k in ML_METRICS))
+            LOG.info(f'stress test {size}x{size}: ' + ' '.join(f'{k} {m[k]:.2f}' for k in METRIC_NAMES))
         table = stress_test_table(rows, f'{a.model} on {a.data_path}/{a.val_dir}: {rows[0]["n"]} images, COCO '
                                         f'multi-label, scale stress test (% ; a class is predicted when p > 0.5)')
         LOG.info('\n' + table)

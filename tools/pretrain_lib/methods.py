@@ -444,49 +444,24 @@ def _to_device(images, device, channels_last):
 
 
 @torch.no_grad()
-def evaluate_ensemble(method, model, loader, info, points, weights, autocast, channels_last=False):
-    """Top-1/top-5 (%) of the weighted ensemble ``sum_j weights[j] * logits_j`` over the ``points``
-    (RS-Nets' multi-resolution ensemble: each resolution's image through its private BN).
-
-    Returns:
-        dict: ``width`` None, ``resolution`` ``'ensemble'``, ``top1``, ``top5``, ``n``, ``weights``.
-    """
-    was = model.training
-    model.eval()
-    hits, n = [0.0, 0.0], 0.0
-    try:
-        for batch in loader:
-            if batch is None:
-                continue
-            images, target = batch
-            images = _to_device(images, info.device, channels_last)
-            target = target.to(info.device, non_blocking=True)
-            ens = 0.0
-            for wgt, (w, r) in zip(weights, points):
-                with method.point_context(model, w, r), autocast():
-                    ens = ens + wgt * method.logits_at(model, images, w, r).float()
-            hits[0] += _correct(ens, target, 1)
-            hits[1] += _correct(ens, target, 5)
-            n += target.shape[0]
-    finally:
-        model.train(was)
-    t1, t5, n = pdist.all_reduce_sum(hits + [n], info)
-    return {'width': None, 'resolution': 'ensemble', 'top1': 100.0 * t1 / max(n, 1),
-            'top5': 100.0 * t5 / max(n, 1), 'n': int(n), 'weights': [round(w, 4) for w in weights]}
-
-
-@torch.no_grad()
-def evaluate(method, model, loader, info, points, autocast, channels_last=False, sact_macs=False, calibrated=False):
+def evaluate(method, model, loader, info, points, autocast, channels_last=False, sact_macs=False, calibrated=False,
+             ensemble=None):
     """Top-1/top-5 (%) of ``model`` at every ``(width, resolution)`` of ``points`` in ONE pass over
     ``loader`` (no BN calibration: the caller calibrates first when needed).
 
+    Args:
+        ensemble (list[float] | None): one weight per point: also score ``sum_j ensemble[j] * logits_j`` (RS-Nets'
+            multi-resolution ensemble, Sec. 3.2), in the same pass.
+
     Returns:
         list[dict]: per point ``width``, ``resolution``, ``top1``, ``top5``, ``n`` and, for SACT with
-        ``sact_macs``, ``macs``/``macs_std``/``ponder_cost`` (data-dependent, per image, over the set).
+        ``sact_macs``, ``macs``/``macs_std``/``ponder_cost`` (data-dependent, per image, over the set); with
+        ``ensemble`` a last row ``resolution='ensemble'`` carrying the ``weights``.
     """
     was = model.training
     model.eval()
-    acc = [[0.0, 0.0] for _ in points]
+    scored = len(points) + (ensemble is not None)
+    acc = [[0.0, 0.0] for _ in range(scored)]
     n = 0.0
     mstat = [0.0, 0.0, 0.0]  # sum of per-image macs, sum of squares, sum of ponder cost * images
     try:
@@ -496,11 +471,17 @@ def evaluate(method, model, loader, info, points, autocast, channels_last=False,
             images, target = batch
             images = _to_device(images, info.device, channels_last)
             target = target.to(info.device, non_blocking=True)
+            ens = 0.0
             for j, (w, r) in enumerate(points):
                 with method.point_context(model, w, r, calibrated), autocast():
-                    logits = method.logits_at(model, images, w, r)
-                acc[j][0] += _correct(logits.float(), target, 1)
-                acc[j][1] += _correct(logits.float(), target, 5)
+                    logits = method.logits_at(model, images, w, r).float()
+                acc[j][0] += _correct(logits, target, 1)
+                acc[j][1] += _correct(logits, target, 5)
+                if ensemble is not None:
+                    ens = ens + ensemble[j] * logits
+            if ensemble is not None:
+                acc[-1][0] += _correct(ens, target, 1)
+                acc[-1][1] += _correct(ens, target, 5)
             if sact_macs:
                 b = target.shape[0]
                 d = model.data_dependent_macs(images)
@@ -514,8 +495,10 @@ def evaluate(method, model, loader, info, points, autocast, channels_last=False,
         model.train(was)
     flat = [v for a in acc for v in a] + [n] + mstat
     flat = pdist.all_reduce_sum(flat, info)
-    n = flat[2 * len(points)]
+    n = flat[2 * scored]
     res = []
+    if ensemble is not None:
+        points = list(points) + [(None, 'ensemble')]
     for j, (w, r) in enumerate(points):
         row = {'width': w, 'resolution': r, 'top1': 100.0 * flat[2 * j] / max(n, 1),
                'top5': 100.0 * flat[2 * j + 1] / max(n, 1), 'n': int(n)}
@@ -523,6 +506,8 @@ def evaluate(method, model, loader, info, points, autocast, channels_last=False,
             s0, s1, s2 = flat[-3:]
             mean = s0 / n
             row.update(macs=mean, macs_std=math.sqrt(max(s1 / n - mean * mean, 0.0)), ponder_cost=s2 / n)
+        if r == 'ensemble':
+            row['weights'] = [round(x, 4) for x in ensemble]
         res.append(row)
     return res
 
@@ -580,13 +565,12 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
             kind = 'calibrated' if row['calibrated'] else 'stored'
             log(f'  evaluated width {w} @ {r or args.val_crop_size}px ({kind} BN statistics): top-1 {row["top1"]:.2f}')
     else:
-        rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact)
-    weights = method.ensemble_weights(model) if isinstance(method, RSNetMethod) else None
-    if weights is not None:
-        ens = evaluate_ensemble(method, model, val_loader, info, points, weights, autocast, args.channels_last)
-        ens['macs'] = sum(method.macs(model, w, r) for w, r in points)
-        log(f'  multi-resolution ensemble (softmax(alpha) {ens["weights"]}): top-1 {ens["top1"]:.2f}')
-        rows.append(ens)
+        weights = method.ensemble_weights(model) if isinstance(method, RSNetMethod) else None
+        rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact,
+                        ensemble=weights)
+        if weights is not None:
+            rows[-1]['macs'] = sum(method.macs(model, w, r) for w, r in points)
+            log(f'  multi-resolution ensemble (softmax(alpha) {rows[-1]["weights"]}): top-1 {rows[-1]["top1"]:.2f}')
     for row in rows:
         if 'macs' not in row:
             row['macs'] = method.macs(model, row['width'], row['resolution'])
