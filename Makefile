@@ -4,12 +4,18 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export DYNSCALE_VENV := $(VENV)
 
-.PHONY: setup test demo bench complexity
+.PHONY: setup test test-fast demo bench complexity
+# pytest-xdist: one worker per core (-n auto); tests that build the same files group by module (--dist loadgroup)
+XDIST := -n auto --dist loadgroup
 setup:
 	bash tools/setup_env.sh
 
 test: setup
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+
+# the edit-test loop: everything but the tests marked slow (end-to-end runs, multi-process DDP)
+test-fast: setup
+	$(PY) -m pytest tests -q -p no:cacheprovider $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	bash tools/demo.sh

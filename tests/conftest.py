@@ -8,6 +8,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 SHARED = os.environ.get('DYNSCALE_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
 
+# What ``import plugins.detectron2`` does in every tool process, done before any test imports detectron2.data (which
+# registers its builtin datasets under $DETECTRON2_DATASETS once per process): tools run in-process (run_tool) and a
+# test that imported detectron2 first then see the same datasets root as a tool started on the command line.
+from plugins._compat import export_detectron2_datasets  # noqa: E402
+
+export_detectron2_datasets()
+
 
 @pytest.fixture(scope='session')
 def shared_dir():
@@ -17,8 +24,162 @@ def shared_dir():
     return SHARED
 
 
+#: under pytest-xdist (``-n auto``) every worker is one process per core: one intra-op thread each, or the workers'
+#: OpenMP threads spin against each other (a training step gets several times slower)
+XDIST_WORKER = os.environ.get('PYTEST_XDIST_WORKER')
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1 if XDIST_WORKER else min(2, os.cpu_count() or 1))
     yield
+
+
+class ToolResult:
+    """What a tool run left: ``returncode``, ``stdout``, ``stderr`` (the fields of ``subprocess.CompletedProcess``)."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _exit_status(code):
+    """The process exit status Python gives ``sys.exit(code)``."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def _logging_state():
+    """Handlers of every logger and the named MMEngine instances (loggers, message hubs, visualizers) that exist now."""
+    import logging
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    managers = {}
+    if 'mmengine' in sys.modules:
+        from mmengine.utils import ManagerMixin
+        managers = {cls: dict(cls._instance_dict) for cls in _subclasses(ManagerMixin)}
+    return {id(lg): (lg, list(lg.handlers)) for lg in loggers}, managers
+
+
+def _subclasses(cls):
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _subclasses(sub)
+    return out
+
+
+def _restore_logging(state):
+    """Undo what a tool run in-process did to process-wide logging: handlers it added (they write to its captured
+    output, closed now) are closed and removed, MMEngine instances it created by name are forgotten, and
+    detectron2's cached ``setup_logger`` is reset, so that the next run sets up its logging as a new process does."""
+    import logging
+    before, managers = state
+    for lg in [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]:
+        keep = before.get(id(lg), (lg, []))[1]
+        for h in list(lg.handlers):
+            if h not in keep:
+                lg.removeHandler(h)
+                h.close()
+    if 'mmengine' in sys.modules:
+        from mmengine.utils import ManagerMixin
+        for cls in _subclasses(ManagerMixin):
+            old = managers.get(cls, {})
+            for name in [n for n in cls._instance_dict if n not in old]:
+                del cls._instance_dict[name]
+    d2_logger = sys.modules.get('detectron2.utils.logger')
+    if d2_logger is not None and hasattr(d2_logger.setup_logger, 'cache_clear'):
+        d2_logger.setup_logger.cache_clear()
+
+
+def run_tool(argv, cwd=ROOT, env=None, timeout=300, subprocess_run=False, program=False):
+    """Run ``python SCRIPT ARGS...`` (``argv = [SCRIPT, *ARGS]``, SCRIPT relative to ``cwd``) and return a
+    :class:`ToolResult`.
+
+    By default the script runs in this process through ``runpy.run_path(..., run_name='__main__')``, so its own
+    ``if __name__ == '__main__'`` block (the error reporting under test) runs exactly as on the command line, with
+    ``sys.argv``, the working directory and the environment of the command and stdout / stderr captured at the file
+    descriptors (log handlers created earlier write there too); it saves the 3-6 s a new interpreter spends
+    importing torch and the frameworks.  ``subprocess_run=True`` (or a first argument that is not a ``.py`` script,
+    e.g. ``-m torch.distributed.run``) starts a real ``python`` process: keep one such test per tool for the command
+    line itself.  ``program=True``: ``argv`` is a whole command line, run as a process (``['bash', '-c', ...]``).
+    ``env`` entries are added to the environment (``None`` values remove a variable).
+    """
+    import runpy
+    import subprocess
+    import tempfile
+    import traceback
+
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    full_env.pop('DYNSCALE_TRACEBACK', None)
+    for k, v in (env or {}).items():
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = v
+    if program or subprocess_run or not argv[0].endswith('.py'):
+        cmd = list(argv) if program else [sys.executable, *argv]
+        r = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                           timeout=timeout)
+        return ToolResult(r.returncode, r.stdout, r.stderr)
+
+    import logging
+    import warnings
+    logging_state = _logging_state()
+    root_logger = logging.getLogger()
+    saved = dict(argv=sys.argv, path=list(sys.path), cwd=os.getcwd(), env=dict(os.environ), stdout=sys.stdout,
+                 stderr=sys.stderr)
+    files = [tempfile.TemporaryFile(mode='w+b') for _ in range(2)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = [os.dup(1), os.dup(2)]
+    code = 0
+    try:
+        os.dup2(files[0].fileno(), 1)
+        os.dup2(files[1].fileno(), 2)
+        sys.stdout, sys.stderr = (open(fd, 'w', closefd=False, buffering=1, errors='replace') for fd in (1, 2))
+        os.environ.clear()
+        os.environ.update(full_env)
+        os.chdir(cwd)
+        sys.argv = list(argv)
+        root_logger = logging.getLogger()
+        for h in logging_state[0][id(root_logger)][1]:  # pytest's capture: a new process's root has no handler
+            root_logger.removeHandler(h)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try:
+                runpy.run_path(os.path.join(cwd, argv[0]), run_name='__main__')
+            except SystemExit as e:
+                code = _exit_status(e.code)
+                if code and not isinstance(e.code, int) and e.code is not None:
+                    print(e.code, file=sys.stderr)
+            except BaseException:  # noqa: B902  what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if sys.stdout is not saved['stdout']:
+            sys.stdout.close()
+            sys.stderr.close()
+        sys.stdout, sys.stderr = saved['stdout'], saved['stderr']
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for fd in saved_fds:
+            os.close(fd)
+        os.chdir(saved['cwd'])
+        os.environ.clear()
+        os.environ.update(saved['env'])
+        sys.argv = saved['argv']
+        sys.path[:] = saved['path']
+        _restore_logging(logging_state)
+        for h in logging_state[0][id(root_logger)][1]:
+            if h not in root_logger.handlers:
+                root_logger.addHandler(h)
+    out = []
+    for f in files:
+        f.seek(0)
+        out.append(f.read().decode('utf-8', 'replace'))
+        f.close()
+    return ToolResult(code, *out)

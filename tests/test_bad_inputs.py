@@ -1,19 +1,20 @@
 """Bad inputs a new user tries get one error naming the cause and the fix (issue 23).
 
 Each case builds what a user would pass and asserts the exception type (Python API) or a non-zero exit status
-(tools, run as subprocesses like a user runs them) and the words of the message that name the cause and the fix
+(tools: the first case of each as a subprocess like a user runs it, the others through the same script's
+``__main__`` block in-process, ``conftest.run_tool``) and the words of the message that name the cause and the fix
 (not a deep framework frame, a bare KeyError or a dtype error from inside a convolution).  Groups: the Python API,
 disk full while writing a checkpoint, and the tools: pretraining, MMSeg / MMDet, Detectron2, the converter and
 the exporter."""
 import errno
 import importlib.util
 import os
-import subprocess
 import sys
 import zipfile
 
 import pytest
 import torch
+from conftest import run_tool
 
 import backbones
 from backbones.capabilities import OptionNotApplicable
@@ -343,6 +344,11 @@ TOOL_CASES = {
 }
 
 
+#: the first case of each tool: run as a real ``python tools/X.py`` process (the others run the same script in-process)
+_SUBPROCESS_CASES = {next(c for c, (_, argv, _) in TOOL_CASES.items() if argv[0] == tool)
+                     for tool in {argv[0] for _, argv, _ in TOOL_CASES.values()}}
+
+
 @pytest.mark.parametrize('case', list(TOOL_CASES))
 def test_tool_bad_input_exits_nonzero_naming_cause_and_fix(case, tool_files, tmp_path):
     needs, argv, words = TOOL_CASES[case]
@@ -359,12 +365,10 @@ def test_tool_bad_input_exits_nonzero_naming_cause_and_fix(case, tool_files, tmp
     fill = {'f': str(tool_files), 'tmp': str(tmp_path)}
     argv = [a.format(**fill) for a in argv]
     words = [w.format(**fill) for w in words]
-    cmd = [sys.executable, *argv]
     if 'fsize' in needs:  # a 4 MiB file size limit: the checkpoint write fails as on a full disk (EFBIG)
-        cmd = ['bash', '-c', 'ulimit -f 4096 && exec "$@"', 'bash', *cmd]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    env.pop('DYNSCALE_TRACEBACK', None)
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        r = run_tool(['bash', '-c', 'ulimit -f 4096 && exec "$@"', 'bash', sys.executable, *argv], program=True)
+    else:  # the first case of each tool runs it as a new process, the others in this one (same __main__ block)
+        r = run_tool(argv, subprocess_run=case in _SUBPROCESS_CASES)
     err = r.stderr
     assert r.returncode != 0, f'{case}: exit status 0\n{r.stdout[-2000:]}{err[-2000:]}'
     missing = [w for w in words if w not in err]

@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_benchmark_rows_and_sact_ponder_cost_follows_halting_bias(tmp_path):
     out = tmp_path / 'bench.json'
     res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '--pairs', 'slimmable', 'sact',

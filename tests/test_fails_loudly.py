@@ -1,18 +1,17 @@
 """No silent wrong numbers (issue 19): options a backbone family does not have stop every tool and config system
 before anything is built or read.
 
-Each tool is run as a subprocess, as a user runs it; it must exit non-zero with a message that names the option
-and the families that have it.  The checkpoint handed to the test tools is a text file: a tool that built its
-model or read the file before checking would fail with a different message (or, before this issue, evaluate the
-full network and exit 0).
+Each tool is run from its command line (in-process through its ``__main__`` block, see ``conftest.run_tool``); it
+must exit non-zero with a message that names the option and the families that have it.  The checkpoint handed to
+the test tools is a text file: a tool that built its model or read the file before checking would fail with a
+different message (or, before this issue, evaluate the full network and exit 0).
 """
 import importlib.util
 import os
-import subprocess
 import sys
 
 import pytest
-from conftest import SHARED
+from conftest import SHARED, run_tool
 
 import backbones
 from backbones.capabilities import FAMILY_CAPABILITIES, OptionNotApplicable, capabilities, check_options, families_with
@@ -43,8 +42,9 @@ def _build_segmentor(config):
 
 
 def _run(args, cwd, timeout=300, env=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env or {}))
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """A tool's command line: in-process through its ``__main__`` block (``conftest.run_tool``; test_bad_inputs.py
+    runs each tool once as a real process), a ``-m torch.distributed.run`` launch as processes."""
+    return run_tool(args, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture
@@ -554,6 +554,7 @@ def _metrics_line(out):
     return {k: float(v) for k, v in re.findall(r"'([^']+)': (?:np\.float\d+\()?([-+0-9.eE]+|nan)", lines[-1])}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
 def test_test_seg_two_processes_report_what_one_reports(tmp_path, shared_dir):
     """``torchrun --nproc_per_node 2 tools/test_seg.py ... --launcher pytorch`` (gloo, CPU) of a slimmable

@@ -399,6 +399,7 @@ def _val_subset(coco, n, out):
     return out
 
 
+@pytest.mark.slow
 def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkeypatch):
     """Mask R-CNN + Elastic-ResNeXt50-FPN: tens of CPU iterations on the real 80-image COCO subset
     (images <= 320 x 256), then bbox and segm AP through pycocotools on val images of the subset."""
@@ -451,6 +452,7 @@ def test_dla_elastic_mask_rcnn_trains_one_step():
     assert not dead, f'backbone parameters without a gradient (unused convolutions): {dead[:5]}'
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_on_cpu(shared_dir, tmp_path):
     """Issue 23: ``torchrun --nproc_per_node 2 tools/train_det_mm.py CFG --launcher pytorch`` trains on a machine
     without a GPU (gloo, DDP without device_ids): two iterations of Faster R-CNN on the real COCO subset, with a

@@ -359,6 +359,7 @@ def _load_tool(name):
     return mod
 
 
+@pytest.mark.slow
 def test_main_job_ci(tmp_path, monkeypatch):
     """DeepLabV3 ResNeXt50+Elastic trains 40 iterations on the VOC subset (synthetic VOC if absent), the loss
     goes down and val mIoU is produced."""
@@ -496,6 +497,7 @@ def test_densenet_dla_configs_train_one_step(name, tmp_path):
     assert changed and any('stages.3' in n for n in changed)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_on_cpu(tmp_path):
     """Issue 23: ``torchrun --nproc_per_node 2 tools/train_seg.py CFG --launcher pytorch`` trains on a machine without
     a GPU (gloo instead of MMEngine's CUDA device call, DDP without device_ids, SyncBN as BN): two iterations."""

@@ -200,6 +200,7 @@ def _subprocess_args(tiny, out, *extra):
     return [sys.executable, SCRIPT, '--data-path', tiny, '--output-dir', str(out), *BASE, *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     common = ['--model', 'us_mobilenet_v1', '--method', 'usnet', '--epochs', '2', '--max-train-samples', '16',
@@ -286,6 +287,7 @@ def test_unreadable_image_fail_names_path(broken, tmp_path):
 
 
 # ---------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', SCRIPT,
@@ -525,6 +527,7 @@ def test_nonfinite_batch_stops_naming_its_files_and_keeps_the_checkpoint(tiny, t
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_args', [SMALL_ELASTIC,
                                         ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--resolutions', '40',
                                          '32', '--train-crop-size', '40',

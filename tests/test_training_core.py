@@ -139,6 +139,7 @@ def test_the_frontends_drive_the_methods_only_through_the_core():
 FRONTENDS = ['core', 'pretrain', 'mmseg', 'mmdet', 'detectron2']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('frontend', FRONTENDS)
 def test_two_ddp_ranks_draw_the_same_subnets_and_hold_the_same_bn_statistics(frontend, tmp_path):
     if frontend in ('mmseg', 'mmdet'):
