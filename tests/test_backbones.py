@@ -1,4 +1,7 @@
 """One test parametrised over every registered backbone (timm's test_models pattern)."""
+import copy
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +18,18 @@ def _build(name, seed=0, **kw):
     return backbones.create(name, num_classes=0, **kw)
 
 
+@functools.lru_cache(maxsize=4)  # a few models: the largest take 0.5 GB each
+def _built(name):
+    """A recent build of ``name`` (seed 0, default arguments) in this test process; tests take :func:`_fresh` copies."""
+    return _build(name)
+
+
+def _fresh(name):
+    """A copy of :func:`_built` (deep-copying a model is several times faster than building it: no random init),
+    so that a test may train, convert or modify it."""
+    return copy.deepcopy(_built(name))
+
+
 def test_registry_has_every_family():
     fams = {backbones.model_family(n) for n in ALL}
     assert {'elastic', 'slimmable', 'sact', 'rsnet'} <= fams
@@ -27,9 +42,9 @@ def test_unknown_name_lists_close_matches():
 
 
 @pytest.mark.parametrize('name', ALL)
-@pytest.mark.parametrize('size', [(224, 224), (225, 301)])
+@pytest.mark.parametrize('size', [(96, 96), (97, 161)])  # even and odd sides, 3-5 pixels at stride 32
 def test_forward_backward_strides_channels(name, size):
-    model = _build(name)
+    model = _fresh(name)
     model.train()
     x = torch.randn(1, 3, *size)
     feats = model.forward_features(x)
@@ -61,14 +76,14 @@ def test_deterministic_under_seed(name):
 
 @pytest.mark.parametrize('name', ALL)
 def test_wrong_channel_count_raises(name):
-    model = _build(name).eval()
+    model = _fresh(name).eval()
     with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):
         model.forward_features(torch.randn(1, 4, 64, 64))
 
 
 @pytest.mark.parametrize('name', [n for n in ALL if n not in DYNAMIC])
 def test_trace_static_variants(name):
-    model = _build(name).eval()
+    model = _fresh(name).eval()
     if backbones.model_family(name) == 'slimmable':
         from backbones.slimmable import export_static
         model = export_static(model, model.width_range[1])
@@ -96,7 +111,7 @@ def test_trace_static_variants(name):
 @pytest.mark.parametrize('name', ALL)
 def test_sync_bn_conversion_keeps_eval_output(name):
     """nn.SyncBatchNorm.convert_sync_batchnorm replaces BNs by isinstance: private and slimmable BNs must survive."""
-    model = _build(name).eval()
+    model = _fresh(name).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_features(x)
@@ -124,8 +139,7 @@ def test_frozen_stages_and_norm_eval(name):
 @pytest.mark.parametrize('name', ALL)
 def test_deepcopy_after_training_forward(name):
     """EMA copies and BN conversions deep-copy a model that has just run a training forward."""
-    import copy
-    model = _build(name).train()
+    model = _fresh(name).train()
     feats = model.forward_features(torch.randn(2, 3, 64, 64))
     sum(f.mean() for f in feats.values()).backward()
     clone = copy.deepcopy(model)

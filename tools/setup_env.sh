@@ -23,15 +23,41 @@ PIP=("$PY" -m pip --isolated --disable-pip-version-check -q)
 t0=$(date +%s)
 log() { echo "[setup $(( $(date +%s) - t0 ))s] $*"; }
 
+# Fingerprint of everything that decides what gets installed: a warm run with
+# an unchanged fingerprint skips pip entirely.
+stamp="$VENV/.dynscale-stamp"
+fp=$(cat "$CONSTRAINTS" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+pyver=$(python3 -c 'import sys; print(f"py{sys.version_info.major}{sys.version_info.minor}")')
+# A finished environment is kept as a template keyed by the fingerprint: a fresh clone (CI) copies it as hard
+# links (seconds; the files are never written in place: pip replaces files, Python writes new .pyc files) instead
+# of unpacking torch's wheels again (about a minute), then installs this checkout.  DYNSCALE_ENV_TEMPLATE=0 skips it.
+template="$CACHE/venv-template-$fp-$pyver"
+use_template="${DYNSCALE_ENV_TEMPLATE:-1}"
+
+if [ ! -x "$PY" ] && [ "$use_template" != 0 ] && [ -f "$template/.complete" ]; then
+  log "copying the cached environment $template (hard links)"
+  rm -rf "$VENV"
+  cp -al "$template" "$VENV" 2>/dev/null || { rm -rf "$VENV"; cp -a "$template" "$VENV"; }
+  rm -f "$VENV/.complete" "$stamp"
+  # scripts and activate files name the environment's own path: rewrite them (sed -i writes a new file, the
+  # template's copy is untouched)
+  grep -rlI --null -F "$template" "$VENV/bin" | xargs -0 -r sed -i "s#$template#$VENV#g"
+  log "installing dynscale (editable) into the copied environment"
+  "${PIP[@]}" install -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[mm,dev,export]"
+  if "$PY" "$ROOT/tools/check_env.py" --quiet; then
+    echo "$fp" > "$stamp"
+    log "done"
+    exit 0
+  fi
+  log "the copied environment fails its check: building a new one"
+  rm -rf "$VENV"
+fi
+
 if [ ! -x "$PY" ]; then
   log "creating virtual environment $VENV"
   python3 -m venv "$VENV"
 fi
 
-# Fingerprint of everything that decides what gets installed: a warm run with
-# an unchanged fingerprint skips pip entirely.
-stamp="$VENV/.dynscale-stamp"
-fp=$(cat "$CONSTRAINTS" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fp" ] && "$PY" "$ROOT/tools/check_env.py" --quiet; then
   log "environment up to date ($VENV)"
   exit 0
@@ -59,4 +85,15 @@ log "installing dynscale (editable) with the mm, dev and export extras"
 
 "$PY" "$ROOT/tools/check_env.py"
 echo "$fp" > "$stamp"
+if [ "$use_template" != 0 ] && [ ! -f "$template/.complete" ]; then
+  log "keeping this environment as the template for fresh clones ($template)"
+  rm -rf "$template.tmp" "$CACHE"/venv-template-*-"$pyver"  # one template: the newest fingerprint
+  mkdir -p "$CACHE"
+  if { cp -al "$VENV" "$template.tmp" 2>/dev/null || cp -a "$VENV" "$template.tmp"; }; then
+    grep -rlI --null -F "$VENV" "$template.tmp/bin" | xargs -0 -r sed -i "s#$VENV#$template#g"
+    rm -f "$template.tmp/.dynscale-stamp"
+    touch "$template.tmp/.complete"
+    mv "$template.tmp" "$template"
+  fi
+fi
 log "done"
