@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 export DYNSCALE_VENV := $(VENV)
 
 .PHONY: setup test test-fast demo bench complexity
-# pytest-xdist: one worker per core (-n auto); tests that build the same files group by module (--dist loadgroup)
-XDIST := -n auto --dist loadgroup
+# pytest-xdist: one worker per core, one torch thread each (tests/conftest.py).  No test shares a port or a
+# fixed path (torchrun --standalone picks a free port, DDP tests rendezvous in their tmp_path), so plain load
+# balancing is safe.
+XDIST := -n auto
 setup:
 	bash tools/setup_env.sh
 

@@ -81,6 +81,7 @@ def test_wrong_channel_count_raises(name):
         model.forward_features(torch.randn(1, 4, 64, 64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', [n for n in ALL if n not in DYNAMIC])
 def test_trace_static_variants(name):
     model = _fresh(name).eval()

@@ -263,6 +263,7 @@ def test_pretrain_refuses_untrained_eval_resolution():
         sys.path.remove(os.path.join(ROOT, 'tools'))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
 def test_test_seg_rsnet_untrained_resolution(tmp_path, shared_dir):
     import torch
@@ -458,6 +459,7 @@ _NONFINITE_SEG = ['--cfg-options', 'model.data_preprocessor.std=[0,0,0]', 'train
                   'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1']
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
 def test_mm_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_path, shared_dir):
     # std 0: every normalised pixel is inf / NaN, as a corrupt image would make them

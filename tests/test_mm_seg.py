@@ -409,6 +409,7 @@ METHOD_CONFIGS = ['deeplabv3_us-mobilenetv2-d16_mutualnet-4net_1xb8-1k_voc12subs
                   'deeplabv3_rs-resnet50-d16-mg124_s321-193-97_1xb8-1k_voc12subset-321x321.py']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', METHOD_CONFIGS, ids=['mutualnet', 'sact', 'rsnet'])
 def test_method_configs_run_in_runner(name, tmp_path):
     """Two training iterations and a validation of each method-specific segmentor in the mmengine Runner

@@ -49,6 +49,7 @@ def zoo_files(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @needs_manifests
 @pytest.mark.parametrize('key', list(ZOO))
 def test_every_zoo_row_converts_with_its_command(key, zoo_files):
@@ -115,6 +116,7 @@ def _zoo_key_of(path):
     raise AssertionError(f'no zoo row for {path}')
 
 
+@pytest.mark.slow
 @needs_manifests
 @pytest.mark.parametrize('cfg', SEG_1X + MMDET_1X, ids=lambda p: ('mmdet-' if '/mmdet/' in p else '') + osp.basename(p))
 def test_mm_1x_config_backbone_loads_converted_weights_with_zero_unmatched_keys(cfg, zoo_files, mm_scope):
@@ -177,6 +179,7 @@ def _voc_root(shared_dir):
     return root
 
 
+@pytest.mark.slow
 @needs_manifests
 def test_mmseg_fine_tunes_from_converted_weights(shared_dir, zoo_files, mm_scope, tmp_path, monkeypatch):
     """tools/train_seg.py on the CPU config, starting from the converted allenai/elastic ResNeXt50+Elastic file."""
@@ -205,6 +208,7 @@ def test_mmseg_fine_tunes_from_converted_weights(shared_dir, zoo_files, mm_scope
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
 
 
+@pytest.mark.slow
 @needs_manifests
 def test_mmdet_fine_tunes_from_converted_weights(shared_dir, zoo_files, tmp_path, monkeypatch):
     """tools/train_det_mm.py, Mask R-CNN Elastic-ResNeXt50-FPN on the COCO subset, from the converted allenai/elastic

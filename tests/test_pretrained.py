@@ -204,6 +204,7 @@ def _check_rsnet(name, model, sd):
     assert model.pixel_mean == (0.0, 0.0, 0.0) and model.pixel_std == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.slow
 @needs_manifests
 @pytest.mark.parametrize('name', sorted(SUPPORTED))
 def test_official_file_converts_and_loads_strictly(name, tmp_path):
@@ -375,6 +376,7 @@ TORCHVISION = [('resnext50_32x4d', 'resnext50_32x4d'), ('resnet18', 'rs_resnet18
                ('mobilenet_v2', 'us_mobilenet_v2'), ('mobilenet_v2', 'rs_mobilenet_v2')]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch,name', TORCHVISION)
 def test_torchvision_weights_give_the_same_logits(arch, name, tmp_path):
     import torchvision
