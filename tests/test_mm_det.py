@@ -102,6 +102,7 @@ def test_config_list_covers_every_method():
         assert key in names, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_and_channels_match_neck(name):
     cfg = _cfg(name)

@@ -55,6 +55,7 @@ def test_configs_found():
     assert len(CONFIGS) >= 12 and osp.isfile(CI_CONFIG)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=[osp.basename(p)[:-3] for p in CONFIGS])
 def test_config_builds_and_channels_match(path):
     """Every seg config loads, builds its model, and the backbone's declared channels feed the head."""

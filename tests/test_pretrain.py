@@ -433,6 +433,7 @@ EVAL = ['--workers', '0', '--batch-size', '4', '--max-val-samples', '8', '--max-
         '--no-tensorboard', '--evaluate']
 
 
+@pytest.mark.slow
 def test_evaluate_pretrained_usnet_uses_stored_statistics_per_width(shared_dir, tmp_path):
     path = _official('us_mobilenet_v2', tmp_path)
     rows = pretrain.main(['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'),
@@ -445,6 +446,7 @@ def test_evaluate_pretrained_usnet_uses_stored_statistics_per_width(shared_dir, 
     assert 'mapped to their ImageNet-1k indices' in log and 'protocol' not in log  # protocol is printed to stdout
 
 
+@pytest.mark.slow
 def test_evaluate_pretrained_mutualnet_recalibrates_every_point(shared_dir, tmp_path):
     path = _official('mutualnet_mobilenet_v1', tmp_path)
     rows = pretrain.main(['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'),
@@ -455,6 +457,7 @@ def test_evaluate_pretrained_mutualnet_recalibrates_every_point(shared_dir, tmp_
     assert smallest == [pytest.approx(13.6e6, rel=5e-3)]  # MutualNet README: 13 MFLOPs at 0.25-128
 
 
+@pytest.mark.slow
 def test_evaluate_pretrained_rsnet_feeds_unnormalised_inputs(shared_dir, tmp_path):
     path = _official('parallel_resnet18', tmp_path)
     argv = ['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'), '--pretrained', path,
