@@ -1,6 +1,5 @@
 """One test parametrised over every registered backbone (timm's test_models pattern)."""
 import copy
-import functools
 
 import pytest
 import torch
@@ -18,16 +17,19 @@ def _build(name, seed=0, **kw):
     return backbones.create(name, num_classes=0, **kw)
 
 
-@functools.lru_cache(maxsize=4)  # a few models: the largest take 0.5 GB each
-def _built(name):
-    """A recent build of ``name`` (seed 0, default arguments) in this test process; tests take :func:`_fresh` copies."""
-    return _build(name)
+@pytest.fixture(scope='module', params=ALL)
+def built(request):
+    """``(name, model)``: one build per registered name (seed 0, default arguments); pytest orders the tests by
+    this module-scoped parameter, so every test of one model shares the build (see :func:`fresh`)."""
+    return request.param, _build(request.param)
 
 
-def _fresh(name):
-    """A copy of :func:`_built` (deep-copying a model is several times faster than building it: no random init),
-    so that a test may train, convert or modify it."""
-    return copy.deepcopy(_built(name))
+@pytest.fixture
+def fresh(built):
+    """``(name, model)``: a deep copy of :func:`built` (several times faster than a new build: no random init),
+    so that the test may train, convert or modify it."""
+    name, model = built
+    return name, copy.deepcopy(model)
 
 
 def test_registry_has_every_family():
@@ -41,10 +43,9 @@ def test_unknown_name_lists_close_matches():
         backbones.create('resnext50_elastc')
 
 
-@pytest.mark.parametrize('name', ALL)
 @pytest.mark.parametrize('size', [(96, 96), (97, 161)])  # even and odd sides, 3-5 pixels at stride 32
-def test_forward_backward_strides_channels(name, size):
-    model = _fresh(name)
+def test_forward_backward_strides_channels(fresh, size):
+    name, model = fresh
     model.train()
     x = torch.randn(1, 3, *size)
     feats = model.forward_features(x)
@@ -74,9 +75,8 @@ def test_deterministic_under_seed(name):
         assert torch.equal(fa[k], fb[k])
 
 
-@pytest.mark.parametrize('name', ALL)
-def test_wrong_channel_count_raises(name):
-    model = _fresh(name).eval()
+def test_wrong_channel_count_raises(built):
+    model = built[1].eval()
     with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):
         model.forward_features(torch.randn(1, 4, 64, 64))
 
@@ -84,7 +84,7 @@ def test_wrong_channel_count_raises(name):
 @pytest.mark.slow
 @pytest.mark.parametrize('name', [n for n in ALL if n not in DYNAMIC])
 def test_trace_static_variants(name):
-    model = _fresh(name).eval()
+    model = _build(name).eval()
     if backbones.model_family(name) == 'slimmable':
         from backbones.slimmable import export_static
         model = export_static(model, model.width_range[1])
@@ -109,10 +109,9 @@ def test_trace_static_variants(name):
         torch.testing.assert_close(r, g)
 
 
-@pytest.mark.parametrize('name', ALL)
-def test_sync_bn_conversion_keeps_eval_output(name):
+def test_sync_bn_conversion_keeps_eval_output(fresh):
     """nn.SyncBatchNorm.convert_sync_batchnorm replaces BNs by isinstance: private and slimmable BNs must survive."""
-    model = _fresh(name).eval()
+    model = fresh[1].eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_features(x)
@@ -137,10 +136,9 @@ def test_frozen_stages_and_norm_eval(name):
     assert not any(p.requires_grad for p in model.stages[0].parameters())
 
 
-@pytest.mark.parametrize('name', ALL)
-def test_deepcopy_after_training_forward(name):
+def test_deepcopy_after_training_forward(fresh):
     """EMA copies and BN conversions deep-copy a model that has just run a training forward."""
-    model = _fresh(name).train()
+    model = fresh[1].train()
     feats = model.forward_features(torch.randn(2, 3, 64, 64))
     sum(f.mean() for f in feats.values()).backward()
     clone = copy.deepcopy(model)
