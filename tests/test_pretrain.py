@@ -313,6 +313,21 @@ def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------------- helpers
+def test_eval_points_parse_and_stay_inside_the_width_range(tiny, tmp_path):
+    """``--eval-points w0.75-r32 ...`` replaces the final evaluation grid of a slimmable run; a misspelt point and a
+    width outside the model's range are refused naming the spelling and the range."""
+    assert pretrain.parse_eval_point('w0.75-r160') == (0.75, 160) and pretrain.parse_eval_point('w1') == (1.0, None)
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(['--data-path', tiny, '--model', 'us_mobilenet_v1', '--eval-points', '0.75x160'])
+    common = ['--model', 'us_mobilenet_v1', '--method', 'usnet', '--max-train-samples', '8', '--calib-batches', '1',
+              '--calib-batch-size', '2']
+    rows = _run(tiny, tmp_path / 'ok', *common, '--eval-points', 'w0.25-r32', 'w1.0-r32')
+    assert [(r['width'], r['resolution']) for r in rows] == [(0.25, 32), (1.0, 32)]
+    assert all(r['calibrated'] for r in rows)
+    with pytest.raises(ValueError, match=r'--eval-points widths \[0.1\] lie outside the model width range'):
+        _run(tiny, tmp_path / 'bad', *common, '--eval-points', 'w0.1-r32')
+
+
 def test_recipes_parse_and_explicit_flags_win(tmp_path):
     for name in recipes.RECIPES:
         args = pretrain.parse_args(['--recipe', name, '--data-path', str(tmp_path)])
@@ -449,12 +464,22 @@ def test_evaluate_pretrained_usnet_uses_stored_statistics_per_width(shared_dir, 
 @pytest.mark.slow
 def test_evaluate_pretrained_mutualnet_recalibrates_every_point(shared_dir, tmp_path):
     path = _official('mutualnet_mobilenet_v1', tmp_path)
-    rows = pretrain.main(['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'),
-                          '--pretrained', path, *EVAL, '--calib-batches', '1'])
-    assert [(r['width'], r['resolution']) for r in rows] == [(w, r) for w in (1.0, 0.25) for r in (224, 192, 160, 128)]
+    argv = ['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'), '--pretrained', path,
+            *EVAL, '--calib-batches', '1']
+    args = pretrain.parse_args(argv)
+    # the authors' ComputePostBN: batches of 1024 training images; the points of the model-zoo row by default
+    assert (args.calib_batch_size, args.calib_batches) == (1024, 1)
+    assert args.eval_points == [(1.0, 224), (1.0, 192), (0.5, 160), (0.25, 128)]
+    rows = pretrain.main(argv)
+    assert [(r['width'], r['resolution']) for r in rows] == [(1.0, 224), (1.0, 192), (0.5, 160), (0.25, 128)]
     assert all(r['calibrated'] for r in rows)
     smallest = [r['macs'] for r in rows if (r['width'], r['resolution']) == (0.25, 128)]
     assert smallest == [pytest.approx(13.6e6, rel=5e-3)]  # MutualNet README: 13 MFLOPs at 0.25-128
+    with open(os.path.join(tmp_path, 'ev', 'log.txt')) as f:
+        assert 'fewer than one calibration batch of 1024' in f.read()  # 8 training images here
+    # explicit flags win: a grid of widths x resolutions, batches of --calib-batch-size
+    args = pretrain.parse_args(argv + ['--eval-widths', '1.0', '0.25', '--calib-batch-size', '4'])
+    assert args.eval_points is None and args.calib_batch_size == 4
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ already name it; a missing file makes them print the command below).  Generated 
   to), on the ImageNet validation set with the origin's protocol; `tools/pretrain.py --evaluate --pretrained FILE
   --data-path IMAGENET` runs that protocol (Elastic / torchvision / timm: resize 256, centre crop 224;
   US-Nets: stored per-width BN statistics; MutualNet: the 224 crop resized with `align_corners=True`, BN
-  recalibrated on 9 training batches per point; RS-Nets: resize s/0.875, crop s, no normalisation).
+  recalibrated on 9 training batches of 1024 images per point (the authors' ComputePostBN), at the points the
+  row lists (`--eval-points` to choose others); RS-Nets: resize s/0.875, crop s, no normalisation).
 * **params / MACs**: `backbones.complexity` (conv + linear MACs at 224x224, batch 1; slimmable models at the max
   width, SACT at its dense upper bound).
 * **convert**: `tools/convert_weights.py` reads the download as it comes (zip-wrapped `.pt.zip`, `module.`

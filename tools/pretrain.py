@@ -144,7 +144,14 @@ def get_parser():
     g.add_argument('--val-resize-mode', default='interpolate', choices=['interpolate', 'crop'],
                    help='multi-resolution evaluation of slimmable models: resize the val crop (MutualNet) or '
                    'Resize+CenterCrop per resolution')
+    g.add_argument('--eval-points', type=parse_eval_point, nargs='+', default=None, metavar='wW-rR',
+                   help='slimmable final evaluation at these (width, resolution) points, e.g. w0.75-r160 w0.7-r128, '
+                   'instead of the --eval-widths x --eval-resolutions grid (default for a MutualNet release: the '
+                   'points its model-zoo row lists)')
     g.add_argument('--calib-batches', type=int, default=5, help='training batches for post-statistics BN')
+    g.add_argument('--calib-batch-size', type=int, default=None,
+                   help='images per post-statistics BN batch (default: --batch-size; a MutualNet release: 1024, '
+                   "as the authors' ComputePostBN: 9 x 1024 training images)")
     g.add_argument('--bn-calibration', default='always', choices=['always', 'auto', 'never'],
                    help='slimmable final evaluation: recalibrate BN at every point (always), only at points without '
                    'stored statistics (auto: US-Nets releases), or use stored statistics only (never)')
@@ -197,7 +204,21 @@ FLAG_CAPABILITY = {
     'kd_type': ('private_bn', ('rsnet',)), 'untrained_resolution': ('private_bn', ('rsnet',)),
     'tau': ('ponder_cost', ('sact',)),
     'calib_batches': ('calibration', None), 'bn_calibration': ('calibration', None),
+    'calib_batch_size': ('calibration', None), 'eval_points': ('width', None),
 }
+
+
+def parse_eval_point(text):
+    """``'w0.75-r160'`` -> ``(0.75, 160)`` (the model zoo's point names; ``'w1.0'`` alone: the val crop size).
+
+    Raises:
+        argparse.ArgumentTypeError: another spelling (the message shows the expected one).
+    """
+    import re
+    m = re.fullmatch(r'w([0-9]*\.?[0-9]+)(?:-r([0-9]+))?', text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a point: write wWIDTH-rRESOLUTION, e.g. w0.75-r160')
+    return float(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
 def check_flags(args, given):
@@ -285,8 +306,8 @@ def parse_args(argv=None, world_size=None):
     elif args.stress_sizes:
         raise ValueError('--stress-sizes belongs to --task multilabel (the scale stress test); remove it')
     for name in ('epochs', 'accum_steps', 'num_subnets', 'log_interval', 'eval_interval', 'model_ema_steps',
-                 'calib_batches'):
-        if getattr(args, name) < 1:
+                 'calib_batches', 'calib_batch_size'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.num_subnets < 2 and args.method in ('usnet', 'mutualnet'):
         raise ValueError('--num-subnets must be >= 2 (max and min width) for the sandwich rule')

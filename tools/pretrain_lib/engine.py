@@ -349,9 +349,15 @@ class Trainer:
                                        **kw)
         self.val_loader = DataLoader(self.val_set, batch_size=a.val_batch_size or a.batch_size,
                                      sampler=pdata.ShardSampler(len(self.val_set), info.world_size, info.rank), **kw)
-        self.calib_sampler = pdata.CalibrationSampler(len(self.train_set), a.batch_size, info.world_size, info.rank,
+        calib_bs = a.calib_batch_size or a.batch_size
+        if calib_bs * info.world_size > len(self.train_set):
+            LOG.warning(f'post-statistics BN: {len(self.train_set)} training images are fewer than one calibration '
+                        f'batch of {calib_bs} per process; calibrating on batches of '
+                        f'{max(1, len(self.train_set) // info.world_size)}')
+            calib_bs = max(1, len(self.train_set) // info.world_size)
+        self.calib_sampler = pdata.CalibrationSampler(len(self.train_set), calib_bs, info.world_size, info.rank,
                                                       seed=a.seed + 1, num_batches=a.calib_batches)
-        self.calib_loader = DataLoader(self.train_set, batch_size=a.batch_size, sampler=self.calib_sampler,
+        self.calib_loader = DataLoader(self.train_set, batch_size=calib_bs, sampler=self.calib_sampler,
                                        drop_last=True, **kw)
         self.micro_per_epoch, self.steps_per_epoch = pdata.steps_in_epoch(self.sampler.num_samples, a.batch_size,
                                                                           a.accum_steps)

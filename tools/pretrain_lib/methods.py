@@ -286,6 +286,13 @@ class SlimmableMethod(Method):
 
     def eval_points(self, final):
         res = self.val_resolutions() or [None]
+        if final and self.args.eval_points:
+            lo, hi = self.model.width_range
+            bad = [w for w, _ in self.args.eval_points if not lo <= w <= hi]
+            if bad:
+                raise ValueError(f'--eval-points widths {bad} lie outside the model width range '
+                                 f'{self.model.width_range}')
+            return [(w, r) for w, r in self.args.eval_points]
         if final:
             return [(w, r) for w in self.eval_widths() for r in res]
         lo, hi = self.width_range

@@ -44,6 +44,7 @@ def pretrained_info(path, source=None):
         return (meta.get('variant'), heads[-1].shape[0] if heads else meta.get('num_classes'),
                 meta.get('eval_protocol', 'resize256-crop224'), meta)
     meta = dict(release.meta)
+    meta.setdefault('origin', release.origin)
     bk = release.build_kwargs
     if bk.get('resolutions'):
         meta.setdefault('resolutions', list(bk['resolutions']))
@@ -75,7 +76,15 @@ def apply_pretrained_defaults(args, log=print):
         if 'resolutions' not in explicit and not args.resolutions:
             args.resolutions = [224, 192, 160, 128]
         if 'calib_batches' not in explicit:
-            args.calib_batches = 9
+            args.calib_batches = 9  # ComputePostBN: batch_idx 0..8
+        # evaluating the release as its authors do (not fine-tuning it): the calibration batches of their
+        # ComputePostBN (1024 training images each) and the points the model zoo states accuracy for
+        if getattr(args, 'evaluate', False) and 'calib_batch_size' not in explicit:
+            args.calib_batch_size = 1024
+        points = _zoo_points(meta, args.model)
+        if (getattr(args, 'evaluate', False) and points
+                and not ({'eval_points', 'eval_widths', 'eval_resolutions', 'resolutions'} & explicit)):
+            args.eval_points = points
         if 'val_resize_mode' not in explicit:
             args.val_resize_mode = 'interpolate'
     if protocol == 'usnet-stored' and 'bn_calibration' not in explicit:
@@ -93,6 +102,22 @@ def apply_pretrained_defaults(args, log=print):
     log(f'--pretrained {args.pretrained}: {meta.get("origin", "dynscale")} weights for {args.model} '
         f'({file_classes or "no"} classes), protocol {protocol}, method {args.method}')
     return model, file_classes, protocol, meta
+
+
+def _zoo_points(meta, model):
+    """The ``(width, resolution)`` points the model-zoo row of ``path`` reports top-1 for (``'w0.75-r160'`` keys of
+    :data:`backbones.pretrained.ZOO`), found by a converted file's ``meta['zoo']`` or, for the origin's own file, by
+    its origin and ``model``; None when the file is not a zoo row."""
+    from backbones.pretrained import ZOO
+    entry = ZOO.get(meta.get('zoo')) if meta.get('zoo') else None
+    if entry is None:  # the origin's own file: its zoo row is the one of that origin and model
+        rows = [e for e in ZOO.values() if e.origin == meta.get('origin') and e.model == model]
+        entry = rows[0] if len(rows) == 1 else None
+    if entry is None:
+        return None
+    points = [(float(m.group(1)), int(m.group(2))) for m in
+              (re.fullmatch(r'w([0-9.]+)-r([0-9]+)', k) for k in entry.top1) if m]
+    return points or None
 
 
 def imagenet_index_map(root, classes):
