@@ -43,18 +43,16 @@ class ToolResult:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def _exit_status(code):
-    """The process exit status Python gives ``sys.exit(code)``."""
-    if code is None:
-        return 0
-    return code if isinstance(code, int) else 1
+def _loggers():
+    """The root logger and every logger created so far."""
+    import logging
+    return [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                    if isinstance(lg, logging.Logger)]
 
 
 def _logging_state():
     """Handlers of every logger and the named MMEngine instances (loggers, message hubs, visualizers) that exist now."""
-    import logging
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
+    loggers = _loggers()
     managers = {}
     if 'mmengine' in sys.modules:
         from mmengine.utils import ManagerMixin
@@ -73,10 +71,8 @@ def _restore_logging(state):
     """Undo what a tool run in-process did to process-wide logging: handlers it added (they write to its captured
     output, closed now) are closed and removed, MMEngine instances it created by name are forgotten, and
     detectron2's cached ``setup_logger`` is reset, so that the next run sets up its logging as a new process does."""
-    import logging
     before, managers = state
-    for lg in [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]:
+    for lg in _loggers():
         keep = before.get(id(lg), (lg, []))[1]
         for h in list(lg.handlers):
             if h not in keep:
@@ -143,17 +139,18 @@ def run_tool(argv, cwd=ROOT, env=None, timeout=300, subprocess_run=False, progra
         os.environ.update(full_env)
         os.chdir(cwd)
         sys.argv = list(argv)
-        root_logger = logging.getLogger()
         for h in logging_state[0][id(root_logger)][1]:  # pytest's capture: a new process's root has no handler
             root_logger.removeHandler(h)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             try:
                 runpy.run_path(os.path.join(cwd, argv[0]), run_name='__main__')
-            except SystemExit as e:
-                code = _exit_status(e.code)
-                if code and not isinstance(e.code, int) and e.code is not None:
+            except SystemExit as e:  # as the interpreter: None -> 0, an int as it is
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:  # sys.exit('message'): printed, status 1
                     print(e.code, file=sys.stderr)
+                    code = 1
             except BaseException:  # noqa: B902  what the interpreter does with an uncaught exception
                 traceback.print_exc()
                 code = 1

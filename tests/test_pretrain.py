@@ -316,7 +316,8 @@ def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
 def test_eval_points_parse_and_stay_inside_the_width_range(tiny, tmp_path):
     """``--eval-points w0.75-r32 ...`` replaces the final evaluation grid of a slimmable run; a misspelt point and a
     width outside the model's range are refused naming the spelling and the range."""
-    assert pretrain.parse_eval_point('w0.75-r160') == (0.75, 160) and pretrain.parse_eval_point('w1') == (1.0, None)
+    assert pretrain.parse_eval_point('w0.75-r160') == (0.75, 160)
+    assert pretrain.parse_eval_point('w1') == (1.0, None)
     with pytest.raises(SystemExit):
         pretrain.parse_args(['--data-path', tiny, '--model', 'us_mobilenet_v1', '--eval-points', '0.75x160'])
     common = ['--model', 'us_mobilenet_v1', '--method', 'usnet', '--max-train-samples', '8', '--calib-batches', '1',
@@ -326,6 +327,7 @@ def test_eval_points_parse_and_stay_inside_the_width_range(tiny, tmp_path):
     assert all(r['calibrated'] for r in rows)
     with pytest.raises(ValueError, match=r'--eval-points widths \[0.1\] lie outside the model width range'):
         _run(tiny, tmp_path / 'bad', *common, '--eval-points', 'w0.1-r32')
+    assert not (tmp_path / 'bad' / 'last.pth').exists()  # refused before training, not after it
 
 
 def test_recipes_parse_and_explicit_flags_win(tmp_path):

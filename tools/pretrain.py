@@ -40,6 +40,7 @@ for _p in (_ROOT, _HERE):
         sys.path.insert(0, _p)
 
 from pretrain_lib import recipes  # noqa: E402
+from pretrain_lib.pretrained import parse_eval_point  # noqa: E402
 
 
 def _floats(s):
@@ -206,19 +207,6 @@ FLAG_CAPABILITY = {
     'calib_batches': ('calibration', None), 'bn_calibration': ('calibration', None),
     'calib_batch_size': ('calibration', None), 'eval_points': ('width', None),
 }
-
-
-def parse_eval_point(text):
-    """``'w0.75-r160'`` -> ``(0.75, 160)`` (the model zoo's point names; ``'w1.0'`` alone: the val crop size).
-
-    Raises:
-        argparse.ArgumentTypeError: another spelling (the message shows the expected one).
-    """
-    import re
-    m = re.fullmatch(r'w([0-9]*\.?[0-9]+)(?:-r([0-9]+))?', text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a point: write wWIDTH-rRESOLUTION, e.g. w0.75-r160')
-    return float(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
 def check_flags(args, given):

@@ -350,11 +350,11 @@ class Trainer:
         self.val_loader = DataLoader(self.val_set, batch_size=a.val_batch_size or a.batch_size,
                                      sampler=pdata.ShardSampler(len(self.val_set), info.world_size, info.rank), **kw)
         calib_bs = a.calib_batch_size or a.batch_size
-        if calib_bs * info.world_size > len(self.train_set):
+        per_process = max(1, len(self.train_set) // info.world_size)
+        if calib_bs > per_process:
             LOG.warning(f'post-statistics BN: {len(self.train_set)} training images are fewer than one calibration '
-                        f'batch of {calib_bs} per process; calibrating on batches of '
-                        f'{max(1, len(self.train_set) // info.world_size)}')
-            calib_bs = max(1, len(self.train_set) // info.world_size)
+                        f'batch of {calib_bs} per process; calibrating on batches of {per_process}')
+            calib_bs = per_process
         self.calib_sampler = pdata.CalibrationSampler(len(self.train_set), calib_bs, info.world_size, info.rank,
                                                       seed=a.seed + 1, num_batches=a.calib_batches)
         self.calib_loader = DataLoader(self.train_set, batch_size=calib_bs, sampler=self.calib_sampler,

@@ -260,6 +260,7 @@ class SlimmableMethod(Method):
             raise ValueError(f'the largest --resolutions ({max(self.resolutions)}) is the teacher\'s input and must '
                              f'equal --train-crop-size ({args.train_crop_size})')
         super().__init__(args, model)
+        self.eval_points(final=True)  # a final-evaluation width outside the range fails now, not after training
 
     def build_policy(self):
         a = self.args
@@ -278,21 +279,21 @@ class SlimmableMethod(Method):
         else:
             lo, hi = self.width_range
             ws = sorted({hi, lo, round(lo + (hi - lo) / 2, 4)}, reverse=True)
+        return self._inside_width_range(ws, '--eval-widths')
+
+    def _inside_width_range(self, ws, flag):
+        """``ws`` unchanged; ValueError naming ``flag`` and the model's range for a width outside it."""
         lo, hi = self.model.width_range
         bad = [w for w in ws if not lo <= w <= hi]
         if bad:
-            raise ValueError(f'--eval-widths {bad} lie outside the model width range {self.model.width_range}')
+            raise ValueError(f'{flag} widths {bad} lie outside the model width range {self.model.width_range}')
         return ws
 
     def eval_points(self, final):
         res = self.val_resolutions() or [None]
         if final and self.args.eval_points:
-            lo, hi = self.model.width_range
-            bad = [w for w, _ in self.args.eval_points if not lo <= w <= hi]
-            if bad:
-                raise ValueError(f'--eval-points widths {bad} lie outside the model width range '
-                                 f'{self.model.width_range}')
-            return [(w, r) for w, r in self.args.eval_points]
+            self._inside_width_range([w for w, _ in self.args.eval_points], '--eval-points')
+            return list(self.args.eval_points)
         if final:
             return [(w, r) for w in self.eval_widths() for r in res]
         lo, hi = self.width_range

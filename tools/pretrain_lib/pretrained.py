@@ -25,7 +25,7 @@ import re
 import backbones
 from backbones.pretrained import identify, read_source
 
-__all__ = ['pretrained_info', 'apply_pretrained_defaults', 'imagenet_index_map']
+__all__ = ['pretrained_info', 'apply_pretrained_defaults', 'imagenet_index_map', 'parse_eval_point']
 
 _METHOD_OF_PROTOCOL = {'usnet-stored': 'usnet', 'mutualnet-recalibrate': 'mutualnet', 'rsnet-multires': 'rsnet'}
 
@@ -105,7 +105,7 @@ def apply_pretrained_defaults(args, log=print):
 
 
 def _zoo_points(meta, model):
-    """The ``(width, resolution)`` points the model-zoo row of ``path`` reports top-1 for (``'w0.75-r160'`` keys of
+    """The ``(width, resolution)`` points the model-zoo row of a file reports top-1 for (``'w0.75-r160'`` keys of
     :data:`backbones.pretrained.ZOO`), found by a converted file's ``meta['zoo']`` or, for the origin's own file, by
     its origin and ``model``; None when the file is not a zoo row."""
     from backbones.pretrained import ZOO
@@ -115,9 +115,22 @@ def _zoo_points(meta, model):
         entry = rows[0] if len(rows) == 1 else None
     if entry is None:
         return None
-    points = [(float(m.group(1)), int(m.group(2))) for m in
-              (re.fullmatch(r'w([0-9.]+)-r([0-9]+)', k) for k in entry.top1) if m]
-    return points or None
+    points = [parse_eval_point(k) for k in entry.top1 if k.startswith('w')]
+    return [p for p in points if p[1] is not None] or None
+
+
+def parse_eval_point(text):
+    """``'w0.75-r160'`` -> ``(0.75, 160)`` (the model zoo's point names, ``--eval-points``); ``'w1.0'`` alone:
+    ``(1.0, None)``, the val crop size.
+
+    Raises:
+        argparse.ArgumentTypeError: another spelling (the message shows the expected one).
+    """
+    import argparse
+    m = re.fullmatch(r'w([0-9]*\.?[0-9]+)(?:-r([0-9]+))?', text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a point: write wWIDTH-rRESOLUTION, e.g. w0.75-r160')
+    return float(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
 def imagenet_index_map(root, classes):
