@@ -36,6 +36,26 @@ def _torch_threads():
     yield
 
 
+def fast_subset(values, fast, ids=None):
+    """``pytest.mark.parametrize`` values of which only those whose id is in ``fast`` run in ``make test-fast``: the
+    others carry the ``slow`` mark (``make test`` runs them all).  For tests parametrised over every framework config
+    or release, where a few representatives (one per family) keep the edit-test loop honest.
+
+    Args:
+        values: the parameter values (a tuple is one value per argname); ids: a function value -> id
+            (default ``str``).
+    Raises:
+        ValueError: a name in ``fast`` is not one of the ids (a renamed config would silently leave the fast set).
+    """
+    ids = ids or str
+    names = [ids(v) for v in values]
+    unknown = set(fast) - set(names)
+    if unknown:
+        raise ValueError(f'fast_subset: {sorted(unknown)} are not among the parameters {names}')
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), id=n, marks=() if n in fast else pytest.mark.slow)
+            for v, n in zip(values, names)]
+
+
 class ToolResult:
     """What a tool run left: ``returncode``, ``stdout``, ``stderr`` (the fields of ``subprocess.CompletedProcess``)."""
 

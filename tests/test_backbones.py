@@ -43,7 +43,8 @@ def test_unknown_name_lists_close_matches():
         backbones.create('resnext50_elastc')
 
 
-@pytest.mark.parametrize('size', [(96, 96), (97, 161)])  # even and odd sides, 3-5 pixels at stride 32
+# even and odd sides, 3-5 pixels at stride 32 (make test-fast: the odd one)
+@pytest.mark.parametrize('size', [pytest.param((96, 96), marks=pytest.mark.slow), (97, 161)], ids=['96x96', '97x161'])
 def test_forward_backward_strides_channels(fresh, size):
     name, model = fresh
     model.train()
@@ -63,10 +64,11 @@ def test_forward_backward_strides_channels(fresh, size):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize('name', ALL)
-def test_deterministic_under_seed(name):
+def test_deterministic_under_seed(built):
+    """A new build under the same seed as :func:`built` (seed 0) has equal tensors and equal features."""
+    name, model = built
     x = torch.randn(2, 3, 64, 64)
-    a, b = _build(name, seed=3).eval(), _build(name, seed=3).eval()
+    a, b = copy.deepcopy(model).eval(), _build(name, seed=0).eval()
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     with torch.no_grad():

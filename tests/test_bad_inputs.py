@@ -1,11 +1,11 @@
 """Bad inputs a new user tries get one error naming the cause and the fix (issue 23).
 
 Each case builds what a user would pass and asserts the exception type (Python API) or a non-zero exit status
-(tools: the first case of each as a subprocess like a user runs it, the others through the same script's
-``__main__`` block in-process, ``conftest.run_tool``) and the words of the message that name the cause and the fix
-(not a deep framework frame, a bare KeyError or a dtype error from inside a convolution).  Groups: the Python API,
-disk full while writing a checkpoint, and the tools: pretraining, MMSeg / MMDet, Detectron2, the converter and
-the exporter."""
+(tools: every case through the script's own ``__main__`` block in-process, ``conftest.run_tool``, and the first
+case of each tool again as a new process like a user runs it, marked slow) and the words of the message that name
+the cause and the fix (not a deep framework frame, a bare KeyError or a dtype error from inside a convolution).
+Groups: the Python API, disk full while writing a checkpoint, and the tools: pretraining, MMSeg / MMDet,
+Detectron2, the converter and the exporter."""
 import errno
 import importlib.util
 import os
@@ -344,13 +344,14 @@ TOOL_CASES = {
 }
 
 
-#: the first case of each tool: run as a real ``python tools/X.py`` process (the others run the same script in-process)
-_SUBPROCESS_CASES = {next(c for c, (_, argv, _) in TOOL_CASES.items() if argv[0] == tool)
-                     for tool in {argv[0] for _, argv, _ in TOOL_CASES.values()}}
+#: the first case of each tool: also run as a real ``python tools/X.py`` process (the test after the next)
+_SUBPROCESS_CASES = sorted({next(c for c, (_, argv, _) in TOOL_CASES.items() if argv[0] == tool)
+                            for tool in {argv[0] for _, argv, _ in TOOL_CASES.values()}})
+#: needs a new process (a file size limit), so it is slow like the process runs
+_PROCESS_ONLY = [c for c, (needs, _, _) in TOOL_CASES.items() if 'fsize' in needs]
 
 
-@pytest.mark.parametrize('case', list(TOOL_CASES))
-def test_tool_bad_input_exits_nonzero_naming_cause_and_fix(case, tool_files, tmp_path):
+def _check_tool_case(case, tool_files, tmp_path, subprocess_run):
     needs, argv, words = TOOL_CASES[case]
     if 'mmseg' in needs and not HAS_MMSEG:
         pytest.skip('mmsegmentation not installed (tools/setup_env.sh installs it)')
@@ -367,10 +368,24 @@ def test_tool_bad_input_exits_nonzero_naming_cause_and_fix(case, tool_files, tmp
     words = [w.format(**fill) for w in words]
     if 'fsize' in needs:  # a 4 MiB file size limit: the checkpoint write fails as on a full disk (EFBIG)
         r = run_tool(['bash', '-c', 'ulimit -f 4096 && exec "$@"', 'bash', sys.executable, *argv], program=True)
-    else:  # the first case of each tool runs it as a new process, the others in this one (same __main__ block)
-        r = run_tool(argv, subprocess_run=case in _SUBPROCESS_CASES)
+    else:  # in this process through the script's own __main__ block, or as a new process
+        r = run_tool(argv, subprocess_run=subprocess_run)
     err = r.stderr
     assert r.returncode != 0, f'{case}: exit status 0\n{r.stdout[-2000:]}{err[-2000:]}'
     missing = [w for w in words if w not in err]
     assert not missing, f'{case}: stderr lacks {missing}:\n{err[-3000:]}'
     assert 'Traceback' not in err, f'{case}: a traceback instead of one message:\n{err[-3000:]}'
+
+
+@pytest.mark.parametrize('case', [c if c not in _PROCESS_ONLY else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in TOOL_CASES])
+def test_tool_bad_input_exits_nonzero_naming_cause_and_fix(case, tool_files, tmp_path):
+    """Every case through the tool's ``__main__`` block in this process (what a new process runs)."""
+    _check_tool_case(case, tool_files, tmp_path, subprocess_run=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', _SUBPROCESS_CASES)
+def test_tool_bad_input_as_a_new_process(case, tool_files, tmp_path):
+    """The first case of each tool as the command line a user types: a new ``python tools/X.py`` process."""
+    _check_tool_case(case, tool_files, tmp_path, subprocess_run=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,6 +18,7 @@ def _run(code):
     )
 
 
+@pytest.mark.slow  # a new Python process
 def test_import_without_detectron2_names_the_install():
     proc = _run("""
         import sys

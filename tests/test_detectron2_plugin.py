@@ -19,6 +19,7 @@ pytest.importorskip(
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from conftest import fast_subset  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone  # noqa: E402
 from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks  # noqa: E402
@@ -154,7 +155,13 @@ def test_config_list_covers_every_family_and_layout():
         assert must in names
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
+# make test-fast: the quick schedule of each family (one per layout and method); make test: every config
+@pytest.mark.parametrize('path', fast_subset(CONFIGS, [
+    'quick_schedules/faster_rcnn_rs_resnet50_FPN_quick.yaml',
+    'quick_schedules/faster_rcnn_sact_resnet50_C4_quick.yaml',
+    'quick_schedules/mask_rcnn_resnext50_elastic_FPN_quick.yaml',
+    'quick_schedules/mask_rcnn_us_vgg16_bn_FPN_quick.yaml',
+    'mask_rcnn_rs_resnet50_FPN_1x.yaml'], ids=lambda p: os.path.relpath(p, CONFIG_DIR)))
 def test_config_builds_and_trains_one_step(path):
     """Every config builds its detector and runs one training step on CPU (tiny synthetic COCO-like batch)."""
     cfg = _cfg(path)
@@ -563,14 +570,11 @@ def test_sact_evaluation_reports_ponder_cost(tiny_dataset, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize(
-    'config',
-    [
-        'mask_rcnn_resnext50_elastic_FPN_1x.yaml',
-        'faster_rcnn_sact_resnet50_C4_1x.yaml',
-        'faster_rcnn_rs_resnet50_FPN_1x.yaml',
-    ],
-)
+@pytest.mark.parametrize('config', fast_subset([
+    'mask_rcnn_resnext50_elastic_FPN_1x.yaml',
+    'faster_rcnn_sact_resnet50_C4_1x.yaml',
+    'faster_rcnn_rs_resnet50_FPN_1x.yaml',
+], ['faster_rcnn_rs_resnet50_FPN_1x.yaml']))
 def test_convert_backbone_checkpoint_loads_with_zero_unmatched_keys(config, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -661,6 +665,7 @@ if __name__ == '__main__':
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_with_unused_private_bns(tmp_path):
     """Two gloo processes train RS-Net with a different random bucket each (other buckets' BNs unused)."""
     script = tmp_path / 'ddp_rsnet.py'
@@ -703,7 +708,9 @@ def _zoo_key(weights):
     return e.key
 
 
-@pytest.mark.parametrize('config', D2_1X, ids=os.path.basename)
+# make test-fast: the two smallest releases (RS-Net, US-Net); make test: every 1x config
+@pytest.mark.parametrize('config', fast_subset(D2_1X, ['mask_rcnn_rs_resnet50_FPN_1x.yaml',
+                                                       'faster_rcnn_us_vgg16_bn_FPN_1x.yaml'], ids=os.path.basename))
 def test_1x_config_loads_converted_zoo_weights_with_zero_unmatched_keys(config, zoo_source, tmp_path):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import convert_weights

@@ -292,6 +292,7 @@ def rsnet_seg_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run
 @pytest.mark.parametrize('tool, config', [('tools/test_seg.py', ELASTIC_SEG), ('tools/test_det_mm.py', ELASTIC_DET)])
 def test_mm_test_tools_refuse_a_checkpoint_of_another_model(tmp_path, rsnet_seg_checkpoint, tool, config):
     if 'det' in tool and not HAS_MMDET:
@@ -304,6 +305,7 @@ def test_mm_test_tools_refuse_a_checkpoint_of_another_model(tmp_path, rsnet_seg_
     assert 'Iter(test)' not in out  # nothing was evaluated
 
 
+@pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run
 @pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
 def test_mm_resume_refuses_a_checkpoint_of_another_model(tmp_path, rsnet_seg_checkpoint):
     r = _run(['tools/train_seg.py', ELASTIC_SEG, '--work-dir', str(tmp_path / 'wd'), '--resume', rsnet_seg_checkpoint],
@@ -416,6 +418,7 @@ def test_pretrain_resume_refuses_a_corrupted_checkpoint(tmp_path):
         Trainer.resume(_T(), path)
 
 
+@pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run
 @pytest.mark.skipif(not HAS_MMSEG, reason='mmsegmentation not installed (tools/setup_env.sh installs it)')
 def test_mm_checkpoints_carry_digests_and_corrupted_ones_are_refused(tmp_path):
     import torch
@@ -480,6 +483,7 @@ def test_mm_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_path, share
     assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run
 @pytest.mark.skipif(not HAS_D2, reason='detectron2 not installed: build it from source (README, "Detectron2")')
 def test_detectron2_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_path, shared_dir):
     opts = ['MODEL.PIXEL_STD', '[0.0, 0.0, 0.0]', 'SOLVER.MAX_ITER', '2', 'SOLVER.CHECKPOINT_PERIOD', '1',

@@ -13,6 +13,7 @@ def _run(code, **env):
     return subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a new Python process
 def test_import_backbones_needs_only_torch():
     # block every framework: backbones must still import and build a model
     code = ("import sys\n"
@@ -32,6 +33,7 @@ def test_import_backbones_needs_only_torch():
     # ops compiled against another torch: the dynamic loader cannot resolve torch symbols
     ("ImportError('mmcv/_ext.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')", 'compiled against another torch'),
 ])
+@pytest.mark.slow  # a new Python process
 def test_broken_mmcv_gives_a_message_that_names_the_fix(error, expected):
     """A broken mmcv is reported with the fix, not with a stack trace deep inside mmseg."""
     pytest.importorskip('mmcv', reason='mmcv not installed: run bash tools/setup_env.sh')
@@ -56,6 +58,7 @@ def test_mm_environment_check_passes():
     assert 'mmcv 2.1' in summary and 'ops ok' in summary
 
 
+@pytest.mark.slow  # a new Python process
 def test_check_env_script_reports_ok():
     r = subprocess.run([sys.executable, 'tools/check_env.py', '--no-mm'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and '[ok] torch' in r.stdout

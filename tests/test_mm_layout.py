@@ -26,6 +26,7 @@ def _run(code, env=None):
                           env=e)
 
 
+@pytest.mark.slow  # a new Python process importing the frameworks
 def test_mmseg_only_environment_never_imports_mmdet():
     """With mmdet made unimportable, plugins.mm imports, registers the MMSeg pieces and trains a segmentor step."""
     proc = _run("""
@@ -57,6 +58,7 @@ print('HAS DETECTORS', hasattr(plugins.mm, 'detectors'))
     assert 'HAS DETECTORS False' in proc.stdout
 
 
+@pytest.mark.slow  # a new Python process
 def test_former_datasets_variable_fails_naming_the_new_one():
     proc = _run('import plugins.mm', env={'DYNSCALE_DATA': '/data'})
     assert proc.returncode != 0
@@ -67,6 +69,7 @@ def test_former_datasets_variable_fails_naming_the_new_one():
         check_datasets_variable({'DYNSCALE_DATA': '/x'})
 
 
+@pytest.mark.slow  # a new Python process
 def test_datasets_root_and_data_root_flag_reach_every_dataset_and_evaluator(tmp_path):
     from plugins.mm import cli
     det = osp.join(ROOT, 'det_configs', 'mmdet', 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py')

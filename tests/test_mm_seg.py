@@ -6,6 +6,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from conftest import fast_subset
 
 pytest.importorskip('mmseg', reason='mmsegmentation not installed: run bash tools/setup_env.sh')
 
@@ -458,9 +459,9 @@ def test_method_configs_run_in_runner(name, tmp_path):
         assert 'train/mred_kd' in hub.log_scalars
 
 
-@pytest.mark.parametrize('name', ['deeplabv3_densenet201-elastic-d16_1xb16-33k_voc12aug-513x513.py',
-                                  'deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py'],
-                         ids=['densenet201_elastic', 'dla60x_elastic'])
+@pytest.mark.parametrize('name', fast_subset(['deeplabv3_densenet201-elastic-d16_1xb16-33k_voc12aug-513x513.py',
+                                              'deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py'],
+                                             ['deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py']))
 def test_densenet_dla_configs_train_one_step(name, tmp_path):
     """Issue 20: the DenseNet-201+Elastic and DLA-X60+Elastic DeepLabV3 configs (OS 16) train one CPU iteration in
     the Runner (synthetic VOC, 65-pixel crops, random initialisation instead of the converted zoo file)."""
