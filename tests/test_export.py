@@ -57,11 +57,23 @@ def test_torchscript_export_matches_pytorch(tmp_path, name, flags):
     rep = _export(tmp_path, name, flags, 'torchscript')
     assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output'])
     assert isinstance(torch.jit.load(rep['path']), torch.jit.ScriptModule)
+    # frozen: every BN that follows a convolution is folded into it (all of them in MobileNet v2 and RS-Net)
+    assert rep['batchnorms_left'] < rep['batchnorms']
+    if name in ('us_mobilenet_v2', 'rs_resnet50'):
+        assert rep['batchnorms_left'] == 0
+
+
+def test_torchscript_no_freeze_keeps_the_batchnorm_layers(tmp_path):
+    torch.manual_seed(0)
+    rep = _export(tmp_path, 'rs_resnet50', ['--resolution', '128', '--input-size', '64'], 'torchscript',
+                  '--no-freeze')
+    assert rep['batchnorms_left'] == rep['batchnorms'] > 50
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output'])
 
 
 def test_slimmable_export_has_the_width_parameter_count(tmp_path):
     torch.manual_seed(0)
-    rep = _export(tmp_path, 'us_mobilenet_v2', ['--width', '0.35'], 'torchscript')
+    rep = _export(tmp_path, 'us_mobilenet_v2', ['--width', '0.35'], 'torchscript', '--no-freeze')
     from backbones.complexity import complexity
     full = complexity(backbones.create('us_mobilenet_v2'), input_size=64)
     assert rep['params'] < 0.6 * full['params']  # the static copy holds only the channels of width 0.35
@@ -111,3 +123,64 @@ def test_options_the_family_lacks_are_refused_before_reading(tmp_path, flags, ex
     ckpt.write_text('text')
     with pytest.raises(OptionNotApplicable, match=expect):
         export.parse_args([str(ckpt), '--format', 'onnx', *flags])
+
+
+# ------------------------------------------------------------------------------------ checkpoints trained here
+#: (model, pretraining method, extra pretrain flags, export flags): every family but the slimmable one, which
+#: tests/test_query_table.py trains (US-MobileNet v2, MutualNet) and exports the same way
+TRAINED = [
+    ('resnext50_elastic', 'standard', [], []),
+    ('densenet201_elastic', 'standard', [], []),
+    ('dla60x_elastic', 'standard', [], []),
+    ('rs_resnet18', 'rsnet', ['--resolutions', '48', '32'], ['--resolution', '32']),
+    ('sact_resnet50', 'sact', ['--tau', '0.01'], []),
+]
+
+
+@pytest.fixture(scope='module')
+def imagenette_trained(tmp_path_factory, shared_dir):
+    """model -> ``backbone.pth`` of a run of tools/pretrain.py on the shared Imagenette subset (one step of 4
+    images at 32x32: the weights and BN statistics are those of a trained file, not of the initialisation).  The
+    gradient norm is clipped: a randomly initialised DLA with 10 classes starts at a loss of 13-18 (its classifier
+    is initialised with std sqrt(2 / num_classes), the authors' fan-out rule) and one unclipped step at lr 0.05
+    drives its BN scales into the thousands, so that eval-mode outputs overflow."""
+    root = os.path.join(shared_dir, 'datasets', 'imagenette')
+    if not os.path.isfile(os.path.join(root, 'classes.txt')):
+        pytest.skip(f'Imagenette missing: expected {root}/classes.txt')
+    import pretrain
+    done = {}
+
+    def get(name, method, flags):
+        if name not in done:
+            out = tmp_path_factory.mktemp(name)
+            pretrain.main(['--data-path', root, '--output-dir', str(out), '--model', name, '--method', method,
+                           '--epochs', '1', '--batch-size', '4', '--max-train-samples', '4', '--max-val-samples',
+                           '4', '--train-crop-size', '32', '--val-resize-size', '36', '--val-crop-size', '32',
+                           '--workers', '0', '--lr', '0.05', '--clip-grad-norm', '1.0', '--no-tensorboard',
+                           '--no-final-eval', *flags])
+            done[name] = str(out / 'backbone.pth')
+        return done[name]
+    return get
+
+
+@pytest.mark.slow
+@needs_ort
+@pytest.mark.parametrize('fmt', ['onnx', 'torchscript'])
+@pytest.mark.parametrize('name, method, flags, export_flags', TRAINED, ids=[t[0] for t in TRAINED])
+def test_export_of_a_checkpoint_trained_on_imagenette(imagenette_trained, tmp_path, name, method, flags,
+                                                      export_flags, fmt):
+    """tools/export.py on the file tools/pretrain.py wrote: ONNX Runtime / TorchScript reproduce PyTorch (within
+    1e-4 relative plus the float32 rounding of PyTorch itself, which a one-step network with tiny BN variances
+    shows), and the parameter count is that of the configuration."""
+    import export
+
+    from backbones.complexity import complexity
+    ckpt = imagenette_trained(name, method, flags)
+    rep = export.main([ckpt, '--model', name, '--format', fmt, '--input-size', '32', '--dynamic-batch',
+                       '--out', str(tmp_path / f'net.{fmt}'), *export_flags])
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output']) + 4 * rep['float32_error']
+    assert rep['batchnorms_left'] < rep['batchnorms']  # folded where a BN follows a convolution
+    model = backbones.create(name, pretrained=ckpt).eval()
+    kw = {'resolution': 32} if name.startswith('rs_') else {}
+    batch = torch.randn(1, 3, 32, 32) if name.startswith('sact_') else None
+    assert rep['params'] == complexity(model, 32, batch=batch, **kw)['params']

@@ -13,7 +13,10 @@ Slimmable networks cannot switch channels inside ONNX / TensorRT (JiahuiYu/slimm
 position and halted positions are masked out: the outputs are exact, the data-dependent skipping that saves
 time is lost).  ONNX: the exporter folds every BatchNorm that follows a convolution into it (eval mode; equal up
 to float rounding); the others (pre-activation BNs of DenseNet and SACT's ResNet, an Elastic unit's ``bn3`` after
-the sum of its branches) stay ``BatchNormalization`` nodes.  TorchScript keeps the BN modules.
+the sum of its branches) stay ``BatchNormalization`` nodes.  TorchScript: the traced module is frozen
+(``torch.jit.freeze``: weights become constants and the same conv-BN folding runs); ``--no-freeze`` keeps the
+modules, parameters and BN layers (a file whose ``state_dict`` can still be loaded).  The tool prints how many
+BatchNorms were folded.
 
 The file takes ``[N, 3, H, W]`` normalised images at the exported resolution (``--resolution`` or 224) and
 returns the logits, or with ``--features`` the feature maps of ``out_indices`` (``stage1`` ...) that the
@@ -74,6 +77,9 @@ def parse_args(argv=None):
     ap.add_argument('--out', help='output file (default: <model>[_w<width>][_r<res>].onnx / .pt)')
     ap.add_argument('--opset', type=int, default=17, help='ONNX opset')
     ap.add_argument('--dynamic-batch', action='store_true', help='ONNX: the batch dimension is dynamic')
+    ap.add_argument('--no-freeze', action='store_true',
+                    help='TorchScript: keep modules, parameters and BN layers (default: torch.jit.freeze, which '
+                         'folds each BN that follows a convolution into it)')
     ap.add_argument('--features', action='store_true', help='export the feature maps (out_indices) instead')
     ap.add_argument('--out-indices', type=int, nargs='+', default=[0, 1, 2, 3], help='with --features')
     ap.add_argument('--batch', type=int, default=1, help='batch of the example input')
@@ -127,11 +133,14 @@ def _default_out(args):
     return stem + ('.onnx' if args.format == 'onnx' else '.pt')
 
 
-def export(wrapper, x, path, fmt, opset=17, dynamic_batch=False, names=('output',)):
-    """Write ``wrapper`` traced on ``x`` to ``path`` (``fmt`` ``'onnx'`` or ``'torchscript'``)."""
+def export(wrapper, x, path, fmt, opset=17, dynamic_batch=False, names=('output',), freeze=False):
+    """Write ``wrapper`` traced on ``x`` to ``path`` (``fmt`` ``'onnx'`` or ``'torchscript'``); with ``freeze``
+    (TorchScript) the traced module is frozen (``torch.jit.freeze``: constants, conv-BN folded)."""
     with torch.no_grad():
         if fmt == 'torchscript':
             traced = torch.jit.trace(wrapper, x, check_trace=False)
+            if freeze:
+                traced = torch.jit.freeze(traced.eval())
             traced.save(path)
             return
         axes = {n: {0: 'batch'} for n in ('input',) + tuple(names)} if dynamic_batch else None
@@ -148,6 +157,30 @@ def run_exported(path, fmt, x):
     import onnxruntime as ort
     sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     return [torch.from_numpy(o) for o in sess.run(None, {'input': x.numpy()})]
+
+
+def batchnorms_run(wrapper, x):
+    """Number of BatchNorm calls in one forward of ``wrapper`` on ``x`` (an RS-Net runs one private BN per layer,
+    a SACT network in dense form every unit's)."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in wrapper.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        with torch.no_grad():
+            wrapper(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(calls)
+
+
+def count_batchnorms(path, fmt):
+    """Number of BatchNorm operations left in an exported file (ONNX ``BatchNormalization`` nodes, TorchScript
+    ``aten::batch_norm`` calls of the inlined graph)."""
+    if fmt == 'torchscript':
+        return sum(1 for n in torch.jit.load(path).inlined_graph.nodes() if n.kind() == 'aten::batch_norm')
+    import onnx
+    return sum(1 for n in onnx.load(path).graph.node if n.op_type == 'BatchNormalization')
 
 
 def max_abs_diff(wrapper, path, fmt, x, wrapper64=None):
@@ -169,7 +202,8 @@ def max_abs_diff(wrapper, path, fmt, x, wrapper64=None):
 
 
 def main(argv=None):
-    """Export, verify and report; returns the report dict (``path``, ``max_abs_diff``, ``params``, ``macs``).
+    """Export, verify and report; returns the report dict (``path``, ``max_abs_diff``, ``params`` and ``macs`` of
+    the configuration, ``batchnorms`` run by PyTorch and ``batchnorms_left`` in the file).
 
     Raises:
         RuntimeError: the exported file differs from PyTorch by more than ``--tolerance``.
@@ -181,7 +215,7 @@ def main(argv=None):
     x = torch.randn(args.batch, 3, size, size, generator=g)
     path = args.out or _default_out(args)
     names = tuple(f'stage{i + 1}' for i in args.out_indices) if args.features else ('logits',)
-    export(wrapper, x, path, args.format, args.opset, args.dynamic_batch, names)
+    export(wrapper, x, path, args.format, args.opset, args.dynamic_batch, names, freeze=not args.no_freeze)
     checks = [x, torch.randn(args.batch + 1 if args.dynamic_batch or args.format == 'torchscript' else args.batch,
                              3, size, size, generator=g)]
     import copy
@@ -190,12 +224,14 @@ def main(argv=None):
     diff, scale, err32 = (max(d[i] for d in diffs) for i in range(3))
     from backbones.complexity import complexity
     c = complexity(model, input_size=size, batch=x[:1] if backbones.model_family(args.model) == 'sact' else None)
+    n_bn = batchnorms_run(wrapper, x)
+    bn_left = count_batchnorms(path, args.format)
     report = dict(path=path, max_abs_diff=diff, max_abs_output=scale, float32_error=err32, params=c['params'],
-                  macs=c['macs'], input_size=size)
+                  macs=c['macs'], input_size=size, batchnorms=n_bn, batchnorms_left=bn_left)
     print(f'wrote {path} ({args.format}, input [N, 3, {size}, {size}], outputs {", ".join(names)}): '
           f'{c["params"] / 1e6:.3f}M parameters, {c["macs"] / 1e9:.3f} GMACs per image; max |diff| against '
           f'PyTorch {diff:.2e} (outputs up to {scale:.2e}; PyTorch float32 itself is {err32:.2e} from float64) '
-          f'on {len(checks)} random batches')
+          f'on {len(checks)} random batches; {n_bn - bn_left} of {n_bn} BatchNorms folded into convolutions')
     if diff > args.tolerance * max(1.0, scale) + 4 * err32:
         raise RuntimeError(f'{path} differs from PyTorch by {diff:.2e} > --tolerance {args.tolerance:g} x '
                            f'max(1, max |output|) + 4 x the float32 error of PyTorch itself ({err32:.2e})')
