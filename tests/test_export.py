@@ -126,9 +126,11 @@ def test_options_the_family_lacks_are_refused_before_reading(tmp_path, flags, ex
 
 
 # ------------------------------------------------------------------------------------ checkpoints trained here
-#: (model, pretraining method, extra pretrain flags, export flags): every family but the slimmable one, which
-#: tests/test_query_table.py trains (US-MobileNet v2, MutualNet) and exports the same way
+#: (model, pretraining method, extra pretrain flags, export flags): every family (tests/test_query_table.py also
+#: exports its own MutualNet-trained US-MobileNet v2)
 TRAINED = [
+    ('us_mobilenet_v2', 'mutualnet', ['--widths', '0.35', '1.0', '--resolutions', '32', '--eval-widths', '1.0',
+                                      '--calib-batches', '1'], ['--width', '1.0']),
     ('resnext50_elastic', 'standard', [], []),
     ('densenet201_elastic', 'standard', [], []),
     ('dla60x_elastic', 'standard', [], []),
@@ -181,6 +183,6 @@ def test_export_of_a_checkpoint_trained_on_imagenette(imagenette_trained, tmp_pa
     assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output']) + 4 * rep['float32_error']
     assert rep['batchnorms_left'] < rep['batchnorms']  # folded where a BN follows a convolution
     model = backbones.create(name, pretrained=ckpt).eval()
-    kw = {'resolution': 32} if name.startswith('rs_') else {}
+    kw = {'resolution': 32} if name.startswith('rs_') else {'width': 1.0} if name.startswith('us_') else {}
     batch = torch.randn(1, 3, 32, 32) if name.startswith('sact_') else None
     assert rep['params'] == complexity(model, 32, batch=batch, **kw)['params']
