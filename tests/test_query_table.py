@@ -35,16 +35,19 @@ def test_parse_macs_and_budget_rules():
 
 
 @pytest.fixture(scope='module')
-def tiny_slimmable(tmp_path_factory):
-    """A US-MobileNet v2 trained one epoch by tools/pretrain.py (MutualNet) on 4 x 6 tiny images."""
+def tiny_slimmable(tmp_path_factory, shared_dir):
+    """A US-MobileNet v2 trained by tools/pretrain.py (MutualNet) for two steps on 8 images of the shared
+    Imagenette subset."""
     import pretrain
-    from test_pretrain import BASE, _make_folder
-    data = _make_folder(tmp_path_factory.mktemp('data'))
+    from test_pretrain import BASE
+    data = os.path.join(shared_dir, 'datasets', 'imagenette')
+    if not os.path.isfile(os.path.join(data, 'classes.txt')):
+        pytest.skip(f'Imagenette missing: expected {data}/classes.txt')
     out = tmp_path_factory.mktemp('run')
     pretrain.main(['--data-path', data, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v2',
                    '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '40', '32',
-                   '--train-crop-size', '40',
-                   '--max-train-samples', '8', '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
+                   '--train-crop-size', '40', '--max-train-samples', '8', '--max-val-samples', '8',
+                   '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
     return data, str(out / 'backbone.pth')
 
 
@@ -53,7 +56,8 @@ def test_query_table_of_a_trained_checkpoint(tiny_slimmable, tmp_path):
     out = tmp_path / 'qt'
     argv = [ckpt, '--model', 'us_mobilenet_v2', '--data-path', data, '--widths', '1.0', '0.5', '0.35',
             '--resolutions', '40', '32', '--batch', '2', '--repeats', '2', '--calib-batches', '1',
-            '--eval-batch-size', '4', '--workers', '0', '--threads', '1', '--out-dir', str(out),
+            '--eval-batch-size', '4', '--max-val-samples', '8', '--workers', '0', '--threads', '1',
+            '--out-dir', str(out),
             '--budget-macs', '3M']
     if HAS_ORT:
         argv.append('--onnx')
