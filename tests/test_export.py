@@ -186,3 +186,22 @@ def test_export_of_a_checkpoint_trained_on_imagenette(imagenette_trained, tmp_pa
     kw = {'resolution': 32} if name.startswith('rs_') else {'width': 1.0} if name.startswith('us_') else {}
     batch = torch.randn(1, 3, 32, 32) if name.startswith('sact_') else None
     assert rep['params'] == complexity(model, 32, batch=batch, **kw)['params']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('official, name, flags', [
+    ('parallel_resnet18', 'rs_resnet18', ['--resolution', '160', '--input-size', '64']),
+    ('us_mobilenet_v2', 'us_mobilenet_v2', ['--width', '0.5', '--input-size', '64']),
+], ids=['rsnets', 'usnets'])
+def test_export_of_an_official_release_file(tmp_path, official, name, flags):
+    """A file in the authors' own container (RS-Nets ``parallel_resnet18``, US-Nets ``us_mobilenet_v2``) exports
+    directly: its private BN of 160 px / its stored statistics of width 0.5."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from official_files import MANIFEST_DIR, write_official
+    if not os.path.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    path = write_official(official, str(tmp_path / f'{official}.pth.tar'))[0]
+    import export
+    rep = export.main([path, '--model', name, '--format', 'torchscript', '--out', str(tmp_path / 'net.pt'), *flags])
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output']) + 4 * rep['float32_error']
+    assert rep['batchnorms_left'] == 0  # every BN of these networks follows a convolution
