@@ -6,7 +6,8 @@
 _base_ = ['./_base_/models/deeplabv3_elastic-resnext50-d16.py', './_base_/datasets/voc12_aug.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_elastic-voc_33k.py']
 model = dict(
-    data_preprocessor=dict(size=(513, 513)),
+    # timm resnetv2_50.a1h_in1k expects RGB normalised with mean = std = 0.5 (its pretrained_cfg)
+    data_preprocessor=dict(size=(513, 513), mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
     type='SACTEncoderDecoder',
     tau=0.005,
     backbone=dict(_delete_=True, type='SACTResNet', arch='sact_resnet50', out_indices=(0, 1, 2, 3),

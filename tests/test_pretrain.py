@@ -596,3 +596,102 @@ def test_rsnet_validation_resize_side_is_truncated_as_the_authors_do():
     from PIL import Image
     outs = tf(Image.new('RGB', (300, 200)))
     assert [tuple(o.shape[-2:]) for o in outs] == [(s, s) for s in (224, 192, 160, 128, 96)]
+
+
+# ------------------------------------------------------------------ --evaluate: each origin's inputs and logits
+def _imagenette_val_images(root):
+    """Every image of the Imagenette val split as an RGB PIL image, in ImageFolder order."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    return [Image.open(p).convert('RGB') for p, _ in ImageFolder(os.path.join(root, 'val')).samples]
+
+
+def _evaluate_capturing(argv, monkeypatch):
+    """Run ``tools/pretrain.py --evaluate`` in this process, capturing the ``(input, logits)`` of every evaluated
+    image (a forward hook on the model ``backbones.create`` returns); returns ``(rows, inputs, logits)``."""
+    seen = []
+    create = backbones.create
+
+    def create_and_hook(*a, **k):
+        model = create(*a, **k)
+        model.register_forward_hook(lambda m, inp, out: seen.append((inp[0].detach().clone(),
+                                                                     out.detach().clone())))
+        return model
+    monkeypatch.setattr(backbones, 'create', create_and_hook)
+    rows = pretrain.main(argv)
+    monkeypatch.setattr(backbones, 'create', create)
+    n = rows[0]['n']  # the evaluated images come first; a MACs count on a dummy input may follow
+    return rows, torch.cat([s[0] for s in seen])[:n], torch.cat([s[1] for s in seen])[:n]
+
+
+def _check_against_reference(inputs, logits, reference_inputs, reference_model, rtol=1e-4):
+    """Each evaluated input equals (exactly) one input of the origin's preprocessing; the logits equal the
+    reference model's on it."""
+    flat = reference_inputs.flatten(1)
+    for x, y in zip(inputs, logits):
+        hits = (flat == x.flatten()).all(1).nonzero().flatten().tolist()
+        assert hits, 'an evaluated input differs from every input of the origin\'s preprocessing'
+        with torch.no_grad():
+            ref = reference_model(reference_inputs[hits[0]:hits[0] + 1])[0]
+        torch.testing.assert_close(y, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
+
+
+@pytest.mark.slow
+def test_evaluate_timm_file_uses_its_pretrained_cfg(shared_dir, tmp_path, monkeypatch):
+    """timm ``resnetv2_50.a1h_in1k``: bicubic Resize 235 -> CenterCrop 224, mean = std = 0.5 -- the inputs timm's
+    own ``create_transform(resolve_data_config(model))`` makes, and the logits of timm's own model."""
+    timm = pytest.importorskip('timm', reason='timm not installed (the dev extra)')
+    from safetensors.torch import save_file
+    from timm.data import create_transform, resolve_data_config
+    root = _imagenette_slice(shared_dir)
+    torch.manual_seed(0)
+    ref = timm.create_model('resnetv2_50.a1h_in1k', pretrained=False).eval()
+    path = str(tmp_path / 'resnetv2_50.a1h_in1k.safetensors')
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '4']
+    args = pretrain.parse_args(argv)
+    assert (args.interpolation, args.val_resize_size, args.val_crop_size) == ('bicubic', 235, 224)
+    rows, inputs, logits = _evaluate_capturing(argv, monkeypatch)
+    assert len(rows) == 1 and inputs.shape == (4, 3, 224, 224)
+    tf = create_transform(**resolve_data_config({}, model=ref))
+    reference = torch.stack([tf(im) for im in _imagenette_val_images(root)])
+    _check_against_reference(inputs, logits, reference, ref)
+
+
+@pytest.mark.slow
+def test_evaluate_torchvision_file_uses_its_weights_transforms(shared_dir, tmp_path, monkeypatch):
+    """torchvision ``resnext50_32x4d`` IMAGENET1K_V1: the inputs of the weights' own ``transforms()`` (bilinear
+    Resize 256 -> CenterCrop 224, ImageNet mean/std) and the logits of torchvision's own model."""
+    import torchvision
+    root = _imagenette_slice(shared_dir)
+    torch.manual_seed(0)
+    ref = torchvision.models.resnext50_32x4d().eval()
+    path = str(tmp_path / 'resnext50_32x4d-7cdf4587.pth')
+    torch.save(ref.state_dict(), path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '4']
+    rows, inputs, logits = _evaluate_capturing(argv, monkeypatch)
+    assert len(rows) == 1 and inputs.shape == (4, 3, 224, 224)
+    tf = torchvision.models.ResNeXt50_32X4D_Weights.IMAGENET1K_V1.transforms()
+    reference = torch.stack([tf(im) for im in _imagenette_val_images(root)])
+    _check_against_reference(inputs, logits, reference, ref)
+
+
+@pytest.mark.slow
+def test_evaluate_elastic_release_uses_the_authors_steps(shared_dir, tmp_path, monkeypatch):
+    """allenai/elastic ``resnext50_elastic``: its README's evaluation written out -- Resize(256) (bilinear) ->
+    CenterCrop(224) -> ToTensor -> Normalize(ImageNet mean/std) -- gives exactly the evaluated inputs; the logits
+    are the model's on them (one BN per layer: nothing to choose)."""
+    from torchvision import transforms
+    root = _imagenette_slice(shared_dir)
+    path = _official('resnext50_elastic', tmp_path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '4']
+    rows, inputs, logits = _evaluate_capturing(argv, monkeypatch)
+    assert len(rows) == 1 and inputs.shape == (4, 3, 224, 224)
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    reference = torch.stack([tf(im) for im in _imagenette_val_images(root)])
+    model = backbones.create('resnext50_elastic', pretrained=path).eval()
+    _check_against_reference(inputs, logits, reference, model)

@@ -427,6 +427,14 @@ def test_timm_weights_give_the_same_logits(arch, name, tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
     model = backbones.create(name, pretrained=path).eval()
     assert model.pretrained_meta['origin'] == 'timm'
+    # inputs and evaluation as the zoo tag's timm pretrained_cfg says (timm 1.0): bicubic, crop_pct 0.875, or for
+    # resnetv2 *.a1h_in1k crop_pct 0.95 with mean = std = 0.5
+    tag = {'seresnext50_32x4d': 'racm_in1k', 'resnext101_32x4d': 'gluon_in1k'}.get(arch, 'a1h_in1k')
+    cfg = timm.models.get_pretrained_cfg(f'{arch}.{tag}')
+    assert model.pixel_mean == pytest.approx(cfg.mean) and model.pixel_std == pytest.approx(cfg.std)
+    from backbones.pretrained import PROTOCOL_TRANSFORMS
+    tf = PROTOCOL_TRANSFORMS[model.pretrained_meta['eval_protocol']]
+    assert (tf['interpolation'], tf['crop_pct']) == (cfg.interpolation, cfg.crop_pct)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         want = ref(x)

@@ -24,10 +24,12 @@ already name it; a missing file makes them print the command below).  Generated 
 
 * **top-1**: what the origin states for exactly that release (its README, or the paper table the README points
   to), on the ImageNet validation set with the origin's protocol; `tools/pretrain.py --evaluate --pretrained FILE
-  --data-path IMAGENET` runs that protocol (Elastic / torchvision / timm: resize 256, centre crop 224;
-  US-Nets: stored per-width BN statistics; MutualNet: the 224 crop resized with `align_corners=True`, BN
-  recalibrated on 9 training batches of 1024 images per point (the authors' ComputePostBN), at the points the
-  row lists (`--eval-points` to choose others); RS-Nets: resize s/0.875, crop s, no normalisation).
+  --data-path IMAGENET` runs that protocol (Elastic / torchvision: bilinear resize 256, centre crop 224; timm:
+  the file's `pretrained_cfg`, bicubic resize 224/crop_pct with crop_pct 0.875, or 0.95 and mean = std = 0.5 for
+  `resnetv2_*.a1h_in1k`; US-Nets: stored per-width BN statistics; MutualNet: the 224 crop resized with
+  `align_corners=True`, BN recalibrated on 9 training batches of 1024 images per point (the authors'
+  ComputePostBN), at the points the row lists (`--eval-points` to choose others); RS-Nets: resize s/0.875, crop
+  s, no normalisation).
 * **params / MACs**: `backbones.complexity` (conv + linear MACs at 224x224, batch 1; slimmable models at the max
   width, SACT at its dense upper bound).
 * **convert**: `tools/convert_weights.py` reads the download as it comes (zip-wrapped `.pt.zip`, `module.`

@@ -6,11 +6,11 @@ pretrained=PATH)``, :func:`convert` (used by ``tools/convert_weights.py``) and :
 """
 from .files import CheckpointFileError, SourceFile, read_source
 from .loader import SOURCES, LoadReport, convert, create_pretrained, identify, load_pretrained, load_state
-from .normalization import IMAGENET, UNIT_RANGE, InputNormalization
-from .release import PROTOCOLS, Release, UnsupportedCheckpointError
+from .normalization import IMAGENET, INCEPTION, UNIT_RANGE, InputNormalization
+from .release import PROTOCOL_TRANSFORMS, PROTOCOLS, Release, UnsupportedCheckpointError
 from .zoo import ZOO, ZooEntry, convert_command, entry_for_file, missing_file_message, zoo_entry
 
 __all__ = ['CheckpointFileError', 'SourceFile', 'read_source', 'SOURCES', 'LoadReport', 'convert', 'create_pretrained',
-           'identify', 'load_pretrained', 'load_state', 'IMAGENET', 'UNIT_RANGE', 'InputNormalization', 'PROTOCOLS',
-           'Release', 'UnsupportedCheckpointError', 'ZOO', 'ZooEntry', 'convert_command', 'entry_for_file',
-           'missing_file_message', 'zoo_entry']
+           'identify', 'load_pretrained', 'load_state', 'IMAGENET', 'INCEPTION', 'UNIT_RANGE', 'InputNormalization',
+           'PROTOCOLS', 'PROTOCOL_TRANSFORMS', 'Release', 'UnsupportedCheckpointError', 'ZOO', 'ZooEntry',
+           'convert_command', 'entry_for_file', 'missing_file_message', 'zoo_entry']

@@ -10,7 +10,7 @@ the normalisation into every checkpoint's metadata on the 0-255 scale the framew
 """
 from dataclasses import dataclass
 
-__all__ = ['InputNormalization', 'IMAGENET', 'UNIT_RANGE']
+__all__ = ['InputNormalization', 'IMAGENET', 'UNIT_RANGE', 'INCEPTION']
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,13 @@ class InputNormalization:
             (f': {self.description}' if self.description else '')
 
 
-#: ToTensor then Normalize(ImageNet mean/std): allenai/elastic, US-Nets, MutualNet, torchvision, timm
+#: ToTensor then Normalize(ImageNet mean/std): allenai/elastic, US-Nets, MutualNet, torchvision, most timm weights
 IMAGENET = InputNormalization((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), 'RGB',
                               'RGB in [0, 1] normalised with the ImageNet mean/std')
 #: ToTensor only: yikaiw/RS-Nets' PyTorch pipeline
 UNIT_RANGE = InputNormalization((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), 'RGB',
                                 'unnormalised RGB in [0, 1] (RS-Nets: ToTensor without Normalize)')
+#: ToTensor then Normalize(0.5, 0.5): timm's IMAGENET_INCEPTION_MEAN/STD, the ``pretrained_cfg`` of
+#: ``resnetv2_50.a1h_in1k`` / ``resnetv2_101.a1h_in1k`` (timm 1.0)
+INCEPTION = InputNormalization((127.5, 127.5, 127.5), (127.5, 127.5, 127.5), 'RGB',
+                               'RGB in [0, 1] normalised with mean = std = 0.5 (timm IMAGENET_INCEPTION_MEAN/STD)')

@@ -19,6 +19,11 @@ resnetv2_50 / 101 (timm)    preact_resnet50/101, act_* and sact_*: the pre-activ
                             ResNet"); the halting branches keep their initialisation (bias -3)
 ==========================  ================================================================================
 
+Inputs and evaluation follow the origin: torchvision files use the ImageNet mean/std and Resize 256 (bilinear) ->
+CenterCrop 224; the timm files of the model zoo follow their ``pretrained_cfg`` (timm 1.0): bicubic, ``crop_pct``
+0.875 (``seresnext50_32x4d.racm_in1k``, ``resnext101_32x4d.gluon_in1k``) or 0.95 with mean = std = 0.5
+(``resnetv2_50/101.a1h_in1k``) -- :data:`_TIMM_EVAL`.
+
 Slimmable targets receive statistics for width 1.0 only; the other widths are *uncalibrated* (no stored
 statistics: evaluating them raises the ``calibrate_bn`` error until they are calibrated).  A dense file
 offered to another architecture (e.g. torchvision ResNeXt-50 into ``resnext50_elastic``) is refused with
@@ -27,6 +32,7 @@ the model it fits (:meth:`backbones.pretrained.release.Release.check_target`).
 import re
 
 from ..slimmable.ops import config_key
+from .normalization import IMAGENET, INCEPTION
 from .release import Release, count_blocks, strip_module
 
 TARGETS = {
@@ -43,6 +49,14 @@ TARGETS = {
 }
 _TIMM_ONLY = ('seresnext50_32x4d', 'resnext101_32x4d', 'resnetv2_50', 'resnetv2_101')
 _SLIMMABLE = ('us_resnet50', 'us_vgg16_bn', 'us_mobilenet_v2')
+#: (evaluation protocol, input normalisation) of the timm-only architectures, from the pretrained_cfg of the model
+#: zoo's tags (timm 1.0 ``get_pretrained_cfg``); torchvision files keep resize256-crop224 and IMAGENET
+_TIMM_EVAL = {
+    'seresnext50_32x4d': ('timm-bicubic-crop0.875', IMAGENET),
+    'resnext101_32x4d': ('timm-bicubic-crop0.875', IMAGENET),
+    'resnetv2_50': ('timm-bicubic-crop0.95', INCEPTION),
+    'resnetv2_101': ('timm-bicubic-crop0.95', INCEPTION),
+}
 
 
 def _resnet_name(sd, p):
@@ -109,9 +123,10 @@ def identify(src, origin=None):
     num_classes = sd[cls[-1]].shape[0] if cls else 0
     org = origin or ('timm' if arch in _TIMM_ONLY else 'torchvision')
     per_model = {m: {'width_list': (1.0,)} for m in _SLIMMABLE}
+    protocol, normalization = _TIMM_EVAL.get(arch, ('resize256-crop224', IMAGENET))
     return Release(origin=org, name=arch, models=TARGETS[arch], num_classes=num_classes,
                    convert=convert_resnetv2 if arch.startswith('resnetv2') else convert,
-                   per_model_kwargs=per_model,
+                   per_model_kwargs=per_model, protocol=protocol, normalization=normalization,
                    meta={'dense_source': arch,
                          'stored_bn_configs_note': 'width 1.0 only (dense weights)' if arch in
                          ('resnet50', 'vgg16_bn', 'mobilenet_v2') else None})

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from ..checkpoint import CheckpointMismatchError
 from .normalization import IMAGENET
 
-__all__ = ['Release', 'UnsupportedCheckpointError', 'strip_module', 'count_blocks', 'PROTOCOLS']
+__all__ = ['Release', 'UnsupportedCheckpointError', 'strip_module', 'count_blocks', 'PROTOCOLS',
+           'PROTOCOL_TRANSFORMS']
 
 #: evaluation protocols of the origins (``tools/pretrain.py --evaluate`` runs them)
 PROTOCOLS = {
@@ -23,6 +24,18 @@ PROTOCOLS = {
                              'recalibrated per (width, r) on 9 training batches (MutualNet ComputePostBN)',
     'rsnet-multires': 'per resolution s: Resize int(s / 0.875) -> CenterCrop s, no normalisation, private BN of s '
                       '(yikaiw/RS-Nets validate)',
+    'timm-bicubic-crop0.875': 'Resize int(224 / 0.875) = 256 bicubic -> CenterCrop 224 -> normalise (timm '
+                              'pretrained_cfg of seresnext50_32x4d.racm_in1k, resnext101_32x4d.gluon_in1k)',
+    'timm-bicubic-crop0.95': 'Resize int(224 / 0.95) = 235 bicubic -> CenterCrop 224 -> normalise with mean = std '
+                             '= 0.5 (timm pretrained_cfg of resnetv2_50 / resnetv2_101 .a1h_in1k)',
+}
+
+#: what a protocol sets in the evaluation transform: interpolation and crop_pct (the resize side of a crop s is
+#: ``int(s / crop_pct)``, as timm's ``transforms_factory`` computes it); protocols not listed keep the tool's
+#: defaults (bilinear, Resize 256 -> CenterCrop 224)
+PROTOCOL_TRANSFORMS = {
+    'timm-bicubic-crop0.875': {'interpolation': 'bicubic', 'crop_pct': 0.875},
+    'timm-bicubic-crop0.95': {'interpolation': 'bicubic', 'crop_pct': 0.95},
 }
 
 

@@ -7,12 +7,16 @@ learning: the method's own rule over widths and resolutions, a new classifier):
 ==========================  ==========  ==========================================================================
 protocol                    method      evaluation
 ==========================  ==========  ==========================================================================
-``resize256-crop224``       standard    Resize 256 -> CenterCrop 224 (allenai/elastic, torchvision, timm)
+``resize256-crop224``       standard    Resize 256 -> CenterCrop 224 (allenai/elastic, torchvision)
                             (sact for SACT models, usnet for slimmable targets of dense weights)
 ``usnet-stored``            usnet       every stored width with its stored statistics (no calibration)
 ``mutualnet-recalibrate``   mutualnet   widths x {224, 192, 160, 128}, the 224 crop resized (align_corners=True),
                                         BN recalibrated on 9 training batches per point
 ``rsnet-multires``          rsnet       Resize s / 0.875 -> CenterCrop s per resolution, unnormalised, private BN
+``timm-bicubic-crop0.875``  standard    bicubic Resize int(224 / 0.875) = 256 -> CenterCrop 224 (timm SE-ResNeXt50,
+                                        ResNeXt101 32x4d)
+``timm-bicubic-crop0.95``   sact /      bicubic Resize int(224 / 0.95) = 235 -> CenterCrop 224, mean = std = 0.5
+                            standard    (timm ResNetV2 a1h: the SACT / pre-activation bases)
 ==========================  ==========  ==========================================================================
 
 Flags given on the command line always win over these defaults.  ImageNet class indices: a 1000-class
@@ -23,7 +27,7 @@ import os
 import re
 
 import backbones
-from backbones.pretrained import identify, read_source
+from backbones.pretrained import PROTOCOL_TRANSFORMS, identify, read_source
 
 __all__ = ['pretrained_info', 'apply_pretrained_defaults', 'imagenet_index_map', 'parse_eval_point']
 
@@ -99,6 +103,12 @@ def apply_pretrained_defaults(args, log=print):
         args.resolutions = list(meta['resolutions'])
     if protocol == 'rsnet-multires' and 'val_resize_mode' not in explicit:
         args.val_resize_mode = 'crop'
+    tf = PROTOCOL_TRANSFORMS.get(protocol)
+    if tf:  # timm: the file's pretrained_cfg interpolation and crop_pct
+        if 'interpolation' not in explicit:
+            args.interpolation = tf['interpolation']
+        if 'val_resize_size' not in explicit:
+            args.val_resize_size = int(args.val_crop_size / tf['crop_pct'])
     log(f'--pretrained {args.pretrained}: {meta.get("origin", "dynscale")} weights for {args.model} '
         f'({file_classes or "no"} classes), protocol {protocol}, method {args.method}')
     return model, file_classes, protocol, meta

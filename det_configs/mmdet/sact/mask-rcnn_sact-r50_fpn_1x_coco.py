@@ -22,6 +22,9 @@ pretrained = 'checkpoints/sact_resnet50_timm_a1h_in1k.pth'
 model = dict(
     type='SACTTwoStageDetector',
     ponder_tau=0.005,
+    # timm resnetv2 *.a1h_in1k expects RGB normalised with mean = std = 0.5 (its pretrained_cfg; the converted file
+    # carries it and InputNormalizationHook refuses another)
+    data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
     backbone=dict(
         _delete_=True,
         type='SACTResNet',
