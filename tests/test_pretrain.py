@@ -606,27 +606,33 @@ def _imagenette_val_images(root):
     return [Image.open(p).convert('RGB') for p, _ in ImageFolder(os.path.join(root, 'val')).samples]
 
 
-def _evaluate_capturing(argv, monkeypatch):
+def _evaluate_capturing(argv, monkeypatch, batches=False):
     """Run ``tools/pretrain.py --evaluate`` in this process, capturing the ``(input, logits)`` of every evaluated
-    image (a forward hook on the model ``backbones.create`` returns); returns ``(rows, inputs, logits)``."""
+    image (a forward hook on the model ``backbones.create`` returns); returns ``(rows, inputs, logits)``, or with
+    ``batches`` ``(rows, [(inputs, logits), ...])`` per forward (resolutions differ).  The all-zero dummy input the
+    MACs count runs is left out."""
     seen = []
     create = backbones.create
 
+    def hook(m, inp, out):
+        if inp[0].abs().sum() > 0:
+            seen.append((inp[0].detach().clone(), out.detach().clone()))
+
     def create_and_hook(*a, **k):
         model = create(*a, **k)
-        model.register_forward_hook(lambda m, inp, out: seen.append((inp[0].detach().clone(),
-                                                                     out.detach().clone())))
+        model.register_forward_hook(hook)
         return model
     monkeypatch.setattr(backbones, 'create', create_and_hook)
     rows = pretrain.main(argv)
     monkeypatch.setattr(backbones, 'create', create)
-    n = rows[0]['n']  # the evaluated images come first; a MACs count on a dummy input may follow
-    return rows, torch.cat([s[0] for s in seen])[:n], torch.cat([s[1] for s in seen])[:n]
+    if batches:
+        return rows, seen
+    return rows, torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
 
 
 def _check_against_reference(inputs, logits, reference_inputs, reference_model, rtol=1e-4):
-    """Each evaluated input equals (exactly) one input of the origin's preprocessing; the logits equal the
-    reference model's on it."""
+    """Each evaluated input equals (exactly) one input of the origin's preprocessing ``[M, 3, H, W]``; the logits
+    equal ``reference_model``'s on it."""
     flat = reference_inputs.flatten(1)
     for x, y in zip(inputs, logits):
         hits = (flat == x.flatten()).all(1).nonzero().flatten().tolist()
@@ -695,3 +701,47 @@ def test_evaluate_elastic_release_uses_the_authors_steps(shared_dir, tmp_path, m
     reference = torch.stack([tf(im) for im in _imagenette_val_images(root)])
     model = backbones.create('resnext50_elastic', pretrained=path).eval()
     _check_against_reference(inputs, logits, reference, model)
+
+
+@pytest.mark.slow
+def test_evaluate_rsnets_release_feeds_each_resolution_its_own_inputs_and_bn(shared_dir, tmp_path, monkeypatch):
+    """yikaiw/RS-Nets ``parallel_resnet18``: per resolution s, its validate steps written out -- Resize(int(s /
+    0.875)) -> CenterCrop(s) -> ToTensor, no Normalize -- give exactly the evaluated inputs, and the logits are
+    those of the private BN of s."""
+    from torchvision import transforms
+    root = _imagenette_slice(shared_dir)
+    path = _official('parallel_resnet18', tmp_path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '2']
+    rows, seen = _evaluate_capturing(argv, monkeypatch, batches=True)
+    model = backbones.create('rs_resnet18', pretrained=path).eval()
+    images = _imagenette_val_images(root)
+    sizes = sorted({x.shape[-1] for x, _ in seen}, reverse=True)
+    assert sizes == [224, 192, 160, 128, 96]
+    for s in sizes:
+        tf = transforms.Compose([transforms.Resize(int(s / 0.875)), transforms.CenterCrop(s), transforms.ToTensor()])
+        reference = torch.stack([tf(im) for im in images])
+        model.set_resolution(s)
+        for x, y in seen:
+            if x.shape[-1] == s:
+                _check_against_reference(x, y, reference, model)
+
+
+@pytest.mark.slow
+def test_evaluate_usnets_release_uses_the_stored_statistics_of_each_width(shared_dir, tmp_path, monkeypatch):
+    """JiahuiYu/slimmable_networks ``us_mobilenet_v2``: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize
+    (ImageNet) as its test_only transform, at each stored width with that width's stored BN statistics."""
+    from torchvision import transforms
+    root = _imagenette_slice(shared_dir)
+    path = _official('us_mobilenet_v2', tmp_path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '2', '--eval-widths', '1.0', '0.35']
+    rows, seen = _evaluate_capturing(argv, monkeypatch, batches=True)
+    assert [r['width'] for r in rows] == [1.0, 0.35] and len(seen) == 2
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    reference = torch.stack([tf(im) for im in _imagenette_val_images(root)])
+    model = backbones.create('us_mobilenet_v2', pretrained=path).eval()
+    for (x, y), width in zip(seen, (1.0, 0.35)):
+        with model.width_context(width):
+            _check_against_reference(x, y, reference, model)
