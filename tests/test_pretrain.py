@@ -610,12 +610,13 @@ def _evaluate_capturing(argv, monkeypatch, batches=False):
     """Run ``tools/pretrain.py --evaluate`` in this process, capturing the ``(input, logits)`` of every evaluated
     image (a forward hook on the model ``backbones.create`` returns); returns ``(rows, inputs, logits)``, or with
     ``batches`` ``(rows, [(inputs, logits), ...])`` per forward (resolutions differ).  The all-zero dummy input the
-    MACs count runs is left out."""
+    MACs count runs and the training-mode forwards of BN calibration are left out."""
     seen = []
     create = backbones.create
 
     def hook(m, inp, out):
-        if inp[0].abs().sum() > 0:
+        calibrating = any(b.training for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm))
+        if inp[0].abs().sum() > 0 and not calibrating:  # not the MACs dummy, not a BN calibration batch
             seen.append((inp[0].detach().clone(), out.detach().clone()))
 
     def create_and_hook(*a, **k):
@@ -745,3 +746,28 @@ def test_evaluate_usnets_release_uses_the_stored_statistics_of_each_width(shared
     for (x, y), width in zip(seen, (1.0, 0.35)):
         with model.width_context(width):
             _check_against_reference(x, y, reference, model)
+
+
+@pytest.mark.slow
+def test_evaluate_mutualnet_release_resizes_the_224_crop_to_each_point(shared_dir, tmp_path, monkeypatch):
+    """taoyang1122/MutualNet ``mutualnet_mobilenet_v1``: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize,
+    then the 224 crop resized to r with bilinear ``align_corners=True`` (its test loop), at the zoo row's points.
+    The logits depend on the BN statistics recalibrated inside the run, so only the inputs are compared here
+    (test_evaluate_pretrained_mutualnet_recalibrates_every_point checks the calibration)."""
+    import torch.nn.functional as F
+    from torchvision import transforms
+    root = _imagenette_slice(shared_dir)
+    path = _official('mutualnet_mobilenet_v1', tmp_path)
+    argv = ['--data-path', root, '--output-dir', str(tmp_path / 'ev'), '--pretrained', path, *EVAL,
+            '--max-val-samples', '2', '--calib-batches', '1']
+    rows, seen = _evaluate_capturing(argv, monkeypatch, batches=True)
+    points = [(r['width'], r['resolution']) for r in rows]
+    assert points == [(1.0, 224), (1.0, 192), (0.5, 160), (0.25, 128)] and len(seen) == len(points)
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    crops = torch.stack([tf(im) for im in _imagenette_val_images(root)])
+    for (x, _), (_, r) in zip(seen, points):
+        reference = crops if r == 224 else F.interpolate(crops, size=(r, r), mode='bilinear', align_corners=True)
+        flat = reference.flatten(1)
+        for xi in x:
+            assert (flat == xi.flatten()).all(1).any(), f'an input at {r} px differs from the reference'
