@@ -535,3 +535,74 @@ default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
     assert 'Iter(train) [2/2]' in out
     assert 'SyncBN layers run as BN' in out
     assert glob.glob(str(tmp_path / 'work' / 'iter_2.pth'))
+
+
+# ------------------------------------------------------------------ fine-tune from the released weights (issue 22)
+#: the VOC DeepLabV3 config of each released family whose zoo row it names (RS-Net's trains at 513 / 321 / 129 px,
+#: beyond a CPU suite; its private-BN mapping is tested in test_rsnet / test_model_zoo)
+FINETUNE = ['deeplabv3_elastic-resnext50-d16-mg124_1xb16-33k_voc12aug-513x513.py',
+            'deeplabv3_densenet201-elastic-d16_1xb16-33k_voc12aug-513x513.py',
+            'deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py',
+            'deeplabv3_us-mobilenetv2-d16_mutualnet-4net_1xb16-33k_voc12aug-513x513.py',
+            'deeplabv3_sact-resnet50-d16-mg124_1xb16-33k_voc12aug-513x513.py']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', FINETUNE, ids=lambda n: n.split('_')[1])
+def test_config_fine_tunes_from_its_released_file_on_the_voc_subset(name, tmp_path, shared_dir):
+    """The documented path of a user with a download: ``tools/convert_weights.py <download> checkpoints/<row>.pth
+    --model M`` on a file in the origin's container (random weights, from the manifests), then the config as
+    shipped starting from it (strict: any unmatched key raises; InputNormalizationHook checks the config's
+    mean/std against the file), four iterations on the same two shared VOC images at 97x97: finite loss that
+    falls."""
+    torch.set_num_threads(1)
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    import convert_weights
+    from mmengine.runner import Runner
+    from official_files import MANIFEST_DIR, write_zoo_source
+
+    from backbones.pretrained import ZOO, entry_for_file
+    from plugins.mm.cli import set_data_root
+    if not osp.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    cfg = Config.fromfile(osp.join(ROOT, 'seg_configs', name))
+    entry = entry_for_file(cfg.model.backbone.init_cfg.checkpoint)
+    assert entry is not None, 'the config names no model-zoo file'
+    src = write_zoo_source(ZOO[entry.key], str(tmp_path))
+    converted = str(tmp_path / osp.basename(cfg.model.backbone.init_cfg.checkpoint))
+    assert convert_weights.main([src, converted, '--model', entry.model]) == 0
+    cfg.model.backbone.init_cfg.checkpoint = converted
+    set_data_root(cfg, osp.join(shared_dir, 'datasets'))
+    voc = osp.join(shared_dir, 'datasets', 'VOCdevkit', 'VOC2012')
+    with open(osp.join(voc, 'ImageSets', 'Segmentation', 'train.txt')) as f:
+        (tmp_path / 'two.txt').write_text(''.join(f.readlines()[:2]))
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.randomness = dict(seed=0)
+    for part in (cfg.model.backbone, cfg.model.decode_head, cfg.model.get('auxiliary_head') or {}):
+        if part.get('norm_cfg', {}).get('type') == 'SyncBN':
+            part.norm_cfg = dict(type='BN', requires_grad=True)  # one process
+    cfg.train_dataloader = dict(
+        batch_size=2, num_workers=0, persistent_workers=False, sampler=dict(type='InfiniteSampler', shuffle=False),
+        dataset=dict(type='VOCSegDataset', data_root=voc, ann_file=str(tmp_path / 'two.txt'),
+                     data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'),
+                     pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                               dict(type='Resize', scale=(97, 97), keep_ratio=False), dict(type='PackSegInputs')]))
+    cfg.model.data_preprocessor.size = (97, 97)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=100)
+    cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
+    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
+    cfg.param_scheduler = []
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'BNCalibrationHook']
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
+    cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    report = runner.model.backbone.pretrained_report
+    assert report is not None and report.loaded > 0, 'the converted file was not loaded'
+    assert not (report.missing or report.unexpected or report.shape_mismatch), report.summary()
+    losses = [float(v) for v in runner.message_hub.get_scalar('train/loss').data[0]]
+    assert len(losses) == 4 and np.isfinite(losses).all(), losses
+    assert losses[-1] < losses[0], losses

@@ -380,6 +380,23 @@ class DynscaleBackbone(BaseModule):
                                           f'{self.model.family!r}: pick the checkpoint exported for this variant')
         print_log(f'{type(self).__name__}({self.arch}): {ckpt}: {report.summary()}', logger='current')
         self.pretrained_report = report
+        self._register_loaded_modules(ckpt)
+
+    def _register_loaded_modules(self, ckpt):
+        """Loading may create modules (a slimmable release's stored per-width BN statistics); inside MMEngine's
+        top-level ``init_weights`` every module shares one ``_params_init_info`` table, which it reads for every
+        parameter and then deletes from every module: give the new modules and parameters their entry, or the
+        runner stops with ``AttributeError: ... no attribute '_params_init_info'``."""
+        shared = getattr(self, '_params_init_info', None)
+        if shared is None:  # not called from a top-level BaseModule.init_weights
+            return
+        for m in self.modules():
+            if not hasattr(m, '_params_init_info'):
+                m._params_init_info = shared
+        for p in self.parameters():
+            if 'init_info' not in shared[p]:
+                shared[p]['init_info'] = f'created while loading {ckpt}'
+                shared[p]['tmp_mean_value'] = p.data.mean().cpu()
 
     def extra_repr(self):
         return f'arch={self.arch!r}'
