@@ -487,3 +487,70 @@ default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
     assert r.returncode == 0, out[-4000:]
     assert 'Iter(train) [2/2]' in out
     assert glob.glob(str(tmp_path / 'work' / 'iter_2.pth'))
+
+
+# ------------------------------------------------------------------ fine-tune from the released weights (issue 22)
+#: the COCO Mask R-CNN 1x config of each released family (RS-Net's runs every step at five scales up to 800 px,
+#: beyond a CPU suite: its zoo file is loaded with zero unmatched keys in test_model_zoo)
+FINETUNE = ['elastic/mask-rcnn_elastic-x50-32x4d_fpn_1x_coco.py', 'elastic/mask-rcnn_dla-x60-elastic_fpn_1x_coco.py',
+            'mutualnet/mask-rcnn_us-mbv2_sliced-fpn_mutualnet-1x_coco.py', 'sact/mask-rcnn_sact-r50_fpn_1x_coco.py']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', FINETUNE, ids=lambda n: n.split('/')[1].split('_')[1])
+def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_path, shared_dir):
+    """``tools/convert_weights.py <download> checkpoints/<row>.pth --model M`` on a file in the origin's container
+    (random weights, from the manifests), then the 1x config as shipped starting from it (strict load, the
+    normalisation hook), four iterations on the same two shared COCO images resized to 160 px: zero unmatched
+    keys, a finite loss that falls (learning rate 0.002 without warm-up; MutualNet's sandwich of 2 sub-networks at
+    shorter sides 160 / 96 instead of 4 at 600-240)."""
+    torch.set_num_threads(1)
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    import convert_weights
+    from mmengine.runner import Runner
+    from official_files import MANIFEST_DIR, write_zoo_source
+
+    from backbones.pretrained import ZOO, entry_for_file
+    from plugins.mm.cli import set_data_root
+    if not osp.isdir(MANIFEST_DIR):
+        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
+    cfg = Config.fromfile(osp.join(CFG_DIR, name))
+    entry = entry_for_file(cfg.model.backbone.init_cfg.checkpoint)
+    assert entry is not None, 'the config names no model-zoo file'
+    src = write_zoo_source(ZOO[entry.key], str(tmp_path))
+    converted = str(tmp_path / osp.basename(cfg.model.backbone.init_cfg.checkpoint))
+    assert convert_weights.main([src, converted, '--model', entry.model]) == 0
+    cfg.model.backbone.init_cfg.checkpoint = converted
+    set_data_root(cfg, osp.join(shared_dir, 'datasets'))
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.randomness = dict(seed=0)
+    ds = cfg.train_dataloader.dataset
+    while 'dataset' in ds:  # dataset wrappers
+        ds = ds.dataset
+    ds.indices = 2
+    ds.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+                   dict(type='Resize', scale=(160, 160), keep_ratio=True), dict(type='PackDetInputs')]
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False,
+                                sampler=dict(type='InfiniteSampler', shuffle=False))
+    cfg.train_dataloader.pop('batch_sampler', None)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=100)
+    cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
+    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
+    cfg.param_scheduler = []
+    cfg.optim_wrapper.optimizer.lr = 0.002  # no warm-up in four iterations: the 1x rate would diverge
+    if cfg.model.get('sandwich'):  # MutualNet: two sub-networks at shorter sides 160 / 96 (not 4 at 600 ... 240)
+        cfg.model.sandwich.update(num_subnets=2, resolutions=(160, 96))
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'BNCalibrationHook']
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
+    cfg.default_hooks.visualization = dict(type='DetVisualizationHook', draw=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    report = runner.model.backbone.pretrained_report
+    assert report is not None and report.loaded > 0, 'the converted file was not loaded'
+    assert not (report.missing or report.unexpected or report.shape_mismatch), report.summary()
+    losses = [float(v) for v in runner.message_hub.get_scalar('train/loss').data[0]]
+    assert len(losses) == 4 and np.isfinite(losses).all(), losses
+    assert losses[-1] < losses[0], losses
