@@ -5,6 +5,7 @@ import zipfile
 
 import pytest
 import torch
+from conftest import fast_subset
 from official_files import MANIFEST_DIR, manifest, manifest_names, write_official
 from torch import nn
 
@@ -416,7 +417,8 @@ TIMM = [('seresnext50_32x4d', 'se_resnext50'), ('resnext101_32x4d', 'resnext101_
         ('resnetv2_50', 'preact_resnet50'), ('resnetv2_101', 'preact_resnet101')]
 
 
-@pytest.mark.parametrize('arch,name', TIMM)
+# make test-fast: SE-ResNeXt50 and ResNetV2-50 (the 101-layer twins map by the same rules)
+@pytest.mark.parametrize('arch,name', fast_subset(TIMM, ['seresnext50_32x4d', 'resnetv2_50'], ids=lambda t: t[0]))
 def test_timm_weights_give_the_same_logits(arch, name, tmp_path):
     timm = pytest.importorskip('timm', reason='timm (a dev dependency of dynscale) is not installed')
     from safetensors.torch import save_file
@@ -492,7 +494,8 @@ def test_convert_records_source_and_normalisation(tmp_path):
     assert transfer.summary()['dropped'] == 1 and meta['conversion_dropped'][0][0] == 'module.alpha'
 
 
-@pytest.mark.parametrize('layout', ['detectron2_fpn', 'detectron2_c4', 'mmengine'])
+@pytest.mark.parametrize('layout', fast_subset(['detectron2_fpn', 'detectron2_c4', 'mmengine'],
+                                               ['detectron2_fpn', 'mmengine']))
 def test_a_detector_or_segmentor_checkpoint_gives_its_backbone_weights(tmp_path, layout):
     """A whole-model checkpoint (Detectron2 ``{'model'}`` with ``backbone.bottom_up.net.*`` / ``backbone.net.*``, or
     MMEngine ``{'state_dict'}`` with ``backbone.model.*``) loads its backbone part; the neck and heads are dropped
