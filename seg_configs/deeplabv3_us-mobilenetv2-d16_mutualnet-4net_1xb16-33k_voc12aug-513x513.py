@@ -6,6 +6,8 @@
 # calibrates BN for it first.  Schedule: the Elastic/DeepLabV3 VOC schedule (no paper gives one).
 # Pretrained: MODEL_ZOO.md row us_mobilenet_v2.mutualnet_in1k (MutualNet MobileNet v2, statistics for widths
 # 0.7 / 0.9 / 1.0; the other widths train with batch statistics and are calibrated before evaluation).
+# The release was trained on widths 0.7-1.0 (MutualNet MBv2 recipe); this config trains 0.35-1.0, so widths below 0.7
+# start from weights never trained at them (the load report says so in the log at start).
 _base_ = ['./_base_/models/deeplabv3_elastic-resnext50-d16.py', './_base_/datasets/voc12_aug.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_elastic-voc_33k.py']
 model = dict(

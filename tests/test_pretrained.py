@@ -516,3 +516,29 @@ def test_a_detector_or_segmentor_checkpoint_gives_its_backbone_weights(tmp_path,
     report = load_pretrained(backbones.create('resnext50_elastic', num_classes=0), str(path))
     dropped = [k for k, _ in report.dropped]
     assert 'roi_heads.box_predictor.cls_score.weight' in dropped and len(dropped) == 2
+
+
+def test_a_wider_width_range_than_the_release_is_noted_and_logged(tmp_path):
+    """MutualNet's MobileNet v2 was trained on widths 0.7-1.0; the framework configs train 0.35-1.0 from it: the
+    load report (which every adapter logs at start) and a warning say so; the release's own range says nothing."""
+    path, _ = write_official('mutualnet_mobilenet_v2', str(tmp_path / 'mutualnet_mobilenet_v2.pt'))
+    with pytest.warns(UserWarning, match='trained on widths 0.7-1, this model trains 0.35-1'):
+        report = backbones.load_pretrained(backbones.create('us_mobilenet_v2', width_range=(0.35, 1.0),
+                                                            num_classes=0), path, strict=False)
+    assert report.notes and report.notes[0] in report.summary()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no note, so no warning
+        report = backbones.load_pretrained(backbones.create('us_mobilenet_v2', width_range=(0.7, 1.0),
+                                                            num_classes=0), path, strict=False)
+    assert report.notes == []
+    # the converted file (what the framework configs load) carries the release's range: the same note
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+    import convert_weights
+    conv = str(tmp_path / 'us_mobilenet_v2_mutualnet_in1k.pth')
+    assert convert_weights.main([path, conv, '--model', 'us_mobilenet_v2']) == 0
+    with pytest.warns(UserWarning, match='trained on widths 0.7-1, this model trains 0.35-1'):
+        report = backbones.load_pretrained(backbones.create('us_mobilenet_v2', width_range=(0.35, 1.0),
+                                                            num_classes=0), conv, strict=False)
+    assert report.notes

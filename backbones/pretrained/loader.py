@@ -73,6 +73,8 @@ class LoadReport:
             evaluation raises until :func:`backbones.training.calibrate` re-estimates them).
         missing, unexpected, shape_mismatch (list[str]): non-strict loads only: what did not match.
         normalization (InputNormalization): inputs the weights expect (applied to the model).
+        notes (list[str]): differences between what the release was trained with and what the model will train
+            (a wider width range, other resolutions), for the log at start.
     """
 
     origin: str
@@ -88,6 +90,7 @@ class LoadReport:
     unexpected: list = field(default_factory=list)
     shape_mismatch: list = field(default_factory=list)
     normalization: object = None
+    notes: list = field(default_factory=list)
 
     def __getitem__(self, key):  # dict-style access of the older load_backbone_state report
         return getattr(self, key)
@@ -111,6 +114,7 @@ class LoadReport:
                 parts.append(f'{len(getattr(self, k))} {k}')
         if self.normalization is not None:
             parts.append(f'inputs: {self.normalization}')
+        parts += self.notes
         return '; '.join(parts)
 
 
@@ -512,9 +516,14 @@ def load_pretrained(model, checkpoint, source=None, strict=True, drop_head=False
     """
     src = checkpoint if isinstance(checkpoint, SourceFile) else read_source(checkpoint)
     release = identify(src, source, width_list, resolutions)
-    if release is None:
+    if release is None:  # a dynscale checkpoint: trained here, or converted from a release (meta says which)
         meta = src.meta
-        return load_state(model, src.state_dict, meta, strict, drop_head, private_bn_map, 'dynscale', logger=logger)
+        trained = ((meta or {}).get('model_kwargs') or {}).get('width_range')
+        report = LoadReport(origin='dynscale', meta=meta, notes=_training_range_notes(model, trained))
+        report = load_state(model, src.state_dict, meta, strict, drop_head, private_bn_map, 'dynscale', report,
+                            logger)
+        _log_notes(report, src, logger)
+        return report
     name = getattr(model, 'variant', None)
     release.check_target(name)
     tkw = {}
@@ -522,8 +531,30 @@ def load_pretrained(model, checkpoint, source=None, strict=True, drop_head=False
         tkw['resolutions'] = tuple(model.resolutions)
     sd, meta, release, transfer = convert(src, name, source, tkw, width_list, resolutions)
     report = LoadReport(origin=release.origin, release=release.name, meta=meta, conversion=transfer.summary(),
-                        dropped=list(transfer.dropped), new=list(transfer.new))
-    return load_state(model, sd, meta, strict, drop_head, private_bn_map, release.origin, report, logger)
+                        dropped=list(transfer.dropped), new=list(transfer.new),
+                        notes=_training_range_notes(model, release.build_kwargs.get('width_range')))
+    report = load_state(model, sd, meta, strict, drop_head, private_bn_map, release.origin, report, logger)
+    _log_notes(report, src, logger)
+    return report
+
+
+def _log_notes(report, src, logger):
+    for note in report.notes:
+        msg = f'{getattr(src, "path", None) or "pretrained weights"}: {note}'
+        (logger.warning if logger else warnings.warn)(msg)
+
+
+def _training_range_notes(model, trained):
+    """What the model will train beyond the range the weights were trained on (``trained``: ``(min, max)``
+    width or None): a slimmable model's wider width range (e.g. MutualNet's MobileNet v2 was trained on widths
+    0.7-1.0; the MMSeg / MMDet configs train 0.35-1.0)."""
+    notes = []
+    ours = getattr(model, 'width_range', None)
+    if trained and ours and (ours[0] < trained[0] - 1e-9 or ours[1] > trained[1] + 1e-9):
+        notes.append(f'the release was trained on widths {trained[0]:g}-{trained[1]:g}, this model trains '
+                     f'{ours[0]:g}-{ours[1]:g}: widths outside the released range start from weights never trained '
+                     f'at them')
+    return notes
 
 
 def create_pretrained(name, pretrained, source=None, **kwargs):

@@ -3,6 +3,8 @@
 # mask-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py for the method.
 _base_ = './mask-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
 # MODEL_ZOO.md row us_mobilenet_v2.mutualnet_in1k: convert the released file with the command given there
+# The release was trained on widths 0.7-1.0 (MutualNet MBv2 recipe); this config trains 0.35-1.0, so widths below 0.7
+# start from weights never trained at them (the load report says so in the log at start).
 pretrained = 'checkpoints/us_mobilenet_v2_mutualnet_in1k.pth'
 model = dict(
     backbone=dict(
