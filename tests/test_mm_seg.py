@@ -538,9 +538,9 @@ default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
 
 
 # ------------------------------------------------------------------ fine-tune from the released weights (issue 22)
-#: the VOC DeepLabV3 config of each released family whose zoo row it names (RS-Net's trains at 513 / 321 / 129 px,
-#: beyond a CPU suite; its private-BN mapping is tested in test_rsnet / test_model_zoo)
+#: the VOC DeepLabV3 config of each released family whose zoo row it names
 FINETUNE = ['deeplabv3_elastic-resnext50-d16-mg124_1xb16-33k_voc12aug-513x513.py',
+            'deeplabv3_rs-resnet50-d16-mg124_s513-321-129_1xb16-33k_voc12aug-513x513.py',
             'deeplabv3_densenet201-elastic-d16_1xb16-33k_voc12aug-513x513.py',
             'deeplabv3_dla60x-elastic-d16_1xb16-33k_voc12aug-513x513.py',
             'deeplabv3_us-mobilenetv2-d16_mutualnet-4net_1xb16-33k_voc12aug-513x513.py',
@@ -595,6 +595,8 @@ def test_config_fine_tunes_from_its_released_file_on_the_voc_subset(name, tmp_pa
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
     cfg.param_scheduler = []
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'BNCalibrationHook']
+    if cfg.model.type == 'RSNetEncoderDecoder':  # its two smallest resolutions (private BNs of 321 / 129), not 513
+        cfg.model.train_cfg.resolutions = (321, 129)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
     cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
