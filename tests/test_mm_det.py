@@ -505,27 +505,12 @@ def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_p
     keys, a finite loss that falls (learning rate 0.002 without warm-up; MutualNet's sandwich of 2 sub-networks at
     shorter sides 160 / 96 instead of 4 at 600-240; RS-Net at its 240 scale with that private BN, not all five)."""
     torch.set_num_threads(1)
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    import convert_weights
-    from mmengine.runner import Runner
-    from official_files import MANIFEST_DIR, write_zoo_source
+    from mm_finetune import convert_release_for, train_and_check
 
-    from backbones.pretrained import ZOO, entry_for_file
     from plugins.mm.cli import set_data_root
-    if not osp.isdir(MANIFEST_DIR):
-        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
     cfg = Config.fromfile(osp.join(CFG_DIR, name))
-    entry = entry_for_file(cfg.model.backbone.init_cfg.checkpoint)
-    assert entry is not None, 'the config names no model-zoo file'
-    src = write_zoo_source(ZOO[entry.key], str(tmp_path))
-    converted = str(tmp_path / osp.basename(cfg.model.backbone.init_cfg.checkpoint))
-    assert convert_weights.main([src, converted, '--model', entry.model]) == 0
-    cfg.model.backbone.init_cfg.checkpoint = converted
+    convert_release_for(cfg, tmp_path)
     set_data_root(cfg, osp.join(shared_dir, 'datasets'))
-    cfg.work_dir = str(tmp_path / 'work')
-    cfg.randomness = dict(seed=0)
     ds = cfg.train_dataloader.dataset
     while 'dataset' in ds:  # dataset wrappers
         ds = ds.dataset
@@ -535,24 +520,9 @@ def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_p
     cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False,
                                 sampler=dict(type='InfiniteSampler', shuffle=False))
     cfg.train_dataloader.pop('batch_sampler', None)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=100)
-    cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
-    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
-    cfg.param_scheduler = []
     cfg.optim_wrapper.optimizer.lr = 0.002  # no warm-up in four iterations: the 1x rate would diverge
     if cfg.model.get('sandwich'):  # MutualNet: two sub-networks at shorter sides 160 / 96 (not 4 at 600 ... 240)
         cfg.model.sandwich.update(num_subnets=2, resolutions=(160, 96))
     if cfg.model.type == 'RSNetTwoStageDetector':  # RS-Net: the smallest scale only (not all five up to 800 px)
         cfg.model.train_resolutions = [240]
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'BNCalibrationHook']
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
-    cfg.default_hooks.visualization = dict(type='DetVisualizationHook', draw=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    report = runner.model.backbone.pretrained_report
-    assert report is not None and report.loaded > 0, 'the converted file was not loaded'
-    assert not (report.missing or report.unexpected or report.shape_mismatch), report.summary()
-    losses = [float(v) for v in runner.message_hub.get_scalar('train/loss').data[0]]
-    assert len(losses) == 4 and np.isfinite(losses).all(), losses
-    assert losses[-1] < losses[0], losses
+    train_and_check(cfg, tmp_path / 'work', 'DetVisualizationHook')

@@ -556,30 +556,15 @@ def test_config_fine_tunes_from_its_released_file_on_the_voc_subset(name, tmp_pa
     mean/std against the file), four iterations on the same two shared VOC images at 97x97: finite loss that
     falls."""
     torch.set_num_threads(1)
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    import convert_weights
-    from mmengine.runner import Runner
-    from official_files import MANIFEST_DIR, write_zoo_source
+    from mm_finetune import convert_release_for, train_and_check
 
-    from backbones.pretrained import ZOO, entry_for_file
     from plugins.mm.cli import set_data_root
-    if not osp.isdir(MANIFEST_DIR):
-        pytest.skip(f'the official checkpoint manifests are missing: {MANIFEST_DIR}')
     cfg = Config.fromfile(osp.join(ROOT, 'seg_configs', name))
-    entry = entry_for_file(cfg.model.backbone.init_cfg.checkpoint)
-    assert entry is not None, 'the config names no model-zoo file'
-    src = write_zoo_source(ZOO[entry.key], str(tmp_path))
-    converted = str(tmp_path / osp.basename(cfg.model.backbone.init_cfg.checkpoint))
-    assert convert_weights.main([src, converted, '--model', entry.model]) == 0
-    cfg.model.backbone.init_cfg.checkpoint = converted
+    convert_release_for(cfg, tmp_path)
     set_data_root(cfg, osp.join(shared_dir, 'datasets'))
     voc = osp.join(shared_dir, 'datasets', 'VOCdevkit', 'VOC2012')
     with open(osp.join(voc, 'ImageSets', 'Segmentation', 'train.txt')) as f:
         (tmp_path / 'two.txt').write_text(''.join(f.readlines()[:2]))
-    cfg.work_dir = str(tmp_path / 'work')
-    cfg.randomness = dict(seed=0)
     for part in (cfg.model.backbone, cfg.model.decode_head, cfg.model.get('auxiliary_head') or {}):
         if part.get('norm_cfg', {}).get('type') == 'SyncBN':
             part.norm_cfg = dict(type='BN', requires_grad=True)  # one process
@@ -590,21 +575,6 @@ def test_config_fine_tunes_from_its_released_file_on_the_voc_subset(name, tmp_pa
                      pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
                                dict(type='Resize', scale=(97, 97), keep_ratio=False), dict(type='PackSegInputs')]))
     cfg.model.data_preprocessor.size = (97, 97)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=100)
-    cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
-    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
-    cfg.param_scheduler = []
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'BNCalibrationHook']
     if cfg.model.type == 'RSNetEncoderDecoder':  # its two smallest resolutions (private BNs of 321 / 129), not 513
         cfg.model.train_cfg.resolutions = (321, 129)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
-    cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    report = runner.model.backbone.pretrained_report
-    assert report is not None and report.loaded > 0, 'the converted file was not loaded'
-    assert not (report.missing or report.unexpected or report.shape_mismatch), report.summary()
-    losses = [float(v) for v in runner.message_hub.get_scalar('train/loss').data[0]]
-    assert len(losses) == 4 and np.isfinite(losses).all(), losses
-    assert losses[-1] < losses[0], losses
+    train_and_check(cfg, tmp_path / 'work', 'SegVisualizationHook')
