@@ -403,14 +403,15 @@ def _val_subset(coco, n, out):
 @pytest.mark.slow
 def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkeypatch):
     """Mask R-CNN + Elastic-ResNeXt50-FPN: tens of CPU iterations on the real 80-image COCO subset
-    (images <= 320 x 256), then bbox and segm AP through pycocotools on val images of the subset."""
+    (images <= 320 x 256, 32 sampled RoIs per image), then bbox and segm AP through pycocotools on 8 val images of
+    the subset (``DYNSCALE_E2E_ITERS`` / ``DYNSCALE_E2E_VAL_IMAGES`` for a longer run)."""
     coco = osp.join(shared_dir, 'datasets', 'coco')
     if not osp.isdir(coco):
         pytest.skip(f'COCO subset missing: expected {coco} with annotations/, train2017/, val2017/')
     monkeypatch.setenv('DYNSCALE_DATASETS', osp.join(shared_dir, 'datasets'))
     from tools import train_det_mm
     iters = int(os.environ.get('DYNSCALE_E2E_ITERS', 20))
-    n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 16))
+    n_val = int(os.environ.get('DYNSCALE_E2E_VAL_IMAGES', 8))
     ann = _val_subset(coco, n_val, str(tmp_path / 'instances_val_subset.json'))
     work = str(tmp_path / 'work')
     runner = train_det_mm.main([
@@ -419,6 +420,8 @@ def test_mask_rcnn_elastic_short_run_on_coco_subset(shared_dir, tmp_path, monkey
         '--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
         f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=2',
         'log_processor.window_size=2', 'randomness.seed=0', f'val_dataloader.dataset.ann_file={ann}',
+        # half the config's 64 sampled RoIs: the mask head on the positives is most of a CPU iteration
+        'model.train_cfg.rcnn.sampler.num=32',
         f'val_evaluator.ann_file={ann}'])
     assert runner.iter == iters
     rows = _scalars(work)
@@ -501,9 +504,10 @@ FINETUNE = ['elastic/mask-rcnn_elastic-x50-32x4d_fpn_1x_coco.py', 'elastic/mask-
 def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_path, shared_dir):
     """``tools/convert_weights.py <download> checkpoints/<row>.pth --model M`` on a file in the origin's container
     (random weights, from the manifests), then the 1x config as shipped starting from it (strict load, the
-    normalisation hook), four iterations on the same two shared COCO images resized to 160 px: zero unmatched
-    keys, a finite loss that falls (learning rate 0.002 without warm-up; MutualNet's sandwich of 2 sub-networks at
-    shorter sides 160 / 96 instead of 4 at 600-240; RS-Net at its 240 scale with that private BN, not all five)."""
+    normalisation hook), four iterations on the same two shared COCO images resized to 160 px with 32 sampled RoIs
+    per image: zero unmatched keys, a finite loss that falls (learning rate 0.002 without warm-up; MutualNet's
+    sandwich of 2 sub-networks at shorter sides 160 / 96 instead of 4 at 600-240; RS-Net at its 240 scale with that
+    private BN, not all five)."""
     torch.set_num_threads(1)
     from mm_finetune import convert_release_for, train_and_check
 
@@ -521,6 +525,10 @@ def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_p
                                 sampler=dict(type='InfiniteSampler', shuffle=False))
     cfg.train_dataloader.pop('batch_sampler', None)
     cfg.optim_wrapper.optimizer.lr = 0.002  # no warm-up in four iterations: the 1x rate would diverge
+    # a light RoI stage for CPU, as in the short configs: 32 sampled RoIs from 100 proposals (the 1x setting's 512
+    # from 1000 puts up to 128 positives per image through the mask head, ~75% of the run's time)
+    cfg.model.train_cfg.rpn_proposal.max_per_img = 100
+    cfg.model.train_cfg.rcnn.sampler.num = 32
     if cfg.model.get('sandwich'):  # MutualNet: two sub-networks at shorter sides 160 / 96 (not 4 at 600 ... 240)
         cfg.model.sandwich.update(num_subnets=2, resolutions=(160, 96))
     if cfg.model.type == 'RSNetTwoStageDetector':  # RS-Net: the smallest scale only (not all five up to 800 px)
