@@ -3,6 +3,8 @@
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export DYNSCALE_VENV := $(VENV)
+# the explorer's browser test fails instead of skipping when chromium is missing (setup installs it)
+export DYNSCALE_REQUIRE_BROWSER := 1
 
 .PHONY: setup test test-fast demo bench complexity
 # pytest-xdist: one worker per core, one torch thread each (tests/conftest.py).  No test shares a port or a

@@ -3,6 +3,7 @@ tools/pretrain.py on the shared Imagenette subset (issue 25)."""
 import csv
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -157,3 +158,77 @@ def test_tool_refuses_a_dense_model_a_backbone_export_and_a_folder_without_the_s
     with pytest.raises(SystemExit):
         scale_policy.main(['--random-init', '--model', 'resnext50_elastic', '--data-path', str(tmp_path),
                            '--out-dir', str(tmp_path)])
+
+
+# ------------------------------------------------------------------ the explorer in a real browser
+CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+#: ``make test`` sets it: there a missing browser fails the test instead of skipping it (tools/setup_env.sh
+#: installs Debian's chromium and chromium-driver when they are missing)
+REQUIRE_BROWSER = os.environ.get('DYNSCALE_REQUIRE_BROWSER') == '1'
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian chromium driven by selenium through chromium-driver, with the console log kept."""
+    missing = [n for n, p in (('chromium', CHROMIUM), ('chromedriver (Debian chromium-driver)', CHROMEDRIVER))
+               if p is None]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append('selenium (the dev extra: tools/setup_env.sh installs it)')
+    if missing:
+        msg = f'{", ".join(missing)} not installed: apt-get update && apt-get install -y chromium chromium-driver'
+        if REQUIRE_BROWSER:
+            pytest.fail(msg + ' (make test requires the browser)')
+        pytest.skip(msg)
+    opts = webdriver.ChromeOptions()
+    for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,1600'):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_explorer_page_searches_sorts_and_draws_the_tsne_map_in_chromium(imagenette_elastic, tmp_path, browser):
+    import scale_policy
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    root, ckpt = imagenette_elastic
+    out = tmp_path / 'policy'
+    rows = scale_policy.main([ckpt, '--model', 'resnext50_elastic', '--data-path', root, '--per-class', '3',
+                              '--resize-size', '72', '--crop-size', '64', '--out-dir', str(out)])
+    page = out / 'explorer.html'
+    assert 'src="http' not in page.read_text()  # self-contained: nothing fetched from a server
+    browser.get(page.as_uri())
+    errors = [e for e in browser.get_log('browser') if e['level'] == 'SEVERE']
+    assert not errors, errors
+    cards = browser.find_elements(By.CSS_SELECTOR, '#grid .card')
+    assert len(cards) == 30
+    assert browser.execute_script("return document.querySelectorAll('#tsne .point').length") == 30
+    assert len(browser.execute_script("return document.getElementById('tsne').layout.images")) == 30
+
+    def visible():
+        return [c for c in browser.find_elements(By.CSS_SELECTOR, '#grid .card') if c.is_displayed()]
+
+    browser.find_element(By.ID, 'search').send_keys('golf')
+    shown = visible()
+    assert [c.get_attribute('data-cls') for c in shown] == ['golf_ball'] * 3
+    assert browser.find_element(By.ID, 'count').text == '3 of 30 images'
+    browser.find_element(By.ID, 'search').clear()
+    browser.execute_script("document.getElementById('search').dispatchEvent(new Event('input'))")
+    assert len(visible()) == 30
+    # sorting by a unit puts the images in decreasing order of that unit's score, as the CSV has them
+    for unit in (1, 9, 17):
+        Select(browser.find_element(By.ID, 'sort')).select_by_value(f'unit{unit}')
+        order = [int(c.get_attribute('data-index')) for c in visible()]
+        expect = sorted(range(30), key=lambda i: (-round(rows[i]['scores'][unit - 1], 6), i))
+        assert order == expect, unit
+    assert order != list(range(30))
+    Select(browser.find_element(By.ID, 'sort')).select_by_value('class')
+    assert [c.get_attribute('data-cls') for c in visible()][:3] == ['English_springer'] * 3
+    shot = tmp_path / 'explorer.png'
+    assert browser.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] >= 1000

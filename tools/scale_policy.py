@@ -14,7 +14,10 @@ low-resolution branch activation; > 0: the unit looked at the image mostly at hi
 * ``class_means.csv`` and ``class_means.png``: per class the mean score over units and images, sorted (Fig. 5);
 * ``tsne.png``: a t-SNE (scikit-learn) of the score vectors, the images drawn at their points (Fig. 6 left);
   ``tsne.csv`` its coordinates;
-* ``block_distributions.png``: per unit, the distribution of the scores over the images (Fig. 6 middle).
+* ``block_distributions.png``: per unit, the distribution of the scores over the images (Fig. 6 middle);
+* ``explorer.html``: one self-contained page (plotly.js embedded; opens from disk without a server): thumbnails
+  with true / predicted class and a per-unit score strip, search by class, sort by class, mean or any unit's
+  score, and the t-SNE map with the images as points (the paper's interactive demo, supplementary C).
 
 Class names come from ``classes.txt`` beside or inside the folder (Imagenette: ``<k> <wnid> <name> ...``), else
 the folder names.  A 1000-class ImageNet model on a subset whose ``classes.txt`` gives ``imagenet1k_index=<i>``
@@ -51,6 +54,8 @@ def parse_args(argv=None):
     ap.add_argument('--perplexity', type=float, default=30.0, help='t-SNE perplexity (capped at (N - 1) / 3)')
     ap.add_argument('--seed', type=int, default=0, help='t-SNE seed')
     ap.add_argument('--threads', type=int, default=None)
+    ap.add_argument('--explorer-images', type=int, default=2000,
+                    help='images in explorer.html (the first N rows: thumbnails are embedded in the file)')
     ap.add_argument('--out-dir', default='scale_policy')
     args = ap.parse_args(argv)
     import backbones
@@ -191,6 +196,113 @@ def plot_block_distributions(scores, names, path, title):
     plt.close(fig)
 
 
+_EXPLORER_JS = """
+const cards = Array.from(document.querySelectorAll('#grid .card'));
+const search = document.getElementById('search'), sortBy = document.getElementById('sort');
+function key(card) {
+  const k = sortBy.value;
+  if (k === 'class') return card.dataset.cls;
+  if (k === 'mean') return -parseFloat(card.dataset.mean);
+  return -JSON.parse(card.dataset.scores)[parseInt(k.slice(4), 10) - 1];
+}
+function update() {
+  const q = search.value.trim().toLowerCase();
+  const grid = document.getElementById('grid');
+  cards.map(c => [key(c), c.dataset.index | 0, c])
+       .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]))
+       .forEach(([, , c]) => {
+         c.style.display = !q || c.dataset.cls.toLowerCase().includes(q) ? '' : 'none';
+         grid.appendChild(c);
+       });
+  document.getElementById('count').textContent =
+    cards.filter(c => c.style.display !== 'none').length + ' of ' + cards.length + ' images';
+}
+search.addEventListener('input', update);
+sortBy.addEventListener('change', update);
+update();
+"""
+
+
+def _thumbnail(img, size):
+    """``data:`` URI of a ``size`` x ``size`` JPEG of a PIL image."""
+    import base64
+    import io
+    buf = io.BytesIO()
+    img.convert('RGB').resize((size, size)).save(buf, format='JPEG', quality=85)
+    return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode('ascii')
+
+
+def write_explorer(rows, units, classes, images, path, title, thumb=64):
+    """The interactive explorer: one self-contained HTML file (plotly.js embedded, images as ``data:`` URIs; opens
+    from disk without a server).
+
+    Holds a thumbnail per image with its true and predicted class and a strip of its per-unit scores (blue: high
+    resolution, red: low; hover for the value), a search box filtering by true class (``#search``), a sort menu
+    (``#sort``: class, mean score, or the score of any unit, highest first) and the t-SNE map (plotly) with the
+    images drawn at their points.  ``rows`` need ``path``, ``label``, ``pred``, ``scores`` and ``tsne``.
+    """
+    import html
+
+    import matplotlib
+    import numpy as np
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    scores = np.array([r['scores'] for r in rows])
+    bound = float(np.abs(scores).max()) or 1.0
+    cmap = matplotlib.colormaps['coolwarm_r']
+    thumbs = [_thumbnail(img, thumb) for img in images]
+    cards = []
+    for i, (r, src) in enumerate(zip(rows, thumbs)):
+        strip = ''.join(
+            f'<span style="background:{matplotlib.colors.to_hex(cmap(0.5 + 0.5 * v / bound))}" '
+            f'title="unit {j + 1} ({html.escape(units[j])}): {v:+.4f}"></span>' for j, v in enumerate(r['scores']))
+        cls, pred = classes[r['label']], classes[r['pred']]
+        ok = 'ok' if r['label'] == r['pred'] else 'wrong'
+        cards.append(
+            f'<div class="card" data-index="{i}" data-cls="{html.escape(cls)}" data-pred="{html.escape(pred)}" '
+            f'data-mean="{np.mean(r["scores"]):.6g}" data-scores="{json.dumps([round(v, 6) for v in r["scores"]])}">'
+            f'<img src="{src}" alt="{html.escape(os.path.basename(r["path"]))}" width="{thumb}" height="{thumb}">'
+            f'<div class="cap"><div>{html.escape(cls)}</div><div class="{ok}">pred: {html.escape(pred)}</div></div>'
+            f'<div class="strip">{strip}</div></div>')
+    xy = np.array([r['tsne'] for r in rows])
+    span = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-6))
+    fig = go.Figure(go.Scatter(
+        x=xy[:, 0], y=xy[:, 1], mode='markers', marker=dict(size=4, color=[r['label'] for r in rows]),
+        text=[f'{classes[r["label"]]} (pred {classes[r["pred"]]}), mean score {np.mean(r["scores"]):+.4f}'
+              for r in rows], hoverinfo='text'))
+    fig.update_layout(
+        images=[dict(source=src, x=x, y=y, xref='x', yref='y', sizex=span / 20, sizey=span / 20, xanchor='center',
+                     yanchor='middle', layer='above') for src, (x, y) in zip(thumbs, xy)],
+        title='t-SNE of the scale-policy vectors', width=800, height=800, margin=dict(l=20, r=20, t=40, b=20))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, scaleanchor='x')
+    tsne_div = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id='tsne')
+    options = ['<option value="class">class</option>', '<option value="mean">mean score</option>']
+    options += [f'<option value="unit{j + 1}">unit {j + 1}: {html.escape(n)}</option>' for j, n in enumerate(units)]
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }}
+#grid {{ display: flex; flex-wrap: wrap; gap: 6px; }}
+.card {{ width: {thumb + 8}px; font-size: 10px; border: 1px solid #ccc; padding: 3px; }}
+.cap div {{ white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+.ok {{ color: #070; }} .wrong {{ color: #b00; }}
+.strip {{ display: flex; height: 8px; }} .strip span {{ flex: 1; }}
+</style></head><body>
+<h2>Elastic scale policy</h2><p>{html.escape(title)}. Score per unit: mean high-resolution minus mean low-resolution
+branch activation (Wang et al., CVPR 2019, Sec. 4.1.1); strip colours: blue &gt; 0 (high resolution), red &lt; 0
+(low resolution), scale &plusmn;{bound:.3g}.</p>
+<p><label>search class <input id="search" type="search"></label>
+<label>sort by <select id="sort">{''.join(options)}</select></label> <span id="count"></span></p>
+<div id="grid">{''.join(cards)}</div>
+{tsne_div}
+<script>{_EXPLORER_JS}</script>
+</body></html>
+"""
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(page)
+
+
 def score_folder(model, folder, args):
     """Run the model over ``folder`` (ImageFolder): returns ``(rows, units, classes, images)``, rows holding
     ``path, label, pred, scores`` and images the centre crops (PIL) for drawing."""
@@ -277,10 +389,12 @@ def main(argv=None):
     plot_class_means(means, os.path.join(args.out_dir, 'class_means.png'), title)
     plot_tsne(coords, images, [r['label'] for r in rows], classes, os.path.join(args.out_dir, 'tsne.png'), title)
     plot_block_distributions(scores, units, os.path.join(args.out_dir, 'block_distributions.png'), title)
+    write_explorer(rows[:args.explorer_images], units, classes, images[:args.explorer_images],
+                   os.path.join(args.out_dir, 'explorer.html'), title)
     acc = np.mean([r['label'] == r['pred'] for r in rows])
     print(f'{len(rows)} images, {len(units)} Elastic units, top-1 {100 * acc:.1f}% -> {args.out_dir}: '
           f'scores.csv, class_means.png (highest: {means[0][0]} {means[0][1]:+.4f}, lowest: {means[-1][0]} '
-          f'{means[-1][1]:+.4f}), tsne.png, block_distributions.png')
+          f'{means[-1][1]:+.4f}), tsne.png, block_distributions.png, explorer.html')
     return rows
 
 

@@ -34,6 +34,19 @@ pyver=$(python3 -c 'import sys; print(f"py{sys.version_info.major}{sys.version_i
 template="$CACHE/venv-template-$fp-$pyver"
 use_template="${DYNSCALE_ENV_TEMPLATE:-1}"
 
+# The scale-policy explorer's browser test (tests/test_scale_policy.py) drives Debian's chromium through
+# chromium-driver: install both when missing (root with apt-get, as on CI); DYNSCALE_BROWSER=0 skips this.
+if [ "${DYNSCALE_BROWSER:-1}" != 0 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's chromium and chromium-driver (the explorer's browser test)"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+  else
+    log "chromium / chromium-driver missing and no root apt-get here: the browser test fails under make test;" \
+        "install them (apt-get install chromium chromium-driver) or run pytest without DYNSCALE_REQUIRE_BROWSER"
+  fi
+fi
+
 if [ ! -x "$PY" ] && [ "$use_template" != 0 ] && [ -f "$template/.complete" ]; then
   log "copying the cached environment $template (hard links)"
   rm -rf "$VENV"
