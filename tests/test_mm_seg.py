@@ -402,7 +402,8 @@ def test_ponder_map_save_hook(tmp_path):
     hook.after_test_epoch(runner)
     arr = np.load(tmp_path / 'ponder_maps' / 'img_0001.npy')
     assert arr.shape == (6, 8) and np.allclose(arr, 5.0)
-    assert (tmp_path / 'ponder_maps' / 'img_0001.png').is_file()
+    from PIL import Image
+    assert Image.open(tmp_path / 'ponder_maps' / 'img_0001.png').size == (int(3.2 * 2 * 80), int(3.4 * 80))
     assert runner.message_hub.get_scalar('test/ponder_cost').current() == pytest.approx(5.0)
 
 
@@ -455,6 +456,9 @@ def test_method_configs_run_in_runner(name, tmp_path):
         assert hub.get_scalar('train/ponder_cost').current() >= 4.0
         runner.test()  # ponder maps are written at test time
         assert len(glob.glob(osp.join(cfg.work_dir, 'ponder_maps', '*.npy'))) == 2
+        from PIL import Image  # drawn over the test image with a colour bar (backbones.sact.drawing)
+        pngs = glob.glob(osp.join(cfg.work_dir, 'ponder_maps', '*.png'))
+        assert len(pngs) == 2 and Image.open(pngs[0]).size == (int(3.2 * 2 * 80), int(3.4 * 80))
     else:
         assert 'train/mred_kd' in hub.log_scalars
 

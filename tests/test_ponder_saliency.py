@@ -161,3 +161,31 @@ def test_tool_refuses_a_model_without_ponder_costs_and_an_empty_folder(tmp_path)
     with pytest.raises(ValueError, match='holds no'):
         ponder_maps.main(['--random-init', '--model', 'sact_resnet50', '--images', str(tmp_path),
                           '--out-dir', str(tmp_path / 'o')])
+
+
+def test_pretrain_evaluate_saves_ponder_maps(imagenette_sact, tmp_path, shared_dir):
+    """``tools/pretrain.py --evaluate --pretrained CKPT --save-ponder-maps 3``: the first three validation images
+    drawn with the same function, the summed maps saved, equal to the model's on the evaluated crop."""
+    import pretrain
+    ckpt = imagenette_sact[0]
+    root = os.path.join(shared_dir, 'datasets', 'imagenette')
+    out = tmp_path / 'eval'
+    pretrain.main(['--evaluate', '--pretrained', ckpt, '--data-path', root, '--output-dir', str(out), '--model',
+                   'sact_resnet50', '--method', 'sact', '--max-val-samples', '4', '--val-resize-size', '72',
+                   '--val-crop-size', '64', '--batch-size', '4', '--workers', '0', '--no-tensorboard',
+                   '--save-ponder-maps', '3'])
+    maps = sorted((out / 'ponder_maps').glob('*.npy'))
+    assert len(maps) == 3 and len(list((out / 'ponder_maps').glob('*.png'))) == 3
+    rho = np.load(maps[0])
+    assert rho.shape == (64, 64) and 4.0 <= rho.min() and rho.max() <= 20.0
+    png = maps[0].with_suffix('.png')
+    assert Image.open(png).size == (int(3.2 * 6 * 80), int(3.4 * 80))
+
+
+def test_save_ponder_maps_is_refused_for_a_model_without_ponder_cost(tmp_path):
+    import pretrain
+
+    from backbones.capabilities import OptionNotApplicable
+    with pytest.raises(OptionNotApplicable, match='--save-ponder-maps'):
+        pretrain.main(['--evaluate', '--data-path', str(tmp_path), '--output-dir', str(tmp_path / 'o'), '--model',
+                       'resnext50_elastic', '--save-ponder-maps', '3'])

@@ -67,6 +67,9 @@ def get_parser():
     g.add_argument('--eval-interval', type=int, default=1, help='validate every N epochs (and after the last)')
     g.add_argument('--evaluate', action='store_true',
                    help='only evaluate (the --resume checkpoint, --pretrained or --init-checkpoint weights) and export')
+    g.add_argument('--save-ponder-maps', type=int, nargs='?', const=16, default=None, metavar='N',
+                   help='SACT / ACT: draw the ponder-cost maps of the first N validation images (default 16) over '
+                        'them into <output-dir>/ponder_maps (PNG with colour bars, and .npy)')
     g.add_argument('--no-final-eval', dest='final_eval', action='store_false',
                    help='skip the full width x resolution evaluation after training')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
@@ -203,7 +206,7 @@ FLAG_CAPABILITY = {
     'num_subnets': ('width', ('usnet', 'mutualnet')), 'inplace_distill': ('width', ('usnet', 'mutualnet')),
     'resolutions': ('resolution', None), 'eval_resolutions': ('resolution', None),
     'kd_type': ('private_bn', ('rsnet',)), 'untrained_resolution': ('private_bn', ('rsnet',)),
-    'tau': ('ponder_cost', ('sact',)),
+    'tau': ('ponder_cost', ('sact',)), 'save_ponder_maps': ('ponder_cost', None),
     'calib_batches': ('calibration', None), 'bn_calibration': ('calibration', None),
     'calib_batch_size': ('calibration', None), 'eval_points': ('width', None),
 }
@@ -375,6 +378,8 @@ def main(argv=None):
             trainer.fit()
         if args.final_eval or args.evaluate:
             rows = trainer.final_eval()
+        if args.save_ponder_maps:
+            trainer.save_ponder_maps(args.save_ponder_maps)
         trainer.export(rows)
         trainer.close()
         engine.LOG.info(f'done: {trainer.global_step} optimizer steps')

@@ -14,6 +14,8 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
 
+from backbones.sact.drawing import draw_ponder_map
+
 from .registry import register_mm_module, register_renamed
 from .runtime import unwrap_model as _unwrap
 
@@ -171,13 +173,15 @@ class PonderMapSaveHook(Hook):
     Every test sample with ``ponder_map`` (``PixelData`` ``[1, H, W]`` at the original image size for
     segmentation, a ``[h, w]`` tensor at the network input's size for detection; Figurnov et al. 2017, Fig. 1)
     is written to ``<out_dir>/<name>.npy`` (float32 ``[H, W]``; ``name`` the COCO ``img_id`` when the sample
-    has one, else the image file's stem) and, with ``save_png``, to ``<name>.png`` (grey levels: ponder cost /
-    ``png_max`` x 255, clipped).  The mean over images is logged as ``test/ponder_cost``.
+    has one, else the image file's stem) and, with ``save_png``, to ``<name>.png``: the map over the image (read
+    from ``img_path``, resized to the map) with a colour bar topped at ``png_max``
+    (:func:`backbones.sact.drawing.draw_ponder_map`, the drawing of every dynscale tool).  The mean over images
+    is logged as ``test/ponder_cost``.
 
     Args:
         out_dir (str | None): folder; None = ``<work_dir>/ponder_maps``, a relative path is under the work dir.
-        save_png (bool): also write an 8-bit visualisation.
-        png_max (float | None): ponder cost mapped to white; None = the per-image maximum.
+        save_png (bool): also draw the map over the image (PNG with a colour bar).
+        png_max (float | None): top of the colour scale; None = the per-image maximum.
         max_images (int | None): stop saving after this many images (the mean is over all).
     """
 
@@ -218,9 +222,12 @@ class PonderMapSaveHook(Hook):
                 name = osp.splitext(osp.basename(ds.metainfo.get('img_path', f'{batch_idx:06d}')))[0]
             np.save(osp.join(self._dir, f'{name}.npy'), m.astype(np.float32))
             if self.save_png:
-                hi = self.png_max or max(float(m.max()), 1e-6)
-                grey = np.clip(m / hi * 255.0, 0, 255).astype(np.uint8)
-                Image.fromarray(grey).save(osp.join(self._dir, f'{name}.png'))
+                img_path = ds.metainfo.get('img_path')
+                if img_path and osp.isfile(img_path):  # the image at the map's size (the network input's)
+                    img = np.asarray(Image.open(img_path).convert('RGB').resize((m.shape[1], m.shape[0])))
+                else:
+                    img = np.full((*m.shape, 3), 128, np.uint8)
+                draw_ponder_map(img, m, osp.join(self._dir, f'{name}.png'), title=img_path, vmax=self.png_max)
             self._saved += 1
 
     def after_test_epoch(self, runner, metrics=None):

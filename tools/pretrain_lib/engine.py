@@ -720,6 +720,50 @@ class Trainer:
                 json.dump(rows, f, indent=1)
         return rows
 
+    def save_ponder_maps(self, count):
+        """``--save-ponder-maps N``: the ponder-cost maps of the first ``count`` validation images (as the
+        evaluation transforms them), drawn over the image with the per-stage maps
+        (:func:`backbones.sact.drawing.draw_ponder_map`) as ``<out>/ponder_maps/<image>.png`` plus the summed map
+        ``<image>.npy`` ``[H, W]``; main process only.  Returns the folder."""
+        from backbones.sact import ponder_cost_map
+        from backbones.sact.drawing import draw_ponder_map, stage_ponder_maps
+        out = os.path.join(self.out, 'ponder_maps')
+        if not self.info.is_main:
+            return out
+        os.makedirs(out, exist_ok=True)
+        a = self.args
+        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
+        model = getattr(model, 'module', model)
+        was = model.training
+        model.eval()
+        mean = torch.tensor(model.pixel_mean)[:, None, None]
+        std = torch.tensor(model.pixel_std)[:, None, None]
+        saved, costs = 0, []
+        try:
+            for i in range(min(count, len(self.val_set))):
+                item = self.val_set[i]
+                if item is None:  # an unreadable image skipped (--bad-images skip)
+                    continue
+                x = item[0]
+                x = x[0] if x.dim() == 4 else x  # multi-resolution evaluation: the first resolution
+                with torch.no_grad():
+                    model(x[None].to(self.info.device))
+                size = tuple(x.shape[-2:])
+                total = ponder_cost_map(model.ponder_costs, size)[0].cpu().numpy()
+                stages = stage_ponder_maps(model.ponder_costs, size)[0].cpu().numpy()
+                name = os.path.splitext(os.path.basename(self.val_set.samples[i][0]))[0]
+                img = (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+                draw_ponder_map(img, total, os.path.join(out, f'{name}.png'), stage_maps=stages,
+                                title=f'{a.model}: {self.val_set.samples[i][0]}')
+                np.save(os.path.join(out, f'{name}.npy'), total.astype(np.float32))
+                costs.append(float(total.mean()))
+                saved += 1
+        finally:
+            model.train(was)
+        LOG.info(f'{saved} ponder-cost maps (mean ponder cost {np.mean(costs) if costs else float("nan"):.3f}) '
+                 f'saved to {out}')
+        return out
+
     def stress_test(self):
         """``--task multilabel`` final evaluation: the multi-label metrics at every ``--stress-sizes`` input size
         (square resize, no crop; Elastic paper Sec. 4.2), written as ``eval.txt``, ``stress_test.csv`` /
