@@ -562,11 +562,23 @@ def test_sact_evaluation_reports_ponder_cost(tiny_dataset, tmp_path):
             '0',
             'OUTPUT_DIR',
             str(tmp_path),
+            'MODEL.DYNSCALE.SAVE_PONDER_MAPS',
+            'maps',
         ],
     )
     model = DynscaleTrainer.build_model(cfg)
     res = DynscaleTrainer.test(cfg, model)
     assert 'bbox' in res and res['ponder']['cost'] >= 3.0
+    # MODEL.DYNSCALE.SAVE_PONDER_MAPS (tools/train_det.py --save-ponder-maps): one map per test image at the
+    # network input's size (shorter side 80), drawn with the per-stage maps (image + sum + 3 stages: in the C4
+    # model the backbone runs stages 1-3, res5 is the box head)
+    from PIL import Image
+    maps = sorted((tmp_path / 'maps').glob('*.npy'))
+    assert len(maps) == 4
+    for m in maps:
+        rho = np.load(m)
+        assert min(rho.shape) == 80 and rho.min() >= 3.0
+        assert Image.open(m.with_suffix('.png')).size == (int(3.2 * 5 * 80), int(3.4 * 80))
 
 
 # ----------------------------------------------------------------------------------------- checkpoints

@@ -186,10 +186,13 @@ def test_test_det_mm_refuses_before_building(tmp_path, text_checkpoint, config, 
     (['MODEL.DYNSCALE.EVAL_POINTS', '[[0.5, 320]]'], 'EVAL_POINTS'),
     (['MODEL.DYNSCALE.RESOLUTIONS', '[224, 128]'], 'MODEL.DYNSCALE.RESOLUTIONS'),
     (['MODEL.DYNSCALE.TAU', '0.05'], 'MODEL.DYNSCALE.TAU'),
+    (['--save-ponder-maps'], 'MODEL.DYNSCALE.SAVE_PONDER_MAPS'),
 ])
 def test_detectron2_refuses_before_building(tmp_path, text_checkpoint, opts, expect):
-    r = _run(['tools/train_det.py', '--eval-only', '--config-file', ELASTIC_D2, 'OUTPUT_DIR', str(tmp_path / 'out'),
-              'MODEL.WEIGHTS', text_checkpoint, *opts], cwd=ROOT)
+    flags = [o for o in opts if o.startswith('--')]  # before the trailing KEY VALUE overrides
+    opts = [o for o in opts if not o.startswith('--')]
+    r = _run(['tools/train_det.py', '--eval-only', *flags, '--config-file', ELASTIC_D2, 'OUTPUT_DIR',
+              str(tmp_path / 'out'), 'MODEL.WEIGHTS', text_checkpoint, *opts], cwd=ROOT)
     assert r.returncode != 0
     assert 'OptionNotApplicable' in r.stderr and expect in r.stderr and 'resnext50_elastic' in r.stderr, \
         r.stderr[-3000:]

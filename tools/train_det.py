@@ -34,8 +34,20 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from plugins.detectron2 import DynscaleCheckpointer, DynscaleTrainer, setup  # noqa: E402
 
 
+def parser():
+    """detectron2's ``default_argument_parser`` plus ``--save-ponder-maps [DIR]`` (SACT: sets
+    ``MODEL.DYNSCALE.SAVE_PONDER_MAPS``, default folder ``ponder_maps`` under ``OUTPUT_DIR``)."""
+    p = default_argument_parser()
+    p.add_argument('--save-ponder-maps', nargs='?', const='ponder_maps', default=None, metavar='DIR',
+                   help='SACT evaluation: save each image\'s ponder-cost map (.npy) and its drawing (.png) to DIR '
+                        'under OUTPUT_DIR (MODEL.DYNSCALE.SAVE_PONDER_MAPS)')
+    return p
+
+
 def main(args):
     """Train (or, with ``--eval-only``, evaluate) one config; returns detectron2's result dict."""
+    if getattr(args, 'save_ponder_maps', None):
+        args.opts = list(args.opts) + ['MODEL.DYNSCALE.SAVE_PONDER_MAPS', args.save_ponder_maps]
     cfg = setup(args)
     if args.eval_only:
         model = DynscaleTrainer.build_model(cfg)
@@ -54,6 +66,6 @@ def main(args):
 
 if __name__ == '__main__':
     from backbones.errors import run_main
-    args = default_argument_parser().parse_args()
+    args = parser().parse_args()
     run_main(lambda: launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                             dist_url=args.dist_url, args=(args,)))

@@ -82,6 +82,9 @@ def add_dynscale_config(cfg):
     # Loss weight of the ponder cost (Figurnov et al. 2017, eq. 8): loss_ponder = TAU * sum over
     # blocks of the mean ponder cost (backbone blocks and, in the C4 model, the res5 box head).
     D.TAU = 0.01
+    # Evaluation: save each test image's backbone ponder-cost map (.npy) and its drawing over the image (.png) to
+    # this folder under OUTPUT_DIR ("" = off); tools/train_det.py --save-ponder-maps [DIR] sets it.
+    D.SAVE_PONDER_MAPS = ''
     # C4 box head (DynscaleRes5ROIHeads): network whose stage 4 runs on the proposals; "" = NAME.
     # e.g. "preact_resnet101" for a plain res5 head on a SACT feature extractor.
     D.HEAD_NAME = ''
@@ -199,7 +202,8 @@ def dynscale_options(cfg):
                       (('SANDWICH', 'ENABLED'), 'width'), (('SANDWICH', 'TRAIN_SCALES'), 'width'),
                       (('RESOLUTIONS',), 'private_bn'), (('SCALES',), 'private_bn'),
                       (('RESOLUTION_RULE',), 'private_bn'), (('RSNET_TRAIN_MODE',), 'private_bn'),
-                      (('TAU',), 'ponder_cost'), (('CALIBRATION', 'NUM_BATCHES'), 'calibration')):
+                      (('TAU',), 'ponder_cost'), (('SAVE_PONDER_MAPS',), 'ponder_cost'),
+                      (('CALIBRATION', 'NUM_BATCHES'), 'calibration')):
         diff, value = changed(*keys)
         if diff:
             out[f'MODEL.DYNSCALE.{".".join(keys)} {value!r}'] = cap

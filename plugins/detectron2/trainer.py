@@ -511,11 +511,18 @@ def calibrate(cfg, model, width, scale):
 
 
 class _PonderMeter:
-    """Forward hook averaging the ponder cost of a SACT detector over an evaluation run."""
+    """Forward hook averaging the ponder cost of a SACT detector over an evaluation run and, with ``save_dir``
+    (``MODEL.DYNSCALE.SAVE_PONDER_MAPS``), saving each image's backbone ponder-cost map: ``<image_id>.npy``
+    (``[h, w]`` float32 at the network input's size, the stages' maps resized nearest-neighbour and summed) and
+    ``<image_id>.png`` (drawn over the input image with a colour bar, :func:`backbones.sact.drawing.draw_ponder_map`
+    with the per-stage maps)."""
 
-    def __init__(self, model):
+    def __init__(self, model, save_dir=None, input_format='BGR'):
         self.model = model
         self.values = []
+        self.save_dir, self.input_format, self.saved = save_dir, input_format, 0
+        if save_dir:
+            os.makedirs(save_dir, exist_ok=True)
         self.handle = _unwrap(model).register_forward_hook(self)
 
     def __call__(self, module, args, output):
@@ -526,6 +533,28 @@ class _PonderMeter:
             n = costs[0].shape[0]
             per_img = sum(c.detach().float().reshape(c.shape[0], -1).mean(1).mean() for c in costs)
             self.values.extend([float(per_img)] * max(1, n))
+        if self.save_dir and args and isinstance(args[0], (list, tuple)):
+            self._save(find_dynscale_backbone(module).net.ponder_costs, args[0])
+
+    def _save(self, costs, inputs):
+        """Maps of the padded batch (stage 1 is at stride 4), cropped to each input image."""
+        from backbones.sact.drawing import draw_ponder_map, stage_ponder_maps
+        if not costs:
+            return
+        padded = (costs[0].shape[-2] * 4, costs[0].shape[-1] * 4)
+        stages = stage_ponder_maps(costs, padded).cpu().numpy()
+        for i, inp in enumerate(inputs):
+            img = inp['image'].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+            if self.input_format == 'BGR':
+                img = img[..., ::-1]
+            h, w = img.shape[:2]
+            per_stage = stages[i][:, :h, :w]
+            stem = os.path.splitext(os.path.basename(inp.get('file_name', str(self.saved))))[0]
+            name = str(inp.get('image_id', stem))
+            np.save(os.path.join(self.save_dir, f'{name}.npy'), per_stage.sum(0).astype(np.float32))
+            draw_ponder_map(img, per_stage.sum(0), os.path.join(self.save_dir, f'{name}.png'), stage_maps=per_stage,
+                            title=inp.get('file_name'))
+            self.saved += 1
 
     def close(self):
         self.handle.remove()
@@ -635,6 +664,7 @@ class DynscaleTrainer(DefaultTrainer):
         for width, scale in points:
             if not bb.is_slimmable:
                 width = None
+            key = f'w{width if width is not None else 1.0:g}_s{scale}'
             c = cfg.clone()
             c.defrost()
             c.INPUT.MIN_SIZE_TEST = scale
@@ -645,7 +675,10 @@ class DynscaleTrainer(DefaultTrainer):
                     calibrated = calibrate(cfg, model, width, scale)
                     # the statistics calibrated for (width, scale), else the width's trained ones
                     stack.enter_context(policy.eval_context(bb.net, width, int(scale) if calibrated else None))
-                meter = _PonderMeter(model) if bb.has_ponder_cost else None
+                save = cfg.MODEL.DYNSCALE.SAVE_PONDER_MAPS
+                if save:
+                    save = os.path.join(cfg.OUTPUT_DIR, save, key if len(points) > 1 else '')
+                meter = _PonderMeter(model, save, cfg.INPUT.FORMAT) if bb.has_ponder_cost else None
                 try:
                     res = super(DynscaleTrainer, cls).test(c, model, evaluators)
                 finally:
@@ -653,8 +686,8 @@ class DynscaleTrainer(DefaultTrainer):
             if ponder is not None and isinstance(res, dict):
                 res = OrderedDict(res)
                 res['ponder'] = {'cost': ponder}
-                logger.info(f'mean ponder cost per image at scale {scale}: {ponder:.4f}')
-            key = f'w{width if width is not None else 1.0:g}_s{scale}'
+                logger.info(f'mean ponder cost per image at scale {scale}: {ponder:.4f}'
+                            + (f'; {meter.saved} ponder-cost maps saved to {meter.save_dir}' if meter.save_dir else ''))
             results[key] = res
         if len(results) == 1:
             return next(iter(results.values()))
