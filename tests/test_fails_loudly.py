@@ -137,6 +137,7 @@ def test_pretrain_accepts_the_recipes():
     (ELASTIC_SEG, ['--width', '0.5'], 'slimmable'),
     (ELASTIC_SEG, ['--resolution', '97'], 'rsnet'),
     (SACT_SEG, ['--width', '0.5'], 'slimmable'),
+    (ELASTIC_SEG, ['--save-ponder-maps'], 'sact'),
 ])
 def test_test_seg_refuses_before_building(tmp_path, text_checkpoint, config, flags, expect):
     r = _run(['tools/test_seg.py', config, text_checkpoint, '--work-dir', str(tmp_path / 'wd'), *flags], cwd=ROOT)

@@ -1,12 +1,13 @@
 """Evaluate a dynscale segmentation checkpoint with MMSegmentation (thin wrapper over mmengine's Runner).
 
-    python tools/test_seg.py CONFIG CHECKPOINT [--width 0.5] [--resolution 224] [--show-dir DIR]
+    python tools/test_seg.py CONFIG CHECKPOINT [--width 0.5] [--resolution 224] [--show-dir DIR] [--save-ponder-maps]
     torchrun --nproc_per_node=8 tools/test_seg.py CONFIG CHECKPOINT --launcher pytorch
 
 --width / --resolution set model.test_cfg.width / .resolution (slimmable: evaluate that sub-network after
 BN calibration by the config's BNCalibrationHook; RS-Net: test at that resolution with its BN).  Either on a
 backbone without that switch (``backbones.capabilities``) exits with an error before anything is built or read.
-SACT configs save ponder-cost maps to <work_dir>/ponder_maps.  Metrics are printed and logged.  The plumbing is
+SACT configs save ponder-cost maps to <work_dir>/ponder_maps (``--save-ponder-maps DIR`` elsewhere; refused for
+other families), drawn over each image with a colour bar.  Metrics are printed and logged.  The plumbing is
 shared with the other OpenMMLab tools (:mod:`plugins.mm.cli`).
 """
 import argparse
@@ -31,6 +32,9 @@ def parse_args(argv=None):
                         help="RS-Net: a --resolution without a private BN is an error (default); 'nearest' "
                              "evaluates it with the nearest trained resolution's private BN (logged)")
     parser.add_argument('--show-dir', default=None, help='save painted predictions to this folder')
+    parser.add_argument('--save-ponder-maps', nargs='?', const='ponder_maps', default=None, metavar='DIR',
+                        help='SACT: save each image\'s ponder-cost map (.npy) and its drawing over the image (.png) '
+                             'to DIR (relative: under --work-dir; default ponder_maps)')
     return parser.parse_args(argv)
 
 
@@ -49,8 +53,12 @@ def main(argv=None):
         vis.draw = True
         vis.interval = 1
         cfg.visualizer.save_dir = args.show_dir
+    if args.save_ponder_maps is not None:  # one PonderMapSaveHook, writing where the flag says
+        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'PonderMapSaveHook'] + [
+            dict(type='PonderMapSaveHook', out_dir=args.save_ponder_maps)]
     flags = {'model.test_cfg.width': '--width', 'model.test_cfg.resolution': '--resolution',
-             'model.test_cfg.untrained_resolution': '--untrained-resolution'}
+             'model.test_cfg.untrained_resolution': '--untrained-resolution',
+             "custom_hooks type='PonderMapSaveHook'": '--save-ponder-maps'}
     runner = cli.build_runner(cfg, flags, checkpoint=args.checkpoint)
     cli.check_checkpoint(runner, args.checkpoint, args.non_strict)
     metrics = runner.test()
