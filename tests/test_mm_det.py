@@ -341,6 +341,10 @@ def test_sact_predict_keeps_ponder_maps_for_the_saver_hook(tmp_path):
         assert m.min() >= 4.0  # sum over 4 stages of rho = N + R >= 1
         saved = np.load(tmp_path / 'maps' / f'{r.img_id}.npy')
         np.testing.assert_allclose(saved, m.numpy())
+        assert r.ponder_stage_maps.shape == (4, *m.shape)
+        torch.testing.assert_close(r.ponder_stage_maps.sum(0), m)
+        from PIL import Image  # drawn over the image: image + sum + 4 stages, colour bars
+        assert Image.open(tmp_path / 'maps' / f'{r.img_id}.png').size == (int(3.2 * 6 * 80), int(3.4 * 80))
 
 
 def test_test_tool_maps_width_scale_and_rejects_wrong_detectors(tmp_path):

@@ -456,9 +456,9 @@ def test_method_configs_run_in_runner(name, tmp_path):
         assert hub.get_scalar('train/ponder_cost').current() >= 4.0
         runner.test()  # ponder maps are written at test time
         assert len(glob.glob(osp.join(cfg.work_dir, 'ponder_maps', '*.npy'))) == 2
-        from PIL import Image  # drawn over the test image with a colour bar (backbones.sact.drawing)
+        from PIL import Image  # drawn over the test image: sum + the 4 stages, colour bars (backbones.sact.drawing)
         pngs = glob.glob(osp.join(cfg.work_dir, 'ponder_maps', '*.png'))
-        assert len(pngs) == 2 and Image.open(pngs[0]).size == (int(3.2 * 2 * 80), int(3.4 * 80))
+        assert len(pngs) == 2 and Image.open(pngs[0]).size == (int(3.2 * 6 * 80), int(3.4 * 80))
     else:
         assert 'train/mred_kd' in hub.log_scalars
 

@@ -417,7 +417,8 @@ class SACTTwoStageDetector(DynscaleTwoStageDetector):
     ``loss`` adds ``loss_ponder = tau * sum over stages of mean(rho)`` (:func:`backbones.sact.ponder_loss`,
     gradient through the remainder R) to the detector losses and logs ``ponder_cost`` (the same sum
     without ``tau``, detached).  With ``save_ponder_maps`` (set by :class:`plugins.mm.hooks.PonderMapSaveHook`),
-    ``predict`` attaches to each result ``ponder_map``: ``[h, w]`` float tensor, the sum over stages
+    ``predict`` attaches to each result ``ponder_stage_maps`` (``[S, h, w]``) and ``ponder_map``: ``[h, w]`` float
+    tensor, the sum over stages
     of the per-position ponder cost, each stage map resized nearest-neighbour to the network input
     and cropped to ``img_shape`` (the reference's visualisation).
 
@@ -437,12 +438,13 @@ class SACTTwoStageDetector(DynscaleTwoStageDetector):
 
     def predict(self, batch_inputs, batch_data_samples, rescale=True):
         """:meth:`DynscaleTwoStageDetector.predict`, plus ``ponder_map`` per result when ``save_ponder_maps``."""
-        from backbones.sact import ponder_cost_map
+        from backbones.sact.drawing import stage_ponder_maps
         results = super().predict(batch_inputs, batch_data_samples, rescale=rescale)
         if self.save_ponder_maps:
             costs = [c.detach().float() for c in self.backbone.ponder_costs]
-            total = ponder_cost_map(costs, tuple(batch_inputs.shape[-2:]))
+            stages = stage_ponder_maps(costs, tuple(batch_inputs.shape[-2:]))  # [N, S, H, W]
             for i, ds in enumerate(results):
                 h, w = ds.img_shape[:2]
-                ds.set_field(total[i, :h, :w].cpu(), 'ponder_map')
+                ds.set_field(stages[i, :, :h, :w].sum(0).cpu(), 'ponder_map')
+                ds.set_field(stages[i, :, :h, :w].cpu(), 'ponder_stage_maps')
         return results

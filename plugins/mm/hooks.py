@@ -227,7 +227,11 @@ class PonderMapSaveHook(Hook):
                     img = np.asarray(Image.open(img_path).convert('RGB').resize((m.shape[1], m.shape[0])))
                 else:
                     img = np.full((*m.shape, 3), 128, np.uint8)
-                draw_ponder_map(img, m, osp.join(self._dir, f'{name}.png'), title=img_path, vmax=self.png_max)
+                stages = ds.get('ponder_stage_maps')
+                if stages is not None:
+                    stages = (stages.data if isinstance(stages, PixelData) else stages).float().cpu().numpy()
+                draw_ponder_map(img, m, osp.join(self._dir, f'{name}.png'), stage_maps=stages, title=img_path,
+                                vmax=self.png_max)
             self._saved += 1
 
     def after_test_epoch(self, runner, metrics=None):

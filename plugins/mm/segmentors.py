@@ -268,7 +268,8 @@ class SACTEncoderDecoder(DynscaleEncoderDecoder):
     """SACT/ACT preset (Figurnov et al. 2017, eq. 8): ``loss_ponder = tau * sum over stages of mean(rho)`` joins
     the losses and ``ponder_cost`` (the unweighted sum) is logged.  At test time each returned ``SegDataSample``
     carries ``ponder_map`` (``PixelData`` ``[1, H, W]`` at the original image size: per-stage maps resized
-    nearest-neighbour and summed, ``backbones.sact.ponder_cost_map``); :class:`plugins.mm.hooks.PonderMapSaveHook`
+    nearest-neighbour and summed, ``backbones.sact.ponder_cost_map``) and ``ponder_stage_maps`` (``[S, H, W]``, the
+    stages' maps); :class:`plugins.mm.hooks.PonderMapSaveHook`
     writes them.
 
     Args:
@@ -285,21 +286,22 @@ class SACTEncoderDecoder(DynscaleEncoderDecoder):
 
     def predict(self, inputs, data_samples=None):
         """``EncoderDecoder.predict`` plus ``ponder_map`` on every sample (whole-image inference)."""
-        from backbones.sact import ponder_cost_map
+        from backbones.sact.drawing import stage_ponder_maps
         results = super().predict(inputs, data_samples)
         costs = list(self.backbone.ponder_costs)
         if not costs or (self.test_cfg or {}).get('mode', 'whole') != 'whole':
             return results
-        pmap = ponder_cost_map(costs, tuple(inputs.shape[-2:]))  # [N, H, W] at the padded input size
+        stages = stage_ponder_maps(costs, tuple(inputs.shape[-2:]))  # [N, S, H, W] at the padded input size
         for i, ds in enumerate(results):
             meta = ds.metainfo
             left, right, top, bottom = meta.get('padding_size', [0, 0, 0, 0]) if meta else [0, 0, 0, 0]
-            m = pmap[i:i + 1, None, top:pmap.shape[1] - bottom, left:pmap.shape[2] - right]
+            m = stages[i:i + 1, :, top:stages.shape[2] - bottom, left:stages.shape[3] - right]
             if meta.get('flip'):
                 m = m.flip(dims=(3,) if meta.get('flip_direction') == 'horizontal' else (2,))
             if 'ori_shape' in meta:
                 m = F.interpolate(m, size=tuple(meta['ori_shape'][:2]), mode='nearest')
-            ds.set_data({'ponder_map': PixelData(data=m[0])})
+            ds.set_data({'ponder_map': PixelData(data=m[0].sum(0, keepdim=True)),
+                         'ponder_stage_maps': PixelData(data=m[0])})
         return results
 
 
