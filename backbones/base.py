@@ -56,7 +56,7 @@ class DynamicBackbone(nn.Module):
     and ``self._stage_strides``, then call :meth:`_init_dense`.
 
     Args:
-        out_indices (tuple[int]): which stages (0..3) ``forward_features`` returns.
+        out_indices (tuple[int]): which stages (0..3) ``forward_stages`` returns.
         frozen_stages (int): -1 freezes nothing; 0 freezes the stem; k freezes stem and stages 0..k-1
             (``eval()`` + ``requires_grad=False``), re-applied by :meth:`train`.
         norm_eval (bool): keep every normalisation layer in eval mode while training (fine-tuning with
@@ -73,7 +73,7 @@ class DynamicBackbone(nn.Module):
     pixel_std = (0.229, 0.224, 0.225)
     #: memory format the stages compute in on CPU, whatever the input's: ``'channels_last'`` (families whose
     #: pooling / bilinear upsampling / BN are several times faster there: converted once at the input, the
-    #: ``forward_features`` maps handed back in the input's layout) or None (the input's layout)
+    #: ``forward_stages`` maps handed back in the input's layout) or None (the input's layout)
     cpu_layout = None
 
     def _init_dense(self, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
@@ -140,7 +140,7 @@ class DynamicBackbone(nn.Module):
         """``[N,3,H,W] -> [N,C0,H/4,W/4]``; override for families whose stem needs state."""
         return self.stem(x)
 
-    def forward_features(self, x):
+    def forward_stages(self, x):
         """Stage outputs.
 
         Args:
@@ -155,7 +155,23 @@ class DynamicBackbone(nn.Module):
         """
         return self._stages_in_layout(x)[0]
 
-    def _stages_in_layout(self, x):
+    def forward_features(self, x):
+        """timm's ``forward_features``: the unpooled input of :meth:`forward_head`, whatever ``out_indices`` says.
+
+        Args:
+            x (Tensor): ``[N, 3, H, W]`` normalised image batch.
+
+        Returns:
+            Tensor: ``[N, C4, h, w]``, the last stage's output (stride 32, or the output stride; SACT: its post-norm
+            BN+ReLU), so that ``forward_head(forward_features(x))`` equals ``forward(x)``.  The per-stage maps
+            that detection and segmentation necks take come from :meth:`forward_stages`.
+
+        Raises:
+            ValueError: wrong channel count.
+        """
+        return self._stages_in_layout(x, all_stages=True)[1]
+
+    def _stages_in_layout(self, x, all_stages=False):
         """:meth:`_forward_stages` in :attr:`cpu_layout` on CPU: a contiguous (NCHW) input is converted to
         channels-last once and the feature maps are handed back NCHW-contiguous (the layout frameworks feed and
         expect); the logits path converts nothing back.  A model whose weights are channels-last (``channels_last``
@@ -169,7 +185,7 @@ class DynamicBackbone(nn.Module):
             back = x.is_contiguous()
             x = x.contiguous(memory_format=torch.channels_last)
         try:
-            feats, last = self._forward_stages(x)
+            feats, last = self._forward_stages(x, all_stages=all_stages)
         except ValueError as e:
             if 'Expected more than 1 value per channel when training' not in str(e):
                 raise
@@ -179,6 +195,8 @@ class DynamicBackbone(nn.Module):
                              f'evaluate, or keep BN statistics fixed (norm_eval=True)') from None
         if back:
             feats = OrderedDict((k, v.contiguous()) for k, v in feats.items())
+            if all_stages:  # forward_features hands its map back too (the logits path converts nothing)
+                last = last.contiguous()
         return feats, last
 
     def set_width(self, width, *args, **kwargs):
@@ -204,26 +222,26 @@ class DynamicBackbone(nn.Module):
         return conv is not None and conv.weight.dim() == 4 and not conv.weight.is_contiguous() and \
             conv.weight.is_contiguous(memory_format=torch.channels_last)
 
-    def _forward_stages(self, x):
-        """Stem and stages, run once for :meth:`forward_features` and :meth:`forward` (timm-style).
+    def _forward_stages(self, x, all_stages=False):
+        """Stem and stages, run once for :meth:`forward_stages` and :meth:`forward` (timm-style).
 
         Families that change what the stages compute (private-BN selection, ACT stages) override this
         method, so that both public entry points follow.  Nothing is stored on the module.
 
         Returns:
-            tuple: ``(features, last)``: the :meth:`forward_features` dict and the output of the last stage
-            run, the input of :meth:`forward_head` (stage 4 whenever a head exists; without a head the
-            stages stop at the last of ``out_indices``).
+            tuple: ``(features, last)``: the :meth:`forward_stages` dict and the output of the last stage
+            run, the input of :meth:`forward_head` (stage 4 whenever a head exists or ``all_stages``; otherwise
+            the stages stop at the last of ``out_indices``).
         """
         self.check_input(x)
         x = self.forward_stem(x)
         out = OrderedDict()
-        last = max(self.out_indices) if self.out_indices else 3
+        last = max(self.out_indices) if (self.out_indices and not all_stages) else 3
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
                 out[f'stage{i + 1}'] = x
-            if i >= last and self.head is None:
+            if i >= last and self.head is None and not all_stages:
                 break
         return out, x
 
@@ -231,11 +249,11 @@ class DynamicBackbone(nn.Module):
         """``[N, C4, h, w] -> [N, num_classes]`` logits."""
         if self.head is None:
             raise RuntimeError('this backbone was built with num_classes=0 (features only); '
-                               'call forward_features or rebuild with num_classes > 0')
+                               'call forward_stages or rebuild with num_classes > 0')
         return self.head(x)
 
     def forward(self, x):
-        """Logits ``[N, num_classes]`` when a head exists, else the ``forward_features`` dict."""
+        """Logits ``[N, num_classes]`` when a head exists, else the ``forward_stages`` dict."""
         feats, last = self._stages_in_layout(x)
         if self.head is None:
             return feats

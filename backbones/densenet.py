@@ -185,7 +185,7 @@ class DenseNet(DynamicBackbone):
 
     Shapes:
         ``forward``: ``[N, 3, H, W] -> [N, num_classes]`` (or the features dict when ``num_classes=0``);
-        ``forward_features``: ``'stage{i}' -> [N, C_i, ceil(H / s_i), ceil(W / s_i)]`` with C = (256, 512,
+        ``forward_stages``: ``'stage{i}' -> [N, C_i, ceil(H / s_i), ceil(W / s_i)]`` with C = (256, 512,
         1792, 1920) for DenseNet-201 and (384, 832, 1696, 1808) for DenseNet-201+Elastic.
 
     Raises:

@@ -279,7 +279,7 @@ class DLA(DynamicBackbone):
 
     Shapes:
         ``forward``: ``[N, 3, H, W] -> [N, num_classes]`` (or the features dict when ``num_classes=0``);
-        ``forward_features``: ``'stage{i}' -> [N, channels[i + 2], ceil(H / s_i), ceil(W / s_i)]``.
+        ``forward_stages``: ``'stage{i}' -> [N, channels[i + 2], ceil(H / s_i), ceil(W / s_i)]``.
 
     Raises:
         ValueError: ``levels`` / ``channels`` not 6 positive ints; output stride not in {8, 16, 32};

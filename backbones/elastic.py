@@ -267,7 +267,7 @@ class ElasticResNeXt(DynamicBackbone):
 
     Shapes:
         ``forward``: ``[N, 3, H, W] -> [N, num_classes]`` (or the features dict when ``num_classes=0``);
-        ``forward_features``: ``'stage{i}' -> [N, C_i, ceil(H / s_i), ceil(W / s_i)]``.
+        ``forward_stages``: ``'stage{i}' -> [N, C_i, ceil(H / s_i), ceil(W / s_i)]``.
 
     Raises:
         ValueError: output stride not in {8, 16, 32}; ``layers`` not 4 positive ints; ``multi_grid``

@@ -110,7 +110,7 @@ class ScalePolicyRecorder:
 
         Raises:
             RuntimeError: no forward pass ran inside the context, or some unit did not run (e.g. the model was
-                called through ``forward_features`` with ``out_indices`` stopping early).
+                called through ``forward_stages`` with ``out_indices`` stopping early).
         """
         missing = [n for n, h, lo in zip(self.names, self._high, self._low) if h is None or lo is None]
         if missing:

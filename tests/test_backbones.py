@@ -43,13 +43,38 @@ def test_unknown_name_lists_close_matches():
         backbones.create('resnext50_elastc')
 
 
+def test_forward_features_is_the_last_stage_map_as_in_timm(fresh):
+    """timm's meaning: ``forward_features`` is one tensor, the unpooled last-stage map (the stage dict is
+    ``forward_stages``), whatever ``out_indices`` says."""
+    name, model = fresh
+    model.eval()
+    x = torch.randn(1, 3, 65, 97)
+    with torch.no_grad():
+        feat = model.forward_features(x)
+        stages = model.forward_stages(x)
+        assert torch.is_tensor(feat) and feat.shape[1] == model.feature_info[-1].channels, name
+        torch.testing.assert_close(feat, stages[model.feature_info[-1].name])
+        model.out_indices = (0,)  # the stage dict stops after stage 1; forward_features still runs every stage
+        assert list(model.forward_stages(x)) == [model.feature_info[0].name]
+        torch.testing.assert_close(model.forward_features(x), feat)
+
+
+@pytest.mark.parametrize('name', ['resnext50_elastic', 'us_mobilenet_v2', 'sact_resnet50', 'rs_resnet50'])
+def test_forward_head_of_forward_features_is_forward(name):
+    torch.manual_seed(0)
+    model = backbones.create(name, num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+
+
 # even and odd sides, 3-5 pixels at stride 32 (make test-fast: the odd one)
 @pytest.mark.parametrize('size', [pytest.param((96, 96), marks=pytest.mark.slow), (97, 161)], ids=['96x96', '97x161'])
 def test_forward_backward_strides_channels(fresh, size):
     name, model = fresh
     model.train()
     x = torch.randn(1, 3, *size)
-    feats = model.forward_features(x)
+    feats = model.forward_stages(x)
     info = model.feature_info
     assert list(feats) == [s.name for s in info]
     for s in info:
@@ -76,7 +101,7 @@ def test_deterministic_under_seed(built):
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     with torch.no_grad():
-        fa, fb = a.forward_features(x), b.forward_features(x)
+        fa, fb = a.forward_stages(x), b.forward_stages(x)
     for k in fa:
         assert torch.equal(fa[k], fb[k])
 
@@ -84,7 +109,7 @@ def test_deterministic_under_seed(built):
 def test_wrong_channel_count_raises(built):
     model = built[1].eval()
     with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):
-        model.forward_features(torch.randn(1, 4, 64, 64))
+        model.forward_stages(torch.randn(1, 4, 64, 64))
 
 
 @pytest.mark.slow
@@ -102,7 +127,7 @@ def test_trace_static_variants(name):
             self.m = m
 
         def forward(self, x):
-            out = self.m.forward_features(x) if hasattr(self.m, 'forward_features') else self.m(x)
+            out = self.m.forward_stages(x) if hasattr(self.m, 'forward_stages') else self.m(x)
             return tuple(out.values()) if isinstance(out, dict) else out
 
     w = Wrap(model).eval()
@@ -120,10 +145,10 @@ def test_sync_bn_conversion_keeps_eval_output(fresh):
     model = fresh[1].eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        ref = model.forward_features(x)
+        ref = model.forward_stages(x)
         conv = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
         assert any(isinstance(m, nn.SyncBatchNorm) for m in conv.modules())
-        got = conv.forward_features(x)
+        got = conv.forward_stages(x)
     for k in ref:
         torch.testing.assert_close(ref[k], got[k])
 

@@ -423,9 +423,9 @@ def test_rsnet_scale_buckets():
         with bb.scale_context(bb.scales[1]):
             got = bb(x)['res5']
         with bb.net.resolution_context(bb.net.resolutions[1]):
-            ref1 = bb.net.forward_features(x)['stage4']
+            ref1 = bb.net.forward_stages(x)['stage4']
         with bb.net.resolution_context(bb.net.resolutions[0]):
-            ref0 = bb.net.forward_features(x)['stage4']
+            ref0 = bb.net.forward_stages(x)['stage4']
     torch.testing.assert_close(got, ref1)
     assert not torch.allclose(got, ref0)
     from plugins.detectron2.trainer import _input_size

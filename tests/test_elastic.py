@@ -274,7 +274,7 @@ def test_forward_backward_features(name):
     m.train()
     for size in [(224, 224), (225, 301)]:
         x = torch.randn(1, 3, *size)
-        feats = m.forward_features(x)
+        feats = m.forward_stages(x)
         assert list(feats) == ['stage1', 'stage2', 'stage3', 'stage4']
         for (k, f), c, s in zip(feats.items(), (256, 512, 1024, 2048), (4, 8, 16, 32)):
             assert f.shape == (1, c, -(-size[0] // s), -(-size[1] // s)), (k, f.shape)
@@ -413,9 +413,9 @@ def test_nchw_input_computes_channels_last_on_cpu(name):
     m.stages[0].register_forward_hook(lambda mod, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
     x = torch.randn(2, 3, 65, 71)
     with torch.no_grad():
-        fast = m.forward_features(x)
+        fast = m.forward_stages(x)
         m.cpu_layout = None
-        ref = m.forward_features(x)
+        ref = m.forward_stages(x)
     assert seen == [True, False]  # channels-last inside, then the input's layout when switched off
     for k in ref:
         assert fast[k].is_contiguous()  # handed back in the layout it was fed

@@ -219,7 +219,7 @@ def test_output_stride_keeps_the_weights(name, os_, strides):
     assert m.elastic_units() == _model(name).elastic_units()
     size = (45, 67)
     with torch.no_grad():
-        feats = m.forward_features(torch.randn(1, 3, *size))
+        feats = m.forward_stages(torch.randn(1, 3, *size))
     for s, f in zip(m.feature_info, feats.values()):
         assert f.shape[-2:] == tuple(-(-d // s.stride) for d in size), (s, f.shape)
     last = [c for c in m.stages[3].modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3)]
@@ -271,8 +271,8 @@ def test_group_norm_and_channels_last(name):
     b = backbones.create(name, num_classes=0, out_indices=(1,), channels_last=True).eval()
     x = torch.randn(1, 3, 37, 51)
     with torch.no_grad():
-        assert gn.forward_features(x)['stage2'].shape[1] == gn.feature_info[0].channels
-        fa, fb = a.forward_features(x)['stage2'], b.forward_features(x)['stage2']
+        assert gn.forward_stages(x)['stage2'].shape[1] == gn.feature_info[0].channels
+        fa, fb = a.forward_stages(x)['stage2'], b.forward_stages(x)['stage2']
     # relative: fresh eval-mode DenseNet features (BN statistics 0 / 1) grow to ~1e6
     assert fb.is_contiguous(memory_format=torch.channels_last)
     assert (fa - fb).abs().max() <= 1e-5 * fa.abs().max()

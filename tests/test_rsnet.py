@@ -180,13 +180,13 @@ def test_explicit_rule():
     model = _build(num_classes=0, resolution_rule='explicit').eval()
     with torch.no_grad():
         with pytest.raises(ValueError, match=r'\(224, 192, 160, 128, 96\)'):
-            model.forward_features(torch.randn(1, 3, 100, 100))
-        model.forward_features(torch.randn(1, 3, 128, 128))
+            model.forward_stages(torch.randn(1, 3, 100, 100))
+        model.forward_stages(torch.randn(1, 3, 128, 128))
         assert model.resolution == 128
-        model.forward_features(torch.randn(1, 3, 96, 140))  # shorter side is a trained resolution
+        model.forward_stages(torch.randn(1, 3, 96, 140))  # shorter side is a trained resolution
         assert model.resolution == 96
         model.set_resolution(160)
-        model.forward_features(torch.randn(1, 3, 100, 100))
+        model.forward_stages(torch.randn(1, 3, 100, 100))
         assert model.resolution == 160
     model.resolution_rule = 'nearest'
     model.set_resolution(None)
@@ -220,14 +220,14 @@ def test_errors_name_allowed_values():
     with pytest.raises(ValueError, match='multi_grid'):
         _build('rs_mobilenet_v2', multi_grid=(1, 2, 4))
     with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):
-        model.forward_features(torch.randn(1, 1, 64, 64))
+        model.forward_stages(torch.randn(1, 1, 64, 64))
 
 
 def test_single_resolution_is_a_plain_network():
     model = _build('rs_resnet18', resolutions=(224,), num_classes=0).eval()
     assert all(len(m.bns) == 1 for m in _private_bns(model))
     with torch.no_grad():
-        out = model.forward_features(torch.randn(1, 3, 100, 130))  # nearest rule: the only BN
+        out = model.forward_stages(torch.randn(1, 3, 100, 130))  # nearest rule: the only BN
     assert model.resolution == 224 and out['stage4'].shape == (1, 512, 4, 5)
 
 
@@ -280,7 +280,7 @@ def test_forward_backward_with_head(name, size):
 def test_output_stride_by_dilation(name, os_):
     model = _build(name, num_classes=0, output_stride=os_, resolutions=(96,)).eval()
     with torch.no_grad():
-        feats = model.forward_features(torch.randn(1, 3, 65, 97))
+        feats = model.forward_stages(torch.randn(1, 3, 65, 97))
     strides = [s.stride for s in model.feature_info]
     assert strides == ([4, 8, 16, 16] if os_ == 16 else [4, 8, 8, 8])
     for s, f in zip(model.feature_info, feats.values()):
@@ -459,7 +459,7 @@ def _outputs_per_resolution(model, x):
     with torch.no_grad():
         for r in model.resolutions:
             with model.resolution_context(r):
-                outs.append(model.forward_features(x)['stage4'])
+                outs.append(model.forward_stages(x)['stage4'])
     return outs
 
 
@@ -517,7 +517,7 @@ def test_norm_layer_builds_every_private_bn():
     norms = [bn for pbn in _private_bns(model) for bn in pbn.bns]
     assert norms and all(isinstance(m, nn.GroupNorm) for m in norms)
     with torch.no_grad():
-        model.forward_features(torch.randn(1, 3, 64, 64))
+        model.forward_stages(torch.randn(1, 3, 64, 64))
 
 
 def test_copies_keep_one_shared_selection():

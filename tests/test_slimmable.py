@@ -129,7 +129,7 @@ def test_set_width_changes_channels_and_outputs(name):
     for w in (lo, hi):
         model.set_width(w)
         assert model.width == w
-        feats = model.forward_features(x)
+        feats = model.forward_stages(x)
         chans = [f.shape[1] for f in feats.values()]
         assert chans == model.stage_channels() == [s.channels for s in model.feature_info]
         outs[w] = out_of(model, x)
@@ -192,7 +192,7 @@ def test_output_stride_dilation():
             model = small(name, num_classes=0, output_stride=os_, **kw).eval()
             model.set_width(model.width_range[0])
             assert [s.stride for s in model.feature_info] == list(strides)
-            feats = model.forward_features(x)
+            feats = model.forward_stages(x)
             assert [f.shape[-1] for f in feats.values()] == [math.ceil(64 / s) for s in strides]
             if name == 'us_resnet50':
                 rate = 32 // os_  # last stage: 2 at OS 16, 4 at OS 8, times the multi-grid
@@ -208,7 +208,7 @@ def test_forward_backward(name, size):
     model.set_width(model.width_range[1] if 'mobilenet' in name and size[0] == 224 else model.width_range[0])
     model.out_indices = (0, 1, 2, 3)
     x = torch.randn(2, 3, *size)
-    feats = model.forward_features(x)
+    feats = model.forward_stages(x)
     for f, spec in zip(feats.values(), model.feature_info):
         assert f.shape[1] == spec.channels
         assert tuple(f.shape[-2:]) == tuple(math.ceil(s / spec.stride) for s in size)

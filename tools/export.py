@@ -46,7 +46,7 @@ FORMATS = ('onnx', 'torchscript')
 
 class ExportWrapper(nn.Module):
     """The traced graph: ``[N, 3, H, W] -> logits [N, num_classes]``, or with ``features`` a tuple of the
-    ``forward_features`` maps in ``out_indices`` order (``[N, C_i, ceil(H/s_i), ceil(W/s_i)]``)."""
+    ``forward_stages`` maps in ``out_indices`` order (``[N, C_i, ceil(H/s_i), ceil(W/s_i)]``)."""
 
     def __init__(self, model, features=False):
         super().__init__()
@@ -54,7 +54,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, x):
         if self.features:
-            return tuple(self.model.forward_features(x).values())
+            return tuple(self.model.forward_stages(x).values())
         return self.model(x)
 
 

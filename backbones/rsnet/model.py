@@ -197,7 +197,7 @@ class RSNet(DynamicBackbone):
         return nearest_resolution(self.resolutions, short)
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, x):
+    def forward_stages(self, x):
         """Stage outputs with the private BN chosen by :meth:`resolution_for_input`.
 
         Args:
@@ -212,9 +212,9 @@ class RSNet(DynamicBackbone):
         """
         return self._forward_stages(x)[0]
 
-    def _forward_stages(self, x):
+    def _forward_stages(self, x, all_stages=False):
         """Select the private BN of :meth:`resolution_for_input`, then run the stages (``forward`` and
-        ``forward_features`` both come here); returns ``(features, last stage output)``."""
+        ``forward_stages`` both come here); returns ``(features, last stage output)``."""
         self.check_input(x)
         if torch.jit.is_tracing():
             # the traced graph bakes in the private BN chosen for this input size (trace once per resolution)
@@ -224,7 +224,7 @@ class RSNet(DynamicBackbone):
         else:
             resolution = self.resolution_for_input(x.shape)
         self._apply_index(self.resolutions.index(resolution))
-        return super()._forward_stages(x)
+        return super()._forward_stages(x, all_stages=all_stages)
 
     def forward_parallel(self, images):
         """Run every training resolution: image i goes through the shared weights with private BN i.
@@ -238,7 +238,7 @@ class RSNet(DynamicBackbone):
                 :attr:`resolutions` (descending size; usually one shared crop resized to each resolution).
 
         Returns:
-            list: per resolution, logits ``[N, num_classes]``, or the ``forward_features`` dict when the
+            list: per resolution, logits ``[N, num_classes]``, or the ``forward_stages`` dict when the
             model was built with ``num_classes=0``.
 
         Raises:

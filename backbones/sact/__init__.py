@@ -42,7 +42,7 @@ Execution (:attr:`PreActResNet.execution`):
   other norms fall back to ``'image'``.
 
 Dense-prediction features: the stage output of a pre-activation network is an un-normalised residual
-stream, so :meth:`PreActResNet.forward_features` returns each stage output passed through the BN+ReLU
+stream, so :meth:`PreActResNet.forward_stages` returns each stage output passed through the BN+ReLU
 that follows it in the network: for stages 1-3 the pre-activation of the next stage's first unit (the same
 tensor that unit consumes, computed once), for stage 4 the final post-norm BN+ReLU (timm's ResNetV2 feature
 extraction does the same).  ``feature_preact=False`` returns the raw ACT-weighted stage outputs for stages

@@ -205,7 +205,7 @@ class PreActResNet(DynamicBackbone):
         set_halting_bias(self, value)
 
     # ------------------------------------------------------------------------------------------- forward
-    def forward_features(self, x):
+    def forward_stages(self, x):
         """Stage features for dense heads and the ponder costs.
 
         Args:
@@ -222,14 +222,14 @@ class PreActResNet(DynamicBackbone):
         """
         return self._forward_stages(x)[0]
 
-    def _forward_stages(self, x):
-        """``(features, head input)`` for ``forward_features`` and ``forward``: the features dict and the
+    def _forward_stages(self, x, all_stages=False):
+        """``(features, head input)`` for ``forward_stages`` and ``forward``: the features dict and the
         post-norm BN+ReLU of stage 4 (what :meth:`forward_head` takes; None when the stages stop earlier
-        without a head).  Sets :attr:`ponder_costs`."""
+        without a head and without ``all_stages``).  Sets :attr:`ponder_costs`."""
         self.check_input(x)
         x = self.stem(x)
         out = OrderedDict()
-        last = max(self.out_indices) if (self.out_indices and self.head is None) else 3
+        last = max(self.out_indices) if (self.out_indices and self.head is None and not all_stages) else 3
         costs = []
         pre = None
         for i, stage in enumerate(self.stages):

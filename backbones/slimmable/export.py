@@ -19,7 +19,7 @@ def export_static(model, width, resolution=None):
     Every :class:`SlimmableConv2d` / :class:`SlimmableLinear` / :class:`SlimmableBatchNorm2d` is replaced by
     an ``nn.Conv2d`` / ``nn.Linear`` / ``nn.BatchNorm2d`` holding the sliced weights and a copy of the private
     statistics of ``(width, resolution)``; the block structure (residuals, pooling, heads) is kept, so
-    ``forward``/``forward_features``/``feature_info`` behave as before.  The result is output-identical to
+    ``forward``/``forward_stages``/``feature_info`` behave as before.  The result is output-identical to
     ``model`` at that configuration in eval mode, traceable with ``torch.jit.trace`` at a fixed input size,
     and returned in eval mode.  Its ``set_width`` accepts only the exported width.
 

@@ -136,7 +136,7 @@ class _PreactOnly(nn.Module):
 
 class _PreactStub(nn.Module):
     """Stands in for a removed SACT stage: holds only its first unit's ``norm1`` (same state-dict keys
-    ``units.0.norm1.*``), which ``PreActResNet.forward_features`` needs for the previous stage's feature."""
+    ``units.0.norm1.*``), which ``PreActResNet.forward_stages`` needs for the previous stage's feature."""
 
     def __init__(self, unit):
         super().__init__()
@@ -371,7 +371,7 @@ class DynscaleD2Backbone(Backbone):
             short = self._scale if explicit else min(x.shape[-2:])
             ctx = self.net.resolution_context(self.net.resolutions[self.bucket_for(short, explicit)])
         with ctx:
-            feats = self.net.forward_features(x)
+            feats = self.net.forward_stages(x)
         self.ponder_costs = list(getattr(self.net, 'ponder_costs', None) or [])
         return {f'res{int(k[5:]) + 1}': v for k, v in feats.items()}
 

@@ -315,7 +315,7 @@ class DynscaleBackbone(BaseModule):
     # ------------------------------------------------------------------------------ forward
     def forward(self, x):
         """``[N, 3, H, W]`` normalised images -> tuple of stage features (see class docstring)."""
-        feats = self.model.forward_features(x)
+        feats = self.model.forward_stages(x)
         return tuple(feats.values())
 
     def train(self, mode=True):
