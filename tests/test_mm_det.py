@@ -297,13 +297,23 @@ def _preprocessed(model, **kw):
     return d['inputs'], d['data_samples']
 
 
+def test_former_ponder_tau_name_is_refused_naming_tau():
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(CFG_DIR, 'sact', 'faster-rcnn_sact-r50_fpn_short_coco-subset.py'))
+    g = dict(cfg.model)
+    g['ponder_tau'] = g.pop('tau')
+    with pytest.raises(ValueError, match=r'ponder_tau is now tau.*model\.tau=0\.005'):
+        MODELS.build(g)
+
+
 def test_sact_losses_include_ponder_cost():
     model, cfg = _build('sact/faster-rcnn_sact-r50_fpn_short_coco-subset.py')
     model.train()
     losses = model.loss(*_preprocessed(model))
     costs = model.backbone.ponder_costs
     assert len(costs) == 4 and costs[0].dim() == 3  # SACT: one [N, h, w] map per stage
-    expected = cfg.model.ponder_tau * sum(c.mean() for c in costs)
+    expected = cfg.model.tau * sum(c.mean() for c in costs)
     torch.testing.assert_close(losses['loss_ponder'], expected)
     torch.testing.assert_close(losses['ponder_cost'], sum(c.mean() for c in costs).detach())
     assert losses['ponder_cost'].item() >= 4.0  # at least one unit per stage and position

@@ -188,7 +188,7 @@ def test_generic_detector_equals_the_sact_preset():
     a = MODELS.build(cfg.model)
     g = dict(cfg.model)
     g['type'] = 'DynscaleTwoStageDetector'
-    g['policy'] = dict(type='sact', tau=g.pop('ponder_tau'))
+    g['policy'] = dict(type='sact', tau=g.pop('tau'))
     b = MODELS.build(g)
     b.load_state_dict(a.state_dict())
     assert repr(a.policy) == repr(b.policy)

@@ -423,17 +423,22 @@ class SACTTwoStageDetector(DynscaleTwoStageDetector):
     and cropped to ``img_shape`` (the reference's visualisation).
 
     Args:
-        ponder_tau (float | None): time penalty tau (None = the backbone's ``tau``, 0.01 by default).
+        tau (float | None): ponder cost weight tau (the paper's word, as in the SACT segmentor and Detectron2's
+            ``MODEL.DYNSCALE.TAU``; None = the backbone's ``tau``, 0.01 by default).
         save_ponder_maps (bool): attach ponder maps to predictions.
         **kwargs: :class:`TwoStageDetector` arguments (backbone must be an SACT/ACT dynscale backbone).
 
     Raises:
-        ValueError: backbone not of the SACT family, or negative ``ponder_tau``.
+        ValueError: backbone not of the SACT family, a negative ``tau``, or the former name ``ponder_tau`` (the
+            message names ``tau``).
     """
 
-    def __init__(self, *args, ponder_tau=None, save_ponder_maps=False, **kwargs):
-        super().__init__(*args, policy=dict(type='sact', tau=ponder_tau), **kwargs)
-        self.ponder_tau = self.policy.tau
+    def __init__(self, *args, tau=None, save_ponder_maps=False, **kwargs):
+        if 'ponder_tau' in kwargs:
+            raise ValueError(f'SACTTwoStageDetector: ponder_tau is now tau (one name with the SACT segmentor and '
+                             f'MODEL.DYNSCALE.TAU): write model.tau={kwargs["ponder_tau"]!r}')
+        super().__init__(*args, policy=dict(type='sact', tau=tau), **kwargs)
+        self.tau = self.policy.tau
         self.save_ponder_maps = save_ponder_maps
 
     def predict(self, batch_inputs, batch_data_samples, rescale=True):

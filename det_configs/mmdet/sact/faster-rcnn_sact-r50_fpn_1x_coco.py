@@ -11,7 +11,7 @@
 # * images resized so the shorter side is 600 (longer <= 1000), random horizontal flips;
 # * batch-normalisation parameters fixed to their ImageNet values (norm_eval, requires_grad=False);
 #   no atrous convolution.
-# tau: 0.005 (the authors' ImageNet release); change with --cfg-options model.ponder_tau=0.001.
+# tau: 0.005 (the authors' ImageNet release); change with --cfg-options model.tau=0.001.
 # The paper's optimiser (asynchronous SGD, batch 1, lr 3e-4, 1.2M steps) is replaced by MMDet's 1x.
 _base_ = [
     '../_base_/models/faster-rcnn_fpn.py', '../_base_/datasets/coco_detection_1000x600.py',
@@ -21,7 +21,7 @@ _base_ = [
 pretrained = 'checkpoints/sact_resnet50_timm_a1h_in1k.pth'
 model = dict(
     type='SACTTwoStageDetector',
-    ponder_tau=0.005,
+    tau=0.005,
     # timm resnetv2 *.a1h_in1k expects RGB normalised with mean = std = 0.5 (its pretrained_cfg; the converted file
     # carries it and InputNormalizationHook refuses another)
     data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),

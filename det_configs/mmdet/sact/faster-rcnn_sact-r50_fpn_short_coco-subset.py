@@ -7,7 +7,7 @@ _base_ = [
 ]
 model = dict(
     type='SACTTwoStageDetector',
-    ponder_tau=0.005,
+    tau=0.005,
     backbone=dict(
         _delete_=True,
         type='SACTResNet',
