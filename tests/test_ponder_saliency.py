@@ -118,6 +118,7 @@ def imagenette_sact(tmp_path_factory, shared_dir):
     return str(out / 'backbone.pth'), str(images), str(fixations)
 
 
+@pytest.mark.slow  # a pretrain.py run on the real data, then the tool
 def test_tool_draws_ponder_and_saliency_maps_and_scores_them(imagenette_sact, tmp_path):
     import ponder_maps
     ckpt, images, fixations = imagenette_sact
@@ -163,6 +164,7 @@ def test_tool_refuses_a_model_without_ponder_costs_and_an_empty_folder(tmp_path)
                           '--out-dir', str(tmp_path / 'o')])
 
 
+@pytest.mark.slow  # pretrain.py runs on the real data
 def test_pretrain_evaluate_saves_ponder_maps(imagenette_sact, tmp_path, shared_dir):
     """``tools/pretrain.py --evaluate --pretrained CKPT --save-ponder-maps 3``: the first three validation images
     drawn with the same function, the summed maps saved, equal to the model's on the evaluated crop."""

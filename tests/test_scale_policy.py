@@ -104,6 +104,7 @@ def imagenette_elastic(tmp_path_factory, shared_dir):
     return root, str(out / 'last.pth')
 
 
+@pytest.mark.slow  # a pretrain.py run on the real data, then the tool
 def test_tool_writes_scores_class_means_and_plots(imagenette_elastic, tmp_path):
     import scale_policy
     from PIL import Image
@@ -146,12 +147,15 @@ def test_tool_writes_scores_class_means_and_plots(imagenette_elastic, tmp_path):
     assert sizes['class_means.png'][1] > 200 and sizes['block_distributions.png'][0] >= 600
 
 
-def test_tool_refuses_a_dense_model_a_backbone_export_and_a_folder_without_the_split(imagenette_elastic, tmp_path):
+def test_tool_refuses_a_dense_model_a_backbone_export_and_a_folder_without_the_split(tmp_path, shared_dir):
     import scale_policy
-    root, ckpt = imagenette_elastic
+
+    from backbones.checkpoint import save_backbone_checkpoint
+    root = os.path.join(shared_dir, 'datasets', 'imagenette')
+    save_backbone_checkpoint(backbones.create('resnext50_elastic', num_classes=0), tmp_path / 'backbone.pth')
     with pytest.raises(ValueError, match='holds no classifier.*last.pth'):
-        scale_policy.main([os.path.join(os.path.dirname(ckpt), 'backbone.pth'), '--model', 'resnext50_elastic',
-                           '--data-path', root, '--out-dir', str(tmp_path)])
+        scale_policy.main([str(tmp_path / 'backbone.pth'), '--model', 'resnext50_elastic', '--data-path', root,
+                           '--out-dir', str(tmp_path)])
     with pytest.raises(ValueError, match='Elastic model'):
         scale_policy.main(['--random-init', '--model', 'resnext50_32x4d', '--data-path', root,
                            '--out-dir', str(tmp_path)])
@@ -191,6 +195,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.slow  # a real browser
 def test_explorer_page_searches_sorts_and_draws_the_tsne_map_in_chromium(imagenette_elastic, tmp_path, browser):
     import scale_policy
     from PIL import Image
