@@ -97,7 +97,6 @@ def main(argv=None):
     from tqdm import tqdm
 
     import backbones
-    from backbones.sact import ponder_cost_map
     from backbones.sact.drawing import draw_ponder_map, stage_ponder_maps
     from backbones.sact.saliency import auc_judd, cc, nss, ponder_saliency
     args = parse_args(argv)
@@ -116,8 +115,8 @@ def main(argv=None):
         with torch.no_grad():
             model(norm(x)[None])
         size = tuple(x.shape[-2:])
-        total = ponder_cost_map(model.ponder_costs, size)[0].numpy()
-        stages = stage_ponder_maps(model.ponder_costs, size)[0].numpy()
+        stages = stage_ponder_maps(model.ponder_costs, size)[0].numpy()  # [S, H, W]
+        total = stages.sum(0)  # = backbones.sact.ponder_cost_map
         draw_ponder_map(x.permute(1, 2, 0).numpy(), total, os.path.join(args.out_dir, f'{name}.png'),
                         stage_maps=stages, title=f'{args.model}: {rel}')
         np.save(os.path.join(args.out_dir, f'{name}_ponder.npy'), total.astype(np.float32))

@@ -90,17 +90,10 @@ def checkpoint_classes(path):
 
 def class_names(root, folders):
     """Readable names of the class ``folders`` from ``classes.txt`` in ``root`` or its parent (lines ``<k> <wnid>
-    <name> ...``); a folder without a line keeps its own name."""
-    for path in (os.path.join(root, 'classes.txt'), os.path.join(os.path.dirname(root.rstrip('/')), 'classes.txt')):
-        if os.path.isfile(path):
-            names = {}
-            with open(path) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 3 and re.fullmatch(r'\d+', parts[0]):
-                        names[parts[1]] = parts[2]
-            return [names.get(c, c) for c in folders]
-    return list(folders)
+    <name> ...``, :func:`pretrain_lib.pretrained.read_classes_txt`); a folder without a line keeps its own name."""
+    from pretrain_lib.pretrained import read_classes_txt
+    table = read_classes_txt(root)
+    return [table[c][0] if c in table else c for c in folders]
 
 
 def class_means(rows, classes):

@@ -725,7 +725,6 @@ class Trainer:
         evaluation transforms them), drawn over the image with the per-stage maps
         (:func:`backbones.sact.drawing.draw_ponder_map`) as ``<out>/ponder_maps/<image>.png`` plus the summed map
         ``<image>.npy`` ``[H, W]``; main process only.  Returns the folder."""
-        from backbones.sact import ponder_cost_map
         from backbones.sact.drawing import draw_ponder_map, stage_ponder_maps
         out = os.path.join(self.out, 'ponder_maps')
         if not self.info.is_main:
@@ -749,8 +748,8 @@ class Trainer:
                 with torch.no_grad():
                     model(x[None].to(self.info.device))
                 size = tuple(x.shape[-2:])
-                total = ponder_cost_map(model.ponder_costs, size)[0].cpu().numpy()
-                stages = stage_ponder_maps(model.ponder_costs, size)[0].cpu().numpy()
+                stages = stage_ponder_maps(model.ponder_costs, size)[0].cpu().numpy()  # [S, H, W]
+                total = stages.sum(0)
                 name = os.path.splitext(os.path.basename(self.val_set.samples[i][0]))[0]
                 img = (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
                 draw_ponder_map(img, total, os.path.join(out, f'{name}.png'), stage_maps=stages,

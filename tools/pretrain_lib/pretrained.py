@@ -143,18 +143,28 @@ def parse_eval_point(text):
     return float(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
-def imagenet_index_map(root, classes):
-    """Folder index -> ImageNet-1k index from ``<root>/../classes.txt`` or ``<root>/classes.txt`` lines
-    ``<k> <wnid> <name> imagenet1k_index=<i>`` (Imagenette), or None when there is no such file."""
+def read_classes_txt(root):
+    """``<root>/classes.txt`` (else ``<root>/../classes.txt``) lines ``<k> <wnid> <name> [imagenet1k_index=<i>]``
+    (Imagenette) as ``{wnid: (name, ImageNet-1k index or None)}``; ``{}`` when there is no such file."""
     for path in (os.path.join(root, 'classes.txt'), os.path.join(os.path.dirname(root.rstrip('/')), 'classes.txt')):
         if not os.path.isfile(path):
             continue
-        by_wnid = {}
+        out = {}
         with open(path) as f:
             for line in f:
-                m = re.search(r'(n\d{8}).*imagenet1k_index=(\d+)', line)
-                if m:
-                    by_wnid[m.group(1)] = int(m.group(2))
-        if by_wnid and all(c in by_wnid for c in classes):
-            return [by_wnid[c] for c in classes]
+                parts = line.split()
+                if len(parts) >= 3 and parts[0].isdigit():
+                    m = re.search(r'imagenet1k_index=(\d+)', line)
+                    out[parts[1]] = (parts[2], int(m.group(1)) if m else None)
+        if out:
+            return out
+    return {}
+
+
+def imagenet_index_map(root, classes):
+    """Folder index -> ImageNet-1k index from :func:`read_classes_txt` (Imagenette), or None when the file is
+    missing or does not map every class folder."""
+    table = read_classes_txt(root)
+    if table and all(table.get(c, (None, None))[1] is not None for c in classes):
+        return [table[c][1] for c in classes]
     return None
