@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 from ._registry import register_model
 from .base import DynamicBackbone, classifier_head, output_stride_dilations
@@ -164,7 +163,10 @@ class ElasticBottleneck(nn.Module):
             self.bn2 = norm_layer(width)
             self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = norm_layer(out_ch)
-        self.se = SqueezeExcitation(out_ch, out_ch // 16) if se else None
+        self.se = None
+        if se:  # imported here: torchvision's import (~1 s, torch._dynamo through torchvision.ops) only when used
+            from torchvision.ops import SqueezeExcitation
+            self.se = SqueezeExcitation(out_ch, out_ch // 16)
         self.relu = nn.ReLU(inplace=True)
         if stride != 1 or inplanes != out_ch:
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, out_ch, 1, stride=stride, bias=False),
