@@ -11,7 +11,8 @@ Build any of them with :func:`create` (``pretrained=PATH`` loads released or dyn
 are needed to import this package.
 """
 from . import densenet, dla, elastic, rsnet, sact, slimmable  # noqa: F401  (registration side effects)
-from ._registry import create, list_models, model_family, register_model
+from ._factory import create
+from ._registry import list_models, model_family, register_model
 from .base import DynamicBackbone, StageSpec
 from .complexity import complexity, count_macs, count_params
 from .pretrained import load_pretrained

@@ -1,7 +1,8 @@
 """One registry for every backbone variant (timm style: thin entrypoints, one place to look).
 
 ``register_model`` decorates a zero-argument-capable factory ``fn(**kwargs) -> nn.Module``;
-``create(name, **kwargs)`` builds it; ``list_models(pattern)`` lists names.
+``build(name, **kwargs)`` builds it with random weights; ``list_models(pattern)`` lists names.  The public
+``backbones.create`` (weights included) sits one layer up, in :mod:`backbones._factory`.
 """
 import difflib
 import fnmatch
@@ -54,26 +55,15 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_common_kwargs(pretrained, kwargs):
+def check_kwargs(kwargs):
     """Types of the arguments every factory shares, checked before anything is built (a string class count or a
     single out_index would otherwise fail deep inside a layer constructor).
 
     Raises:
-        TypeError: ``pretrained`` that is not a path or a dict; ``num_classes`` / ``frozen_stages`` that are not
-            integers; ``out_indices`` that is not a sequence of integers.
+        TypeError: ``num_classes`` / ``frozen_stages`` that are not integers; ``out_indices`` that is not a
+            sequence of integers.
         ValueError: a negative ``num_classes``.
     """
-    import os
-    if isinstance(pretrained, bool):
-        raise TypeError(f'pretrained={pretrained} (timm\'s download switch) is not supported: dynscale downloads no '
-                        f'weights; pass the path of a converted release (MODEL_ZOO.md lists each file and its convert '
-                        f'command) or of a dynscale checkpoint, or None for random initialisation')
-    if isinstance(pretrained, (str, os.PathLike)) and not os.fspath(pretrained):
-        raise ValueError("pretrained='' is an empty path; pass a checkpoint path, or None for random initialisation")
-    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike, dict)):
-        hint = f'; did you mean num_classes={pretrained}?' if _is_int(pretrained) else ''
-        raise TypeError(f'pretrained is a checkpoint path or a state dict, got {type(pretrained).__name__} '
-                        f'{pretrained!r}{hint} (the second positional argument of create() is pretrained)')
     if 'num_classes' in kwargs:
         n = kwargs['num_classes']
         if not _is_int(n):
@@ -96,39 +86,27 @@ def _check_common_kwargs(pretrained, kwargs):
                         f"{type(kwargs['frozen_stages']).__name__} {kwargs['frozen_stages']!r}")
 
 
-def create(name, pretrained=None, source=None, **kwargs):
-    """Build a registered backbone, optionally with pretrained weights.
+def build(name, **kwargs):
+    """Build a registered backbone with random weights: ``fn(**kwargs)`` of the factory registered as ``name``.
+    Weights are loaded one layer up (:func:`backbones.create` with ``pretrained=``, in :mod:`backbones._factory`),
+    so the registry imports nothing of the package.
 
     Args:
         name (str): a name from :func:`list_models`.
-        pretrained (str | os.PathLike | dict | None): weights to load strictly
-            (:func:`backbones.pretrained.load_pretrained`): a dynscale checkpoint, an official release of
-            allenai/elastic, slimmable_networks, MutualNet or RS-Nets, or a torchvision / timm state dict.
-            The factory then gets the arguments the weights need (width range and list, resolutions, the
-            file's ``num_classes``) unless ``kwargs`` set them; ``strict``, ``drop_head`` and
-            ``private_bn_map`` are passed to the loader.
-        source (str | None): the origin of ``pretrained`` when detection should be bypassed.
-        **kwargs: passed to the factory (``num_classes``, ``out_indices``, ``frozen_stages``,
-            ``norm_eval``, ``output_stride``, family-specific options).
+        **kwargs: passed to the factory (``num_classes``, ``out_indices``, ``frozen_stages``, ``norm_eval``,
+            ``output_stride``, family-specific options).
 
     Returns:
         nn.Module: a :class:`backbones.base.DynamicBackbone`.
 
     Raises:
-        ValueError: unknown name; the message lists the closest registered names.  A negative ``num_classes``.
-        TypeError: a name that is not a string; arguments of the wrong type (``pretrained`` that is not a path or
-            a dict, a string ``num_classes``, an int ``out_indices``).
+        ValueError: unknown name (the message lists the closest registered names); a negative ``num_classes``.
+        TypeError: a name that is not a string; arguments of the wrong type (a string ``num_classes``, an int
+            ``out_indices``).
         UnknownArgumentError: a misspelt argument (with close matches).
-        backbones.checkpoint.CheckpointMismatchError: ``pretrained`` does not fit ``name`` (the message names
-            the model it fits or the unmatched keys).
     """
     _check(name)
-    _check_common_kwargs(pretrained, kwargs)
-    if pretrained is not None:
-        from .pretrained import create_pretrained
-        return create_pretrained(name, pretrained, source=source, **kwargs)
-    if source is not None:
-        raise ValueError('source= only applies together with pretrained=')
+    check_kwargs(kwargs)
     try:
         return _MODELS[name](**kwargs)
     except TypeError as e:

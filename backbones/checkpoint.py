@@ -8,8 +8,10 @@ Format (``torch.save``)::
               'pixel_mean': [...], 'pixel_std': [...],   # on the 0-255 scale
               ...anything the producer adds (epoch, top-1, recipe)}}
 
-Every framework adapter loads through :func:`load_backbone_state`, so the rules (prefix stripping,
-missing/unexpected report, metadata checks) live in one place.
+Writing, metadata and the key report live here; reading a file of any origin and loading it into a model sit one
+layer up, in :mod:`backbones.pretrained` (:func:`~backbones.pretrained.read_checkpoint`,
+:func:`~backbones.pretrained.load_backbone_state`, through which every framework adapter loads), which imports
+this module and never the reverse.
 """
 import io
 import os
@@ -141,38 +143,6 @@ def save_backbone_checkpoint(model, path, drop_head=True, **extra_meta):
     return atomic_save({'state_dict': sd, 'meta': backbone_meta(model, **extra_meta)}, path)
 
 
-def read_checkpoint(path_or_obj):
-    """Return ``(state_dict, meta)`` from a path or loaded object (dynscale, mm or d2 layouts).
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        backbones.pretrained.files.CheckpointFileError: the file is not a readable checkpoint (names what it is).
-        CheckpointMismatchError: the file holds no state dict.
-    """
-    obj = path_or_obj
-    if isinstance(path_or_obj, (str, os.PathLike)):
-        from .pretrained.files import load_file
-        obj = load_file(path_or_obj)
-    if not isinstance(obj, dict):
-        raise CheckpointMismatchError(f'checkpoint is a {type(obj).__name__}, not a dict with a state_dict')
-    meta = obj.get('meta') or {}
-    from .integrity import DIGEST_KEY, verify_digests
-    where = os.fspath(path_or_obj) if isinstance(path_or_obj, (str, os.PathLike)) else "the checkpoint"
-    for key in ('state_dict', 'model', 'state_dict_ema'):
-        if key in obj and isinstance(obj[key], dict):
-            sd = obj[key]
-            break
-    else:
-        sd = obj
-    if not all(isinstance(v, torch.Tensor) or hasattr(v, 'shape') for v in sd.values()):
-        raise CheckpointMismatchError('checkpoint holds no tensor state dict (keys: %s)' % list(obj)[:10])
-    sd = {k: torch.as_tensor(v) for k, v in sd.items()}
-    if isinstance(meta, dict) and DIGEST_KEY in meta:
-        verify_digests(sd, meta[DIGEST_KEY], where)
-        meta = {k: v for k, v in meta.items() if k != DIGEST_KEY}  # they describe this file only
-    return sd, meta
-
-
 def _both_namings(key):
     """``key`` followed by its dynscale backbone name when it carries a framework wrapper prefix."""
     for p in _PREFIXES:
@@ -243,31 +213,13 @@ def strip_prefix(state_dict, model_keys):
     return best
 
 
-def load_backbone_state(model, checkpoint, strict=True, expect_family=None, logger=None):
-    """Load a backbone checkpoint into ``model`` and report unmatched keys loudly.
+#: functions that moved up into :mod:`backbones.pretrained` (reading files of every origin sits above this module,
+#: so that the dependency graph runs one way): importing them from here names their new place
+_MOVED = {'read_checkpoint': 'backbones.pretrained.read_checkpoint',
+          'load_backbone_state': 'backbones.pretrained.load_backbone_state'}
 
-    A thin wrapper of :func:`backbones.pretrained.load_pretrained` (which also reads released files of the
-    authors and torchvision / timm state dicts) with a family check.
 
-    Args:
-        model (nn.Module): the backbone (not the detector).
-        checkpoint (str | dict): path or loaded object.
-        strict (bool): raise on missing/unexpected/shape-mismatched keys (else warn and load what fits).
-        expect_family (str | None): raise when the checkpoint's ``meta['family']`` differs.
-
-    Returns:
-        backbones.pretrained.LoadReport: ``missing``, ``unexpected``, ``shape_mismatch``, ``meta`` ... (also
-        readable as ``report['missing']``).
-
-    Raises:
-        CheckpointMismatchError: with ``strict`` and any unmatched key, or a family mismatch; the message lists
-            the keys and names the likely fix.
-    """
-    from .pretrained import load_pretrained, read_source
-
-    src = read_source(checkpoint)
-    fam = src.meta.get('family')
-    if expect_family and fam and fam != expect_family:
-        raise CheckpointMismatchError(f'checkpoint is a {fam!r} backbone ({src.meta.get("variant")}), the model is '
-                                      f'{expect_family!r}: pick the checkpoint exported for this variant')
-    return load_pretrained(model, src, strict=strict, logger=logger)
+def __getattr__(name):
+    if name in _MOVED:
+        raise ImportError(f'backbones.checkpoint.{name} moved to {_MOVED[name]}: import it from backbones.pretrained')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

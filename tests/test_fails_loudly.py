@@ -511,9 +511,9 @@ def test_detectron2_training_stops_on_a_nonfinite_batch_naming_its_files(tmp_pat
 def test_digests_describe_their_file_only(tmp_path):
     """A verified file's digests are not carried along: re-wrapping its tensors (a prefix selection, the float32
     cast of half-precision tensors) must not read as corruption."""
-    from backbones.checkpoint import atomic_save, read_checkpoint
+    from backbones.checkpoint import atomic_save
     from backbones.integrity import DIGEST_KEY
-    from backbones.pretrained import load_pretrained, read_source
+    from backbones.pretrained import load_pretrained, read_checkpoint, read_source
     model = backbones.create('rs_resnet18', num_classes=0)
     sd = {'backbone.' + k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     path = str(tmp_path / 'seg.pth')

@@ -287,7 +287,7 @@ def test_slimmable_segmentor_sandwich_step_and_calibration():
     assert optim._inner_count == 1
     assert not torch.equal(w0, model.decode_head.conv_seg.weight)
     # evaluation at a width without statistics needs calibration first
-    from backbones.slimmable import calibrate_bn
+    from backbones.training import calibrate_bn
     model.eval()
     model.test_cfg = ConfigDict(mode='whole', width=0.6, resolution=48)
     with pytest.raises(ValueError, match='calibrate'):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.checkpoint import load_backbone_state
+from backbones.pretrained import load_backbone_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')

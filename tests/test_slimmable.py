@@ -16,11 +16,11 @@ from backbones.slimmable import (
     SlimmableBatchNorm2d,
     SlimmableConv2d,
     SlimmableLinear,
-    calibrate_bn,
     export_static,
     inplace_distillation_loss,
     make_divisible,
 )
+from backbones.training import calibrate_bn
 
 VARIANTS = ['us_mobilenet_v1', 'us_mobilenet_v2', 'us_vgg16_bn', 'us_resnet50']
 

@@ -26,7 +26,7 @@ The run directory receives ``args.json`` (resolved arguments), ``log.txt``, ``tr
 ``summary.csv``, ``tb/`` (TensorBoard), ``last.pth``/``best.pth`` (full training state, for
 ``--resume``), ``eval.txt``/``eval.json`` (top-1/top-5 and MACs per width x resolution) and the
 exported backbone checkpoint (``backbone.pth``; loads into the Detectron2/OpenMMLab plugins through
-``backbones.checkpoint.load_backbone_state``).
+``backbones.pretrained.load_backbone_state``).
 """
 import argparse
 import json

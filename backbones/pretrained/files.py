@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..checkpoint import CheckpointMismatchError
+from ..integrity import DIGEST_KEY, check_finite, verify_digests
 
-__all__ = ['CheckpointFileError', 'SourceFile', 'load_file', 'read_source', 'sha256_of']
+__all__ = ['CheckpointFileError', 'SourceFile', 'load_file', 'read_checkpoint', 'read_source', 'sha256_of']
 
 #: container entries that hold the weights, in order of preference
 STATE_KEYS = ('state_dict', 'model', 'state_dict_ema')
@@ -254,7 +255,6 @@ def read_source(path_or_obj):
             raise CheckpointFileError(
                 f'{path or "the object"} holds no state dict: top-level keys {list(obj)[:10]}; expected a '
                 f'"state_dict" or "model" entry of tensors, or a bare state dict')
-    from ..integrity import DIGEST_KEY, check_finite, verify_digests
     meta = obj.get('meta') if isinstance(obj.get('meta'), dict) else obj.get('dynscale_meta')
     digests = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
     raw = {k: _as_tensor(v) for k, v in sd.items()}
@@ -276,3 +276,33 @@ def read_source(path_or_obj):
     return SourceFile(state_dict=out, container=container, container_keys=tuple(obj) if sd is not obj else (),
                       state_key=state_key, path=path, sha256_=sha, wrapped_member=wrapped, cast_keys=cast,
                       weights_only=weights_only)
+
+
+def read_checkpoint(path_or_obj):
+    """Return ``(state_dict, meta)`` from a path or loaded object (dynscale, mm or d2 layouts).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        CheckpointFileError: the file is not a readable checkpoint (names what it is).
+        CheckpointMismatchError: the file holds no state dict.
+    """
+    obj = path_or_obj
+    if isinstance(path_or_obj, (str, os.PathLike)):
+        obj = load_file(path_or_obj)
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f'checkpoint is a {type(obj).__name__}, not a dict with a state_dict')
+    meta = obj.get('meta') or {}
+    where = os.fspath(path_or_obj) if isinstance(path_or_obj, (str, os.PathLike)) else "the checkpoint"
+    for key in ('state_dict', 'model', 'state_dict_ema'):
+        if key in obj and isinstance(obj[key], dict):
+            sd = obj[key]
+            break
+    else:
+        sd = obj
+    if not all(isinstance(v, torch.Tensor) or hasattr(v, 'shape') for v in sd.values()):
+        raise CheckpointMismatchError('checkpoint holds no tensor state dict (keys: %s)' % list(obj)[:10])
+    sd = {k: torch.as_tensor(v) for k, v in sd.items()}
+    if isinstance(meta, dict) and DIGEST_KEY in meta:
+        verify_digests(sd, meta[DIGEST_KEY], where)
+        meta = {k: v for k, v in meta.items() if k != DIGEST_KEY}  # they describe this file only
+    return sd, meta

@@ -39,7 +39,8 @@ from .files import SourceFile, read_source
 from .mapping import Transfer
 from .normalization import InputNormalization
 
-__all__ = ['SOURCES', 'identify', 'convert', 'load_pretrained', 'LoadReport', 'create_pretrained']
+__all__ = ['SOURCES', 'identify', 'convert', 'load_pretrained', 'load_backbone_state', 'LoadReport',
+           'create_pretrained']
 
 #: accepted ``source=`` values -> canonical origin
 SOURCES = {
@@ -207,7 +208,7 @@ def _template(model_name, num_classes, kwargs):
     """The dynscale model ``model_name`` built on the meta device (shapes and order only)."""
     with torch.device('meta'), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return _registry.create(model_name, num_classes=num_classes, **kwargs)
+        return _registry.build(model_name, num_classes=num_classes, **kwargs)
 
 
 def convert(src, model_name=None, source=None, template_kwargs=None, width_list=None, resolutions=None):
@@ -247,7 +248,7 @@ def convert(src, model_name=None, source=None, template_kwargs=None, width_list=
     release.convert(src, template, transfer, model_name)
     sd = transfer.finish(_HINTS[release.origin](release))
     if transfer.new:  # keep the template's own initialisation for allowed-new tensors: build them for real
-        real = _registry.create(model_name, num_classes=release.num_classes, **kwargs)
+        real = _registry.build(model_name, num_classes=release.num_classes, **kwargs)
         real_sd = real.state_dict()
         for k, _ in transfer.new:
             sd[k] = real_sd[k].clone()
@@ -583,6 +584,34 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
     build.update(kwargs)
     if num_classes is not None and 'num_classes' not in kwargs:
         build['num_classes'] = num_classes
-    model = _registry.create(name, **build)
+    model = _registry.build(name, **build)
     load_pretrained(model, src, source, **load_kw)
     return model
+
+
+def load_backbone_state(model, checkpoint, strict=True, expect_family=None, logger=None):
+    """Load a backbone checkpoint into ``model`` and report unmatched keys loudly.
+
+    A thin wrapper of :func:`backbones.pretrained.load_pretrained` (which also reads released files of the
+    authors and torchvision / timm state dicts) with a family check.
+
+    Args:
+        model (nn.Module): the backbone (not the detector).
+        checkpoint (str | dict): path or loaded object.
+        strict (bool): raise on missing/unexpected/shape-mismatched keys (else warn and load what fits).
+        expect_family (str | None): raise when the checkpoint's ``meta['family']`` differs.
+
+    Returns:
+        backbones.pretrained.LoadReport: ``missing``, ``unexpected``, ``shape_mismatch``, ``meta`` ... (also
+        readable as ``report['missing']``).
+
+    Raises:
+        CheckpointMismatchError: with ``strict`` and any unmatched key, or a family mismatch; the message lists
+            the keys and names the likely fix.
+    """
+    src = read_source(checkpoint)
+    fam = src.meta.get('family')
+    if expect_family and fam and fam != expect_family:
+        raise CheckpointMismatchError(f'checkpoint is a {fam!r} backbone ({src.meta.get("variant")}), the model is '
+                                      f'{expect_family!r}: pick the checkpoint exported for this variant')
+    return load_pretrained(model, src, strict=strict, logger=logger)

@@ -16,20 +16,20 @@ BN configurations (design).  ``model.set_width(w)`` selects width ``w`` and its 
 (US-Nets: one set per width).  ``model.set_width(w, resolution=r)`` selects the same weights with the
 statistics calibrated for the pair ``(w, r)`` (MutualNet's ``ComputePostBN`` calibrates per width-resolution
 pair).  The two are never mixed silently: evaluating a configuration without statistics raises ``ValueError``
-naming :func:`calibrate_bn`.  ``width_list`` lists the widths with width-only statistics, ``bn_configs``
-every stored ``(width, resolution)`` pair (``resolution=None`` for width-only).  Training at any width of the
-range works: a configuration without statistics uses batch statistics (US-Nets trains only the listed
-widths' statistics).
+naming :func:`backbones.training.calibrate_bn`.  ``width_list`` lists the widths with width-only statistics,
+``bn_configs`` every stored ``(width, resolution)`` pair (``resolution=None`` for width-only).  Training at any
+width of the range works: a configuration without statistics uses batch statistics (US-Nets trains only the
+listed widths' statistics).
 
-Also here: :func:`calibrate_bn` (post-statistics BN in one call, on the training core's
-:func:`backbones.training.reset_and_average`), :func:`export_static` (plain ``nn.Module`` at one width),
-:func:`inplace_distillation_loss`, and the ops of :mod:`backbones.slimmable.ops` (:func:`make_divisible`,
-:class:`InputSlicedConv2d`, ...).  The sandwich rule and MutualNet's width-resolution sampling are the training
-core's :class:`backbones.training.SandwichPolicy`.
+Post-statistics BN in one call is the training core's :func:`backbones.training.calibrate_bn` (this package
+imports nothing of ``backbones.training``, which sits above it).  Also here: :func:`export_static` (plain
+``nn.Module`` at one width), :func:`inplace_distillation_loss`, and the ops of :mod:`backbones.slimmable.ops`
+(:func:`make_divisible`, :class:`InputSlicedConv2d`, ...).  The sandwich rule and MutualNet's width-resolution
+sampling are the training core's :class:`backbones.training.SandwichPolicy`.
 
 Files: ``ops`` (slimmable conv / linear / BN operators), ``model`` (:class:`SlimmableBackbone`, width and
-BN-configuration API), ``architectures`` (the four networks and their factories), ``calibration``
-(:func:`calibrate_bn`), ``export`` (:func:`export_static`), ``losses`` (:func:`inplace_distillation_loss`).
+BN-configuration API), ``architectures`` (the four networks and their factories), ``export``
+(:func:`export_static`), ``losses`` (:func:`inplace_distillation_loss`).
 """
 from .architectures import (  # noqa: F401  (registration side effects; blocks kept importable from here)
     USVGG16BN,
@@ -44,7 +44,6 @@ from .architectures import (  # noqa: F401  (registration side effects; blocks k
     us_resnet50,
     us_vgg16_bn,
 )
-from .calibration import calibrate_bn
 from .export import export_static
 from .losses import inplace_distillation_loss
 from .model import SlimmableBackbone
@@ -63,6 +62,15 @@ from .ops import (  # noqa: F401  (normalize_width, parse_config_key, WidthAware
 
 __all__ = ['SlimmableBackbone', 'USMobileNetV1', 'USMobileNetV2', 'USVGG16BN', 'USResNet50',
            'us_mobilenet_v1', 'us_mobilenet_v2', 'us_vgg16_bn', 'us_resnet50',
-           'calibrate_bn', 'export_static', 'inplace_distillation_loss',
+           'export_static', 'inplace_distillation_loss',
            'make_divisible', 'active_channels', 'config_key', 'InputSlicedConv2d', 'SlimmableConv2d',
            'SlimmableLinear', 'SlimmableBatchNorm2d']
+
+#: names that moved out of this package (it sits below ``backbones.training``): importing them names the new place
+_MOVED = {'calibrate_bn': 'backbones.training.calibrate_bn'}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        raise ImportError(f'backbones.slimmable.{name} moved to {_MOVED[name]}: import it from backbones.training')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -226,7 +226,7 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
       that calls ``.eval()`` on every ``_BatchNorm`` works.)  A converted ``FrozenBatchNorm2d`` always
       uses its frozen statistics; a ``SyncBatchNorm`` in train mode runs its own (synchronised) forward.
     * no private statistics (an unlisted width) -> batch statistics in train mode (US-Nets); in eval mode
-      a ``ValueError`` that names :func:`backbones.slimmable.calibrate_bn`, unless a statistics-free
+      a ``ValueError`` that names :func:`backbones.training.calibrate_bn`, unless a statistics-free
       probe is enabled (``probe=True``: mean 0 / var 1, only for counting MACs and shapes).
 
     Args:
@@ -314,7 +314,7 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
         have = ', '.join(sorted(self.private)) or 'none'
         return ValueError(
             f'no private BN statistics for {where} (stored: {have}). Evaluating a width needs its '
-            f'post-statistics BN: run backbones.slimmable.calibrate_bn(model, batches, width={self.width}'
+            f'post-statistics BN: run backbones.training.calibrate_bn(model, batches, width={self.width}'
             + ('' if self.resolution is None else f', resolution={self.resolution}')
             + ') first, or evaluate a width that has statistics (model.width_list / model.bn_configs).')
 
@@ -322,7 +322,7 @@ class SlimmableBatchNorm2d(WidthAware, nn.Module):
         res = '' if self.resolution is None else f', resolution={self.resolution}'
         return ValueError(
             f'the BN statistics of width {self.width}{res} are not calibrated ({why}). Evaluating needs its '
-            f'post-statistics BN: run backbones.slimmable.calibrate_bn(model, batches, width={self.width}{res}) '
+            f'post-statistics BN: run backbones.training.calibrate_bn(model, batches, width={self.width}{res}) '
             f'(backbones.training.calibrate) first; the frameworks\' BNCalibrationHook / CALIBRATION and '
             f'tools/pretrain.py --evaluate do this')
 

@@ -7,7 +7,7 @@ module                 what it holds
 ``sandwich``           :class:`SandwichPolicy`: US-Nets sandwich rule + inplace distillation, MutualNet sizes
 ``resolutions``        :class:`ResolutionPolicy`: RS-Nets private BN per resolution, MRED
 ``ponder``             :class:`PonderPolicy`: SACT / ACT ponder cost
-``calibration``        post-statistics BN: :func:`reset_and_average`, :func:`calibrate`
+``calibration``        post-statistics BN: :func:`reset_and_average`, :func:`calibrate`, :func:`calibrate_bn`
 ``calibration_data``   the same calibration batches for any number of processes: :class:`CalibrationSampler`,
                        :class:`SeededSamples`
 ``distributed``        rank agreement: one seed, rank-averaged BN statistics, :func:`check_ranks_agree`
@@ -18,7 +18,7 @@ Frontends (``plugins/mm``, ``plugins/detectron2``, ``tools/pretrain_lib``) build
 ``mred_loss``, ``ponder_loss``) is driven from here only.  A new method adds a policy class and one
 :data:`POLICIES` entry (:func:`register_policy`); the frontends build every policy through :func:`policy_for`.
 """
-from .calibration import calibrate, head_batchnorms, reset_and_average
+from .calibration import calibrate, calibrate_bn, head_batchnorms, reset_and_average
 from .calibration_data import CalibrationSampler, SeededSamples
 from .distributed import agree_seed, average_bn_statistics, check_ranks_agree, digest, world_size
 from .policy import StandardPolicy, Subnet, TrainingPolicy, weighted_losses
@@ -28,7 +28,7 @@ from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
            'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'agree_seed',
-           'weighted_losses', 'ponder_costs_of', 'reset_and_average', 'calibrate', 'CalibrationSampler',
+           'weighted_losses', 'ponder_costs_of', 'reset_and_average', 'calibrate', 'calibrate_bn', 'CalibrationSampler',
            'SeededSamples', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
 #: method name -> policy class, in the order :func:`policy_for` tries them for a model (``trains``)

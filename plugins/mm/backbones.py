@@ -43,8 +43,8 @@ from torch import nn
 
 import backbones as dyn
 from backbones.base import output_stride_dilations
-from backbones.checkpoint import CheckpointMismatchError, read_checkpoint
-from backbones.pretrained import InputNormalization, load_pretrained, missing_file_message, read_source
+from backbones.checkpoint import CheckpointMismatchError
+from backbones.pretrained import InputNormalization, load_pretrained, missing_file_message, read_checkpoint, read_source
 
 from .registry import register_mm_module, register_renamed
 

@@ -30,7 +30,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 import backbones
-from backbones.checkpoint import atomic_save, load_backbone_state, save_backbone_checkpoint
+from backbones.checkpoint import atomic_save, save_backbone_checkpoint
+from backbones.pretrained import load_backbone_state
 from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
 from . import data as pdata
