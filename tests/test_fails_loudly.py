@@ -401,6 +401,30 @@ def test_foreign_file_with_non_finite_values_is_refused(tmp_path):
         backbones.create('rs_resnet18', pretrained=str(tmp_path / 'tv.pth'))
 
 
+@pytest.mark.parametrize('values, finite', [
+    ([1.0, float('nan')], False), ([float('inf'), 1.0], False), ([float('-inf'), 2.0], False),
+    ([float('inf'), float('-inf')], False),
+    ([3e38, 3e38, -1.0], True),  # finite elements whose sum overflows: checked element by element
+    ([0.0, -2.5], True),
+])
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'float64'])
+def test_non_finite_check_of_a_file_sees_every_element(values, finite, dtype):
+    import torch
+
+    from backbones.integrity import CorruptedCheckpointError, check_finite
+    dtype = getattr(torch, dtype)
+    if dtype == torch.float16:  # its largest finite value is 65504
+        values = [min(max(v, -6e4), 6e4) if v == v and abs(v) != float('inf') else v for v in values]
+    t = torch.zeros(1000, dtype=dtype)
+    t[7:7 + len(values)] = torch.tensor(values, dtype=torch.float64).to(dtype)
+    sd = {'a': torch.ones(3), 'b': t, 'n': torch.tensor([1, 2])}
+    if finite:
+        assert check_finite(sd, 'x.pth') == 2
+    else:
+        with pytest.raises(CorruptedCheckpointError, match='tensor b in x.pth holds non-finite'):
+            check_finite(sd, 'x.pth')
+
+
 def test_pretrain_resume_refuses_a_corrupted_checkpoint(tmp_path):
     import torch
 
