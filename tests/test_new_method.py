@@ -160,3 +160,41 @@ def test_pretraining_tool_trains_a_registered_method(tmp_path):
     assert sizes == [(48, 48), (32, 32)]
     assert out['n'] == 2 and out['loss'] > 0
     assert model.stem.conv.weight.grad is not None
+
+
+class WidthOnlyPolicy(TwoPassPolicy):
+    """A registered method that needs a width multiplier (its policy's ``capability``)."""
+
+    method = NAME + '_width'
+    capability = 'width'
+
+
+def test_frontends_check_a_registered_methods_capability_from_its_policy():
+    """Which backbones a method trains is the policy's ``capability``: a new method needing a width multiplier is
+    refused on an Elastic backbone by the MMSeg/MMDet config check and the Detectron2 option check, and its
+    method-specific pretraining flags go with it, with no table in any frontend to extend."""
+    from backbones.capabilities import OptionNotApplicable
+    name = NAME + '_width'
+    training.register_policy(name, WidthOnlyPolicy)
+    try:
+        assert training.capability_of(name) == 'width' and training.capability_of(NAME) is None
+        assert name in training.methods_needing('width') and 'usnet' in training.methods_needing('width')
+        assert training.methods_needing('ponder_cost') == ['sact']
+        with pytest.raises(ValueError, match='unknown training method'):
+            training.capability_of('no_such_method')
+        if importlib.util.find_spec('mmengine') is not None:
+            from plugins.mm.options import check_config_options
+            cfg = {'model': {'type': 'DynscaleEncoderDecoder', 'policy': {'type': name},
+                             'backbone': {'type': 'DynscaleBackbone', 'arch': 'resnext50_elastic'}}}
+            with pytest.raises(OptionNotApplicable, match=f"model.policy.type='{name}'.*width multiplier"):
+                check_config_options(cfg)
+            cfg['model']['backbone']['arch'] = 'us_mobilenet_v2'
+            assert 'width' in check_config_options(cfg)
+        if importlib.util.find_spec('detectron2') is not None:
+            from plugins.detectron2.config import get_dynscale_cfg
+            yaml = osp.join(ROOT, 'det_configs', 'detectron2', 'quick_schedules',
+                            'mask_rcnn_resnext50_elastic_FPN_quick.yaml')
+            with pytest.raises(OptionNotApplicable, match=f"POLICY.NAME '{name}'.*resnext50_elastic.*width multiplier"):
+                get_dynscale_cfg(yaml, ['MODEL.DYNSCALE.POLICY.NAME', name])
+    finally:
+        training.POLICIES.pop(name)

@@ -199,16 +199,17 @@ def get_parser():
     return p
 
 
-#: flag (argparse dest) -> (the backbone capability it sets, the methods that read it or None for every method);
-#: which family has a capability is decided by the one table backbones.capabilities
+#: flag (argparse dest) -> (the backbone capability it sets, whether only the training methods needing that
+#: capability read it (backbones.training.methods_needing), else every method); which family has a capability is
+#: decided by the one table backbones.capabilities, which method needs one by its policy class
 FLAG_CAPABILITY = {
-    'widths': ('width', None), 'eval_widths': ('width', None), 'macs_budgets': ('width', None),
-    'num_subnets': ('width', ('usnet', 'mutualnet')), 'inplace_distill': ('width', ('usnet', 'mutualnet')),
-    'resolutions': ('resolution', None), 'eval_resolutions': ('resolution', None),
-    'kd_type': ('private_bn', ('rsnet',)), 'untrained_resolution': ('private_bn', ('rsnet',)),
-    'tau': ('ponder_cost', ('sact',)), 'save_ponder_maps': ('ponder_cost', None),
-    'calib_batches': ('calibration', None), 'bn_calibration': ('calibration', None),
-    'calib_batch_size': ('calibration', None), 'eval_points': ('width', None),
+    'widths': ('width', False), 'eval_widths': ('width', False), 'macs_budgets': ('width', False),
+    'num_subnets': ('width', True), 'inplace_distill': ('width', True),
+    'resolutions': ('resolution', False), 'eval_resolutions': ('resolution', False),
+    'kd_type': ('private_bn', True), 'untrained_resolution': ('private_bn', True),
+    'tau': ('ponder_cost', True), 'save_ponder_maps': ('ponder_cost', False),
+    'calib_batches': ('calibration', False), 'bn_calibration': ('calibration', False),
+    'calib_batch_size': ('calibration', False), 'eval_points': ('width', False),
 }
 
 
@@ -230,13 +231,15 @@ def check_flags(args, given):
     from pretrain_lib.methods import METHOD_CLASSES
 
     from backbones.capabilities import check_options
+    from backbones.training import methods_needing
     given = set(given)
     flag = {d: '--' + d.replace('_', '-') for d in FLAG_CAPABILITY}
     flag['inplace_distill'] = '--no-inplace-distill'
     check_options(args.model, {flag[d]: FLAG_CAPABILITY[d][0] for d in sorted(given & set(FLAG_CAPABILITY))},
                   where='tools/pretrain.py')
     for d in sorted(given & set(FLAG_CAPABILITY)):
-        readers = FLAG_CAPABILITY[d][1]
+        cap, method_specific = FLAG_CAPABILITY[d]
+        readers = methods_needing(cap) if method_specific else None
         if readers and args.method not in readers:
             raise ValueError(f'{flag[d]} is read only by --method {" / ".join(readers)}; --method {args.method} '
                              f'ignores it: remove it or choose one of those methods')

@@ -27,7 +27,8 @@ from .resolutions import ResolutionPolicy
 from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
-           'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'agree_seed',
+           'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'capability_of',
+           'methods_needing', 'agree_seed',
            'weighted_losses', 'ponder_costs_of', 'reset_and_average', 'calibrate', 'calibrate_bn', 'CalibrationSampler',
            'SeededSamples', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
@@ -78,6 +79,26 @@ def policy_for(model, method=None, ignore_index=None, **options):
     if method not in POLICIES:
         raise ValueError(f'unknown training method {method!r}; choose one of {sorted(POLICIES)}')
     return POLICIES[method].from_model(model, method=method, ignore_index=ignore_index, **options)
+
+
+def capability_of(method):
+    """The backbone capability (:data:`backbones.capabilities.CAPABILITIES` key) the training ``method`` needs:
+    its policy class's ``capability`` (``'width'`` for the sandwich rule, ``'private_bn'`` for RS-Nets,
+    ``'ponder_cost'`` for SACT), None for a method that trains any model.  The frontends check a config's method
+    with it instead of a table of their own, so a method added with :func:`register_policy` is checked too.
+
+    Raises:
+        ValueError: unknown method (the message lists them).
+    """
+    if method not in POLICIES:
+        raise ValueError(f'unknown training method {method!r}; choose one of {sorted(POLICIES)}')
+    return POLICIES[method].capability
+
+
+def methods_needing(capability):
+    """The registered methods whose policy needs ``capability`` (e.g. ``'width'`` -> ``['mutualnet', 'usnet']``),
+    sorted."""
+    return sorted(m for m, cls in POLICIES.items() if cls.capability == capability)
 
 
 def build_policy(method, **options):

@@ -78,6 +78,9 @@ class TrainingPolicy:
 
     Attributes:
         method (str): ``'standard'``, ``'usnet'``, ``'mutualnet'``, ``'rsnet'`` or ``'sact'``.
+        capability (str | None): the backbone capability the method needs (a key of
+            :data:`backbones.capabilities.CAPABILITIES`: ``'width'``, ``'private_bn'``, ``'ponder_cost'``), which
+            the frontends check a config's method against before building anything; None: any model.
         find_unused_parameters (bool): whether DDP must allow parameters without gradient in a step.
         needs_calibration (bool): whether BN statistics must be re-estimated before evaluation (slimmable).
         combines (bool): the step's loss is :meth:`combine` over every sub-network's logits (RS-Nets MRED), not
@@ -88,6 +91,7 @@ class TrainingPolicy:
     """
 
     method = 'standard'
+    capability = None
     find_unused_parameters = False
     needs_calibration = False
     combines = False

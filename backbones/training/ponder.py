@@ -41,6 +41,7 @@ class PonderPolicy(TrainingPolicy):
     """
 
     method = 'sact'
+    capability = 'ponder_cost'
     find_unused_parameters = True  # halting branches of units that never run in a step get no gradient
 
     def __init__(self, tau=0.01, seed=None):

@@ -45,6 +45,7 @@ class ResolutionPolicy(TrainingPolicy):
     """
 
     method = 'rsnet'
+    capability = 'private_bn'
     find_unused_parameters = True  # a private BN not selected in a step gets no gradient
     needs_calibration = False
 

@@ -34,6 +34,7 @@ class SandwichPolicy(TrainingPolicy):
         ValueError: bad width range, ``num_subnets < 2``, non-positive sizes, unknown ``distill``.
     """
 
+    capability = 'width'
     find_unused_parameters = False
     needs_calibration = True
 

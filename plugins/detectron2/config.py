@@ -12,6 +12,8 @@ import os
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from backbones.training import POLICIES, capability_of
+
 NORMS = ('FrozenBN', 'BN', 'SyncBN', 'nnSyncBN', 'naiveSyncBN', 'GN')
 OUT_FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')
 RESOLUTION_RULES = ('nearest', 'explicit')
@@ -176,10 +178,6 @@ def validate_dynscale_config(cfg):
     return cfg
 
 
-#: training method (MODEL.DYNSCALE.POLICY.NAME) -> the backbone capability it needs
-_POLICY_CAPABILITY = {'usnet': 'width', 'mutualnet': 'width', 'rsnet': 'private_bn', 'sact': 'ponder_cost'}
-
-
 def dynscale_options(cfg):
     """The ``MODEL.DYNSCALE`` keys set away from their defaults that only some backbone families have.
 
@@ -211,8 +209,8 @@ def dynscale_options(cfg):
     if widths:
         out[f'MODEL.DYNSCALE.EVAL_POINTS widths {widths}'] = 'width'
     name = str(D.POLICY.get('NAME', '') or '')
-    if name in _POLICY_CAPABILITY:
-        out[f'MODEL.DYNSCALE.POLICY.NAME {name!r}'] = _POLICY_CAPABILITY[name]
+    if name in POLICIES and capability_of(name):  # the method's own policy says what it needs
+        out[f'MODEL.DYNSCALE.POLICY.NAME {name!r}'] = capability_of(name)
     return out
 
 

@@ -8,14 +8,13 @@ option lives in an MMSeg / MMDet config.
 """
 import backbones as dyn
 from backbones.capabilities import check_options
+from backbones.training import POLICIES, capability_of
 
 __all__ = ['backbone_arch', 'config_options', 'check_config_options', 'check_registered_types']
 
 #: MM backbone type -> its default ``arch`` (``plugins.mm.backbones``)
 _ADAPTERS = {'DynscaleBackbone': None, 'ElasticBackbone': 'resnext50_elastic', 'SlimmableNet': 'us_mobilenet_v2',
              'SACTResNet': 'sact_resnet101', 'RSNetBackbone': 'rs_resnet50'}
-#: training method -> the capability it needs (``backbones.training.POLICIES``)
-_POLICY_CAPABILITY = {'usnet': 'width', 'mutualnet': 'width', 'rsnet': 'private_bn', 'sact': 'ponder_cost'}
 #: preset model types -> the capability their method needs
 _PRESET_CAPABILITY = {'SlimmableEncoderDecoder': 'width', 'SlimmableTwoStageDetector': 'width',
                       'RSNetEncoderDecoder': 'private_bn', 'RSNetTwoStageDetector': 'private_bn',
@@ -81,8 +80,8 @@ def config_options(cfg, flags=None):
     if bb.get('resolution') is not None:
         add('model.backbone.resolution', 'private_bn')
     policy = _type(model.get('policy'))
-    if policy in _POLICY_CAPABILITY:
-        add(f"model.policy.type='{policy}'", _POLICY_CAPABILITY[policy])
+    if policy in POLICIES and capability_of(policy):  # the method's own policy says what it needs
+        add(f"model.policy.type='{policy}'", capability_of(policy))
     mtype = _type(model)
     if mtype in _PRESET_CAPABILITY:
         add(f"model.type='{mtype}'", _PRESET_CAPABILITY[mtype])
