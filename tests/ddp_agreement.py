@@ -1,8 +1,11 @@
-"""Two CPU processes (gloo) run one frontend's policy and BN calibration; each writes what it drew and what it
+"""Two CPU processes (gloo) run each frontend's policy and BN calibration; each writes what it drew and what it
 calibrated, so that tests/test_training_core.py can assert that both ranks agree.
 
-Usage: ``python tests/ddp_agreement.py FRONTEND OUT_DIR`` with FRONTEND in core, pretrain, mmseg, mmdet,
-detectron2.  Each rank seeds torch differently before the policy is built (a drawn seed must be agreed over the
+Usage: ``python tests/ddp_agreement.py FRONTEND[,FRONTEND...] OUT_DIR`` with FRONTEND in core, pretrain, mmseg,
+mmdet, detectron2: the same two processes run the frontends one after the other (each writes
+``OUT_DIR/FRONTEND.rank{0,1}.pt``; a frontend that fails writes ``OUT_DIR/FRONTEND.error`` and the run stops: a
+rank cannot go on alone past a collective), so that the suite starts two processes once instead of once per
+frontend.  Each rank seeds torch differently before the policy is built (a drawn seed must be agreed over the
 ranks) and calibrates on different images (the statistics must be averaged over the ranks).
 """
 import os
@@ -166,19 +169,26 @@ def run_detectron2(rank):
     return [policy.subnets(s) for s in range(5)], _stats(bb.net)
 
 
-def worker(rank, frontend, out):
+def worker(rank, frontends, out):
+    import traceback
     dist.init_process_group('gloo', init_method=f'file://{out}/rdzv', rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
-        subnets, stats = globals()[f'run_{frontend}'](rank)
-        steps = [[dict(s.__dict__) for s in step] for step in subnets]
-        torch.save({'subnets': steps, 'stats': stats}, os.path.join(out, f'rank{rank}.pt'))
+        for frontend in frontends:
+            try:
+                subnets, stats = globals()[f'run_{frontend}'](rank)
+            except Exception:  # the test of this frontend fails with the traceback
+                with open(os.path.join(out, f'{frontend}.error'), 'a') as f:
+                    f.write(f'rank {rank}:\n{traceback.format_exc()}')
+                raise
+            steps = [[dict(s.__dict__) for s in step] for step in subnets]
+            torch.save({'subnets': steps, 'stats': stats}, os.path.join(out, f'{frontend}.rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == '__main__':
-    frontend, out = sys.argv[1], sys.argv[2]
+    frontends, out = sys.argv[1].split(','), sys.argv[2]
     os.environ['DDP_OUT'] = out
-    mp.spawn(worker, args=(frontend, out), nprocs=2, join=True)
-    print('DDP_AGREEMENT_DONE', frontend)
+    mp.spawn(worker, args=(frontends, out), nprocs=2, join=True)
+    print('DDP_AGREEMENT_DONE', *frontends)

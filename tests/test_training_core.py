@@ -137,25 +137,47 @@ def test_the_frontends_drive_the_methods_only_through_the_core():
 
 
 FRONTENDS = ['core', 'pretrain', 'mmseg', 'mmdet', 'detectron2']
+#: the package a frontend needs, and the reason named when it is missing
+_FRONTEND_NEEDS = {'mmseg': ('mmseg', 'mmseg (the mm extra) is not installed'),
+                   'mmdet': ('mmdet', 'mmdet (the mm extra) is not installed'),
+                   'detectron2': ('detectron2', 'detectron2 not installed: build it from source per '
+                                  'https://detectron2.readthedocs.io/en/latest/tutorials/install.html')}
+
+
+def _frontend_installed(frontend):
+    import importlib.util
+    need = _FRONTEND_NEEDS.get(frontend)
+    return need is None or importlib.util.find_spec(need[0]) is not None
+
+
+@pytest.fixture(scope='module')
+def ddp_agreement_run(tmp_path_factory):
+    """One run of tests/ddp_agreement.py over every installed frontend: two processes started once (each frontend
+    in its own process pair cost ~10 s of start-up, torch and the frameworks imported again); returns the output
+    folder and the run's output."""
+    out = tmp_path_factory.mktemp('ddp_agreement')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_pretrain import _make_folder
+    env['DDP_TINY'] = _make_folder(out / 'tiny', n_train=4, n_val=2, size=36)
+    frontends = [f for f in FRONTENDS if _frontend_installed(f)]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'ddp_agreement.py'), ','.join(frontends),
+                        str(out)], env=env, capture_output=True, text=True, timeout=900)
+    return out, r.stdout[-3000:] + r.stderr[-5000:]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('ddp_agreement')  # one worker runs them all: the fixture's one run serves every frontend
 @pytest.mark.parametrize('frontend', FRONTENDS)
-def test_two_ddp_ranks_draw_the_same_subnets_and_hold_the_same_bn_statistics(frontend, tmp_path):
-    if frontend in ('mmseg', 'mmdet'):
-        pytest.importorskip(frontend, reason=f'{frontend} (the mm extra) is not installed')
-    if frontend == 'detectron2':
-        pytest.importorskip('detectron2', reason='detectron2 not installed: build it from source per '
-                            'https://detectron2.readthedocs.io/en/latest/tutorials/install.html')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    if frontend == 'pretrain':
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from test_pretrain import _make_folder
-        env['DDP_TINY'] = _make_folder(tmp_path / 'tiny', n_train=4, n_val=2, size=36)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'ddp_agreement.py'), frontend, str(tmp_path)],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    a, b = (torch.load(tmp_path / f'rank{i}.pt', weights_only=False) for i in (0, 1))
+def test_two_ddp_ranks_draw_the_same_subnets_and_hold_the_same_bn_statistics(frontend, ddp_agreement_run):
+    if not _frontend_installed(frontend):
+        pytest.skip(_FRONTEND_NEEDS[frontend][1])
+    out, log = ddp_agreement_run
+    if (out / f'{frontend}.error').exists():
+        pytest.fail(f'the {frontend} frontend failed under DDP:\n' + (out / f'{frontend}.error').read_text()[-5000:])
+    files = [out / f'{frontend}.rank{i}.pt' for i in (0, 1)]
+    assert all(f.exists() for f in files), f'{frontend}: not run (an earlier frontend stopped the run?)\n{log}'
+    a, b = (torch.load(f, weights_only=False) for f in files)
     assert a['subnets'] == b['subnets']
     assert len({str(s) for s in a['subnets']}) > 1 or frontend == 'detectron2'
     assert a['stats'] and a['stats'].keys() == b['stats'].keys()
