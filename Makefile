@@ -8,9 +8,9 @@ export DYNSCALE_REQUIRE_BROWSER := 1
 
 .PHONY: setup test test-fast demo bench complexity
 # pytest-xdist: one worker per core, one torch thread each (tests/conftest.py).  No test shares a port or a
-# fixed path (torchrun --standalone picks a free port, DDP tests rendezvous in their tmp_path), so load balancing
-# is safe; --dist loadgroup keeps the tests of one xdist_group on one worker (those served by one module fixture).
-XDIST := -n auto --dist loadgroup
+# fixed path (torchrun --standalone picks a free port, DDP tests rendezvous in their tmp_path), so plain load
+# balancing is safe.
+XDIST := -n auto
 setup:
 	bash tools/setup_env.sh
 

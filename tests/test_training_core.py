@@ -150,24 +150,33 @@ def _frontend_installed(frontend):
     return need is None or importlib.util.find_spec(need[0]) is not None
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def ddp_agreement_run(tmp_path_factory):
     """One run of tests/ddp_agreement.py over every installed frontend: two processes started once (each frontend
     in its own process pair cost ~10 s of start-up, torch and the frameworks imported again); returns the output
-    folder and the run's output."""
-    out = tmp_path_factory.mktemp('ddp_agreement')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from test_pretrain import _make_folder
-    env['DDP_TINY'] = _make_folder(out / 'tiny', n_train=4, n_val=2, size=36)
-    frontends = [f for f in FRONTENDS if _frontend_installed(f)]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'ddp_agreement.py'), ','.join(frontends),
-                        str(out)], env=env, capture_output=True, text=True, timeout=900)
-    return out, r.stdout[-3000:] + r.stderr[-5000:]
+    folder and the run's output.  Under pytest-xdist the workers share it through a file lock in their common
+    base folder (pytest-xdist's recipe for a session fixture run once; ``--dist loadgroup`` does not group tests
+    under pytest 9.2, pytest-dev/pytest-xdist#1386)."""
+    from filelock import FileLock  # a dependency of torch
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        root = root.parent  # the run's folder, above each worker's own
+    out = root / 'ddp_agreement'
+    with FileLock(str(root / 'ddp_agreement.lock')):
+        if not (out / 'log.txt').exists():
+            out.mkdir(exist_ok=True)
+            env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from test_pretrain import _make_folder
+            env['DDP_TINY'] = _make_folder(out / 'tiny', n_train=4, n_val=2, size=36)
+            frontends = [f for f in FRONTENDS if _frontend_installed(f)]
+            r = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'ddp_agreement.py'), ','.join(frontends),
+                                str(out)], env=env, capture_output=True, text=True, timeout=900)
+            (out / 'log.txt').write_text(f'exit status {r.returncode}\n' + r.stdout[-3000:] + r.stderr[-5000:])
+    return out, (out / 'log.txt').read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group('ddp_agreement')  # one worker runs them all: the fixture's one run serves every frontend
 @pytest.mark.parametrize('frontend', FRONTENDS)
 def test_two_ddp_ranks_draw_the_same_subnets_and_hold_the_same_bn_statistics(frontend, ddp_agreement_run):
     if not _frontend_installed(frontend):
