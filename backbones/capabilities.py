@@ -22,7 +22,7 @@ network and needs no switch.  A model outside the dynscale registry (a framework
 """
 from . import _registry
 
-__all__ = ['CAPABILITIES', 'FAMILY_CAPABILITIES', 'capabilities', 'families_with', 'check_options',
+__all__ = ['CAPABILITIES', 'FAMILY_CAPABILITIES', 'capabilities', 'families_with', 'models_with', 'check_options',
            'OptionNotApplicable']
 
 #: capability -> what it means (used in messages)
@@ -80,6 +80,17 @@ def families_with(capability):
     if capability not in CAPABILITIES:
         raise KeyError(f'unknown capability {capability!r}; known: {sorted(CAPABILITIES)}')
     return sorted(f for f, caps in FAMILY_CAPABILITIES.items() if capability in caps)
+
+
+def models_with(capability):
+    """Registered model names whose family has ``capability`` (sorted list of str), for messages that name the
+    models an option or a tool applies to.
+
+    Raises:
+        KeyError: unknown capability.
+    """
+    fams = set(families_with(capability))
+    return sorted(n for n in _registry.list_models() if _registry.model_family(n) in fams)
 
 
 def check_options(model, options, where='', label=None):

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import backbones  # noqa: E402
+from backbones.capabilities import capabilities, check_options  # noqa: E402
 
 FORMATS = ('onnx', 'torchscript')
 
@@ -88,11 +89,10 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if (args.checkpoint is None) == (not args.random_init):
         ap.error('give a checkpoint, or --random-init for random weights (not both)')
-    from backbones.capabilities import check_options
     options = {}
     if args.width is not None:
         options['--width'] = 'width'
-    if args.resolution is not None and backbones.model_family(args.model) == 'rsnet':
+    if args.resolution is not None and 'private_bn' in capabilities(args.model):
         options['--resolution'] = 'private_bn'
     check_options(args.model, options, where='tools/export.py')
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
@@ -112,17 +112,17 @@ def configure(args):
         kwargs['num_classes'] = 0
     model = backbones.create(args.model, pretrained=args.checkpoint, **kwargs)
     model.eval()
-    family = backbones.model_family(args.model)
+    caps = capabilities(model)
     size = args.input_size or args.resolution or 224
-    if family == 'slimmable':
+    if 'width' in caps:
         from backbones.slimmable import export_static
         width = args.width if args.width is not None else model.width_range[1]
         model = export_static(model, width, args.resolution)
-    elif family == 'rsnet':
+    elif 'private_bn' in caps:
         res = args.resolution or max(model.resolutions)
         model.set_resolution(res)
         size = args.input_size or res
-    elif family == 'sact':
+    elif 'ponder_cost' in caps:
         model.execution = 'dense'  # static graph: every unit everywhere, halted positions masked
     return model.eval(), size
 
@@ -223,7 +223,8 @@ def main(argv=None):
     diffs = [max_abs_diff(wrapper, path, args.format, c, wrapper64) for c in checks]
     diff, scale, err32 = (max(d[i] for d in diffs) for i in range(3))
     from backbones.complexity import complexity
-    c = complexity(model, input_size=size, batch=x[:1] if backbones.model_family(args.model) == 'sact' else None)
+    data_dependent = 'ponder_cost' in capabilities(args.model)  # SACT MACs depend on the image
+    c = complexity(model, input_size=size, batch=x[:1] if data_dependent else None)
     n_bn = batchnorms_run(wrapper, x)
     bn_left = count_batchnorms(path, args.format)
     report = dict(path=path, max_abs_diff=diff, max_abs_output=scale, float32_error=err32, params=c['params'],

@@ -56,11 +56,12 @@ def _complexity(model):
     import torch
 
     import backbones
+    from backbones.capabilities import capabilities
 
     torch.manual_seed(0)
     m = backbones.create(model, num_classes=1000)
     params = backbones.count_params(m)
-    if backbones.model_family(model) == 'sact':  # data-dependent: the dense pre-activation network bounds it
+    if 'ponder_cost' in capabilities(model):  # data-dependent (SACT): the dense pre-activation network bounds it
         m = backbones.create(re.sub(r'^s?act_', 'preact_', model), num_classes=1000)
     return params / 1e6, backbones.complexity(m, 224)['macs'] / 1e9
 

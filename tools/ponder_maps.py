@@ -55,9 +55,9 @@ def parse_args(argv=None):
     ap.add_argument('--out-dir', default='ponder_maps')
     args = ap.parse_args(argv)
     import backbones
-    if args.model not in backbones.list_models() or backbones.model_family(args.model) != 'sact':
-        ap.error(f'{args.model!r} is not a SACT / ACT model (ponder costs): one of '
-                 f'{backbones.list_models(family="sact")}')
+    from backbones.capabilities import capabilities, models_with
+    if args.model not in backbones.list_models() or 'ponder_cost' not in capabilities(args.model):
+        ap.error(f'{args.model!r} is not a SACT / ACT model (ponder costs): one of {models_with("ponder_cost")}')
     if args.checkpoint is None and not args.random_init:
         ap.error('give a checkpoint (or --random-init for random weights)')
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):

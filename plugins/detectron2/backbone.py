@@ -44,6 +44,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
 import backbones
+from backbones.capabilities import capabilities, models_with
 from backbones.rsnet import nearest_resolution
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class DynscaleD2Backbone(Backbone):
                 keep.append(_PreactStub(net.stages[last + 1].units[0]))
             net.stages = nn.ModuleList(keep)
             net.frozen_stages = min(net.frozen_stages, len(keep))
-            if fam == 'sact':
+            if 'ponder_cost' in capabilities(net):  # SACT / ACT
                 net.norm = None  # the post-norm after block 4 (the C4 res5 head owns it)
         self.num_stages = last + 1
         net = convert_norm(net, norm)
@@ -306,7 +307,7 @@ class DynscaleD2Backbone(Backbone):
         elif width not in (None, 1, 1.0):
             raise ValueError(
                 f'{self.name} is not slimmable: width must be 1.0, got {width} '
-                f'(slimmable backbones: {", ".join(backbones.list_models(family="slimmable"))})'
+                f'(slimmable backbones: {", ".join(models_with("width"))})'
             )
         return self
 
@@ -469,13 +470,13 @@ def build_dynscale_backbone(cfg, input_shape, family=None, out_features=None):
         )
     D = cfg.MODEL.DYNSCALE
     kw = {}
-    fam = backbones.model_family(D.NAME)
-    if fam == 'slimmable':
+    caps = capabilities(D.NAME)
+    if 'width' in caps:
         if D.WIDTH_RANGE:
             kw['width_range'] = tuple(float(w) for w in D.WIDTH_RANGE)
         if D.WIDTH_LIST:
             kw['width_list'] = tuple(float(w) for w in D.WIDTH_LIST)
-    if fam == 'rsnet':
+    if 'private_bn' in caps:
         if D.RESOLUTIONS:
             kw['resolutions'] = tuple(int(r) for r in D.RESOLUTIONS)
     bb = DynscaleD2Backbone(
@@ -485,7 +486,7 @@ def build_dynscale_backbone(cfg, input_shape, family=None, out_features=None):
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         output_stride=D.OUTPUT_STRIDE,
         family=family,
-        width=D.WIDTH if fam == 'slimmable' else None,
+        width=D.WIDTH if 'width' in caps else None,
         resolution_rule=D.RESOLUTION_RULE,
         **kw,
     )

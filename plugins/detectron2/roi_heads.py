@@ -67,15 +67,16 @@ def build_sact_res5_head(cfg):
         tuple: ``(head, out_channels)``.
 
     Raises:
-        ValueError: the network is not of the ``'sact'`` family.
+        ValueError: the network has no ponder cost (not a SACT / ACT ResNet).
     """
+    from backbones.capabilities import capabilities, models_with
     D = cfg.MODEL.DYNSCALE
     name = D.HEAD_NAME or D.NAME
-    if backbones.model_family(name) != 'sact':
+    if 'ponder_cost' not in capabilities(name):
         raise ValueError(
             f'DynscaleRes5ROIHeads (C4) runs stage 4 of a pre-activation SACT/ACT ResNet; '
             f'MODEL.DYNSCALE.HEAD_NAME/NAME={name!r} is a {backbones.model_family(name)!r} backbone. '
-            f'Use one of {backbones.list_models(family="sact")} or an FPN config'
+            f'Use one of {models_with("ponder_cost")} or an FPN config'
         )
     norm_layer = {}
     if D.NORM == 'GN':

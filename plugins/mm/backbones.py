@@ -276,34 +276,35 @@ class DynscaleBackbone(BaseModule):
         """The wrapped model's family ('elastic', 'slimmable', 'sact', 'rsnet')."""
         return self.model.family
 
-    def _require(self, attr, what, family):
+    def _require(self, attr, capability):
         if not hasattr(self.model, attr):
-            names = ', '.join(dyn.list_models(family=family)) or 'none registered'
-            raise ValueError(f'{self.arch} ({self.model.family} family) has no {what}; it exists only in the '
-                             f'{family} family ({names})')
+            from backbones.capabilities import CAPABILITIES, families_with, models_with
+            names = ', '.join(models_with(capability)) or 'none registered'
+            raise ValueError(f'{self.arch} ({self.model.family} family) does not have {CAPABILITIES[capability]}; '
+                             f'only the {" / ".join(families_with(capability))} family has it ({names})')
         return getattr(self.model, attr)
 
     # ------------------------------------------------------------------------------ switching
     def set_width(self, width):
         """Slimmable families: set the width multiplier (ValueError outside ``width_range``)."""
-        self._require('set_width', 'width multiplier', 'slimmable')(width)
+        self._require('set_width', 'width')(width)
 
     def width_context(self, width):
         """Context manager running at ``width`` (slimmable families)."""
-        return self._require('width_context', 'width multiplier', 'slimmable')(width)
+        return self._require('width_context', 'width')(width)
 
     def set_resolution(self, resolution):
         """RS-Net: select the private BN of ``resolution`` (ValueError if it is not trained)."""
-        self._require('set_resolution', 'resolution', 'rsnet')(resolution)
+        self._require('set_resolution', 'private_bn')(resolution)
 
     def resolution_context(self, resolution):
         """Context manager selecting the private BN of ``resolution`` (RS-Net)."""
-        return self._require('resolution_context', 'resolution', 'rsnet')(resolution)
+        return self._require('resolution_context', 'private_bn')(resolution)
 
     @property
     def ponder_costs(self):
         """SACT/ACT: per-stage ponder-cost maps of the last forward (``[N, h, w]`` or ``[N]``)."""
-        return self._require('ponder_costs', 'ponder cost', 'sact')
+        return self._require('ponder_costs', 'ponder_cost')
 
     @property
     def input_normalization(self):
