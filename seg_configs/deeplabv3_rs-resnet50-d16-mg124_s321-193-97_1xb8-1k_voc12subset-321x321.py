@@ -9,7 +9,7 @@ model = dict(
                   resolution_rule='nearest', out_indices=(0, 1, 2, 3), strides=(1, 2, 2, 1),
                   dilations=(1, 1, 1, 2), multi_grid=(1, 2, 4),
                   norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False, init_cfg=dict()),
-    train_cfg=dict(resolutions=(321, 193, 97)),
+    train_cfg=dict(bn_resolutions=(321, 193, 97)),
     test_cfg=dict(mode='whole', resolution=321, keep_ratio=True))
 crop_size = (321, 321)
 train_pipeline = [

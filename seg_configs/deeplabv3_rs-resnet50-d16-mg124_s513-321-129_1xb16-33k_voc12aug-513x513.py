@@ -15,5 +15,5 @@ model = dict(
                   norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=False,
                   init_cfg=dict(type='Pretrained', checkpoint='checkpoints/rs_resnet50_rsnet_in1k.pth',
                                 private_bn_map=[224, 160, 96])),
-    train_cfg=dict(resolutions=(513, 321, 129)),
+    train_cfg=dict(bn_resolutions=(513, 321, 129)),
     test_cfg=dict(mode='whole', resolution=513, keep_ratio=True))

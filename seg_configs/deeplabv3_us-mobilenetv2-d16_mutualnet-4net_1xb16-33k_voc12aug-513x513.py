@@ -21,7 +21,7 @@ model = dict(
                   norm_eval=False,
                   init_cfg=dict(type='Pretrained', checkpoint='checkpoints/us_mobilenet_v2_mutualnet_in1k.pth')),
     decode_head=dict(in_channels=320, input_sliced=True),
-    train_cfg=dict(resolutions=(513, 417, 321, 209), max_resolution=513),
+    train_cfg=dict(input_sizes=(513, 417, 321, 209), max_input_size=513),
     test_cfg=dict(mode='whole', width=1.0, resolution=None))
 # post-statistics BN for test_cfg's (width, resolution) before every evaluation
 custom_hooks = [dict(type='BNCalibrationHook', num_batches=20)]

@@ -12,7 +12,7 @@ model = dict(
                   out_indices=(0, 1, 2, 3), output_stride=16, norm_cfg=dict(type='BN', requires_grad=True),
                   norm_eval=False, init_cfg=dict()),
     decode_head=dict(in_channels=320, input_sliced=True),
-    train_cfg=dict(resolutions=(321, 257, 193, 129), max_resolution=321),
+    train_cfg=dict(input_sizes=(321, 257, 193, 129), max_input_size=321),
     test_cfg=dict(mode='whole', width=1.0, resolution=None))
 # post-statistics BN for test_cfg's (width, resolution) before every evaluation
 custom_hooks = [dict(type='BNCalibrationHook', num_batches=5)]

@@ -98,7 +98,7 @@ def run_mmseg(rank):
         backbone=dict(type='SlimmableNet', arch='us_mobilenet_v2', output_stride=16),
         decode_head=dict(type='DeepLabV3Head', in_channels=320, in_index=3, channels=16, dilations=(1, 2),
                          num_classes=3, input_sliced=True, norm_cfg=dict(type='SyncBN')),
-        train_cfg=dict(resolutions=(64, 48), max_resolution=64),
+        train_cfg=dict(input_sizes=(64, 48), max_input_size=64),
         test_cfg=dict(mode='whole', width=0.6, resolution=48)))
     torch.manual_seed(100 + rank)
     model.policy = type(model.policy)(model.backbone.model.width_range, 3, (64, 48), 64, seed=None)
@@ -123,7 +123,7 @@ def run_mmdet(rank):
     from plugins.mm.hooks import BNCalibrationHook
     cfg = Config.fromfile(os.path.join(ROOT, 'det_configs', 'mmdet', 'mutualnet',
                                        'mask-rcnn_us-mbv2_sliced-fpn_mutualnet-short_coco-subset.py'))
-    cfg.model.sandwich = dict(num_subnets=3, resolutions=(256, 208, 152))
+    cfg.model.sandwich = dict(num_subnets=3, input_sizes=(256, 208, 152))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     torch.manual_seed(100 + rank)

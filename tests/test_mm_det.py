@@ -548,7 +548,7 @@ def test_config_fine_tunes_from_its_released_file_on_the_coco_subset(name, tmp_p
     cfg.model.train_cfg.rpn_proposal.max_per_img = 100
     cfg.model.train_cfg.rcnn.sampler.num = 32
     if cfg.model.get('sandwich'):  # MutualNet: two sub-networks at shorter sides 160 / 96 (not 4 at 600 ... 240)
-        cfg.model.sandwich.update(num_subnets=2, resolutions=(160, 96))
+        cfg.model.sandwich.update(num_subnets=2, input_sizes=(160, 96))
     if cfg.model.type == 'RSNetTwoStageDetector':  # RS-Net: the smallest scale only (not all five up to 800 px)
-        cfg.model.train_resolutions = [240]
+        cfg.model.bn_resolutions = [240]
     train_and_check(cfg, tmp_path / 'work', 'DetVisualizationHook')

@@ -1,7 +1,9 @@
 """OpenMMLab plugin layout (issue 10): one module per registry kind, MMDet imported only when installed, renamed
 names fail naming the new ones, one datasets-root variable, generic segmentor / detector equal to the presets."""
+import importlib
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -146,9 +148,9 @@ def _seg_samples(n, size, classes, seed=0):
 
 @pytest.mark.parametrize('preset,generic', [
     (dict(type='SACTEncoderDecoder', tau=0.02), dict(type='sact', tau=0.02)),
-    (dict(type='RSNetEncoderDecoder', kd='ens', train_cfg=dict(resolutions=(64, 32))),
+    (dict(type='RSNetEncoderDecoder', kd='ens', train_cfg=dict(bn_resolutions=(64, 32))),
      dict(type='rsnet', mred='ens', bn_resolutions=(64, 32))),
-    (dict(type='SlimmableEncoderDecoder', num_subnets=3, seed=3, train_cfg=dict(resolutions=(64, 48))),
+    (dict(type='SlimmableEncoderDecoder', num_subnets=3, seed=3, train_cfg=dict(input_sizes=(64, 48))),
      dict(type='mutualnet', num_subnets=3, seed=3, input_sizes=(64, 48))),
 ], ids=['sact', 'rsnet', 'mutualnet'])
 def test_generic_segmentor_equals_the_method_presets(preset, generic):
@@ -192,3 +194,26 @@ def test_generic_detector_equals_the_sact_preset():
     b = MODELS.build(g)
     b.load_state_dict(a.state_dict())
     assert repr(a.policy) == repr(b.policy)
+
+
+@pytest.mark.parametrize('scope, model, old, new', [
+    ('mmseg', dict(type='SlimmableEncoderDecoder', train_cfg=dict(resolutions=(64, 48))), 'train_cfg.resolutions',
+     'train_cfg.input_sizes'),
+    ('mmseg', dict(type='SlimmableEncoderDecoder', train_cfg=dict(max_resolution=64)), 'train_cfg.max_resolution',
+     'train_cfg.max_input_size'),
+    ('mmseg', dict(type='RSNetEncoderDecoder', train_cfg=dict(resolutions=(64, 32))), 'train_cfg.resolutions',
+     'train_cfg.bn_resolutions'),
+    ('mmdet', dict(type='SlimmableTwoStageDetector', sandwich=dict(resolutions=(160, 96))),
+     'model.sandwich.resolutions', 'model.sandwich.input_sizes'),
+    ('mmdet', dict(type='RSNetTwoStageDetector', train_resolutions=[240]), 'model.train_resolutions',
+     'model.bn_resolutions'),
+])
+def test_presets_refuse_the_old_resolution_keys_naming_the_new(scope, model, old, new):
+    """One word per meaning (issue 26): input sizes (crop / shorter sides trained at) and private-BN resolutions
+    have their own keys in every preset; a config with the old ``resolutions`` key fails before anything is built,
+    naming the new key."""
+    pytest.importorskip(scope, reason=f'{scope} (the mm extra) is not installed')
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    init_default_scope(scope)
+    with pytest.raises(ValueError, match=rf'{re.escape(old)} was renamed {re.escape(new)}'):
+        registry.build(model)

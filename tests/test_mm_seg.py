@@ -231,7 +231,7 @@ def test_rsnet_segmentor_multires_training_and_test_resolution():
                         backbone=dict(type='RSNetBackbone', arch='rs_resnet18', resolutions=(64, 48, 32)),
                         decode_head=dict(type='RefineNetHead', in_channels=[64, 128, 256, 512],
                                          in_index=[0, 1, 2, 3], channels=16, top_channels=24, num_classes=4),
-                        train_cfg=dict(resolutions=(64, 48, 32)),
+                        train_cfg=dict(bn_resolutions=(64, 48, 32)),
                         test_cfg=dict(mode='whole', resolution=48)))
     seen, net = [], model.backbone.model
     net.stem.register_forward_pre_hook(lambda m, a: seen.append((tuple(a[0].shape[-2:]), net.resolution)))
@@ -276,7 +276,7 @@ def test_slimmable_segmentor_sandwich_step_and_calibration():
                         decode_head=dict(type='DeepLabV3Head', in_channels=320, in_index=3, channels=16,
                                          dilations=(1, 2), num_classes=3, input_sliced=True,
                                          norm_cfg=dict(type='BN')),
-                        train_cfg=dict(resolutions=(64, 48), max_resolution=64), test_cfg=dict(mode='whole')))
+                        train_cfg=dict(input_sizes=(64, 48), max_input_size=64), test_cfg=dict(mode='whole')))
     model.train()
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
     w0 = model.decode_head.conv_seg.weight.detach().clone()
@@ -584,5 +584,5 @@ def test_config_fine_tunes_from_its_released_file_on_the_voc_subset(name, tmp_pa
                                dict(type='Resize', scale=(97, 97), keep_ratio=False), dict(type='PackSegInputs')]))
     cfg.model.data_preprocessor.size = (97, 97)
     if cfg.model.type == 'RSNetEncoderDecoder':  # its two smallest resolutions (private BNs of 321 / 129), not 513
-        cfg.model.train_cfg.resolutions = (321, 129)
+        cfg.model.train_cfg.bn_resolutions = (321, 129)
     train_and_check(cfg, tmp_path / 'work', 'SegVisualizationHook')

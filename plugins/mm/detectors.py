@@ -42,6 +42,7 @@ from backbones import training
 from backbones.capabilities import check_options
 
 from .backbones import DynscaleBackbone
+from .options import refuse_renamed
 from .runtime import current_step
 
 __all__ = ['DynscaleTwoStageDetector', 'SlimmableTwoStageDetector', 'SACTTwoStageDetector', 'RSNetTwoStageDetector',
@@ -328,8 +329,8 @@ class SlimmableTwoStageDetector(DynscaleTwoStageDetector):
     Each training step runs the sub-networks of :class:`backbones.training.SandwichPolicy`
     (US-Nets, Yu & Huang 2019, Sec. 3.2; MutualNet, Yang et al. 2020, Sec. 3.2): the largest width at
     the largest scale, the smallest width and ``num_subnets - 2`` random widths, each at a scale drawn
-    uniformly from ``resolutions`` (MutualNet) or all at the pipeline's scale (US-Net,
-    ``resolutions=None``).  As in MutualNet's COCO experiment (Sec. 4.3) the FPN neck and the heads
+    uniformly from ``input_sizes`` (MutualNet) or all at the pipeline's scale (US-Net,
+    ``input_sizes=None``).  As in MutualNet's COCO experiment (Sec. 4.3) the FPN neck and the heads
     are shared and every sub-network is trained with the ground truth (no inplace distillation).  The
     neck must accept every width: use :class:`plugins.mm.necks.SlicedFPN`.
 
@@ -337,10 +338,10 @@ class SlimmableTwoStageDetector(DynscaleTwoStageDetector):
     ``rand1_*``, ``rand2_*``, ....  Sub-networks of the last step: :attr:`last_subnets`.
 
     Args:
-        sandwich (dict): ``num_subnets`` (>= 2, default 4), ``resolutions`` (shorter sides, e.g.
-            ``(600, 480, 360, 240)``, or None), ``seed`` (None: drawn from torch's generator at
-            construction, so mmengine's ``randomness.seed`` makes the sampling reproducible).  The
-            width range is the backbone's ``width_range``; the largest resolution must equal the
+        sandwich (dict): ``num_subnets`` (>= 2, default 4), ``input_sizes`` (shorter sides, e.g.
+            ``(600, 480, 360, 240)``, or None; the old key ``resolutions`` raises), ``seed`` (None: drawn from
+            torch's generator at construction, so mmengine's ``randomness.seed`` makes the sampling reproducible).  The
+            width range is the backbone's ``width_range``; the largest input size must equal the
             training pipeline's shorter side.
         max_size (int): longer-side cap (1000 in the paper).
         test_width (float | None): width for evaluation (None = the largest width).
@@ -352,7 +353,9 @@ class SlimmableTwoStageDetector(DynscaleTwoStageDetector):
     """
 
     def __init__(self, *args, sandwich=None, max_size=1000, **kwargs):
-        cfg = dict(num_subnets=4, resolutions=None, seed=None)
+        renamed = {'resolutions': ('input_sizes', 'the shorter sides sub-networks train at')}
+        refuse_renamed(sandwich, 'model.sandwich', renamed)
+        cfg = dict(num_subnets=4, input_sizes=None, seed=None)
         unknown = set(sandwich or {}) - set(cfg)
         if unknown:
             raise ValueError(f'sandwich accepts {sorted(cfg)}; got unknown keys {sorted(unknown)}')
@@ -360,14 +363,14 @@ class SlimmableTwoStageDetector(DynscaleTwoStageDetector):
         if cfg['num_subnets'] < 2:
             raise ValueError('sandwich.num_subnets must be >= 2 (largest + smallest width), '
                              f"got {cfg['num_subnets']}")
-        res = tuple(cfg['resolutions']) if cfg['resolutions'] else None
+        res = tuple(cfg['input_sizes']) if cfg['input_sizes'] else None
         # every sub-network trained with the ground truth (MutualNet's detection setting, Sec. 4.3)
         policy = dict(type='mutualnet' if res else 'usnet', num_subnets=cfg['num_subnets'], input_sizes=res,
                       max_input_size=max(res) if res else None, distill=None, student_gt_weight=1.0,
                       seed=cfg['seed'])
         super().__init__(*args, policy=policy, max_size=max_size, **kwargs)
-        self.resolutions = res
-        self.max_resolution = max(res) if res else None
+        self.input_sizes = res
+        self.max_input_size = max(res) if res else None
         lo, hi = self.backbone.model.width_range
         if self.test_width is not None and not lo <= self.test_width <= hi:
             raise ValueError(f'test_width={self.test_width} is outside the width range [{lo}, {hi}] '
@@ -379,7 +382,7 @@ class RSNetTwoStageDetector(DynscaleTwoStageDetector):
     """RS-Net preset (Wang et al., ECCV 2020, Sec. 3): the same batch at several input scales, each
     through the shared weights with the private BN of its scale.
 
-    Every training step runs all ``train_resolutions`` (shorter sides; each must be one of the
+    Every training step runs all ``bn_resolutions`` (shorter sides; each must be one of the
     backbone's ``resolutions``, whose private BNs it selects explicitly) and trains each with the
     ground truth; there is no detection analogue of the MRED distillation in the paper, so none is
     added.  The pipeline must resize to the largest resolution.  Loss keys: the largest resolution
@@ -388,8 +391,8 @@ class RSNetTwoStageDetector(DynscaleTwoStageDetector):
     ``resolution_rule`` ('nearest': BN of the trained resolution nearest to the input's shorter side).
 
     Args:
-        train_resolutions (Sequence[int] | None): scales trained per step (None = all of the
-            backbone's ``resolutions``).
+        bn_resolutions (Sequence[int] | None): scales trained per step, each with its private BN (None = all
+            of the backbone's ``resolutions``); the old name ``train_resolutions`` raises.
         max_size (int | None): longer-side cap of the scale rule.
         test_resolution (int | None): see above.
 
@@ -398,8 +401,10 @@ class RSNetTwoStageDetector(DynscaleTwoStageDetector):
             ``resolutions`` (the message lists them).
     """
 
-    def __init__(self, *args, train_resolutions=None, max_size=1000, **kwargs):
-        res = tuple(sorted(train_resolutions, reverse=True)) if train_resolutions else None
+    def __init__(self, *args, bn_resolutions=None, max_size=1000, **kwargs):
+        renamed = {'train_resolutions': ('bn_resolutions', 'the private-BN resolutions trained per step')}
+        refuse_renamed(kwargs, 'model', renamed)
+        res = tuple(sorted(bn_resolutions, reverse=True)) if bn_resolutions else None
         # every scale trained with the ground truth: the paper's MRED is defined for classification logits
         super().__init__(*args, policy=dict(type='rsnet', bn_resolutions=res, mred=False), max_size=max_size,
                          **kwargs)
@@ -407,7 +412,7 @@ class RSNetTwoStageDetector(DynscaleTwoStageDetector):
         if self.test_resolution is not None and self.test_resolution not in trained:
             raise ValueError(f'resolution {self.test_resolution} has no private BN in {self.backbone.arch}; its '
                              f'resolutions are {trained} (set backbone.resolutions to include it)')
-        self.train_resolutions = self.policy.bn_resolutions
+        self.bn_resolutions = self.policy.bn_resolutions
 
 
 @MODELS.register_module()

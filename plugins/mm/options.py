@@ -10,7 +10,7 @@ import backbones as dyn
 from backbones.capabilities import check_options
 from backbones.training import POLICIES, capability_of
 
-__all__ = ['backbone_arch', 'config_options', 'check_config_options', 'check_registered_types']
+__all__ = ['backbone_arch', 'config_options', 'check_config_options', 'check_registered_types', 'refuse_renamed']
 
 #: MM backbone type -> its default ``arch`` (``plugins.mm.backbones``)
 _ADAPTERS = {'DynscaleBackbone': None, 'ElasticBackbone': 'resnext50_elastic', 'SlimmableNet': 'us_mobilenet_v2',
@@ -164,3 +164,22 @@ def check_registered_types(cfg, where=None):
             + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else '')
             + (f" (dynscale backbones: {', '.join(ours)})" if key == 'model.backbone' else '')
             + '; fix the type in the config or with --cfg-options')
+
+
+def refuse_renamed(options, where, renamed):
+    """Raise when ``options`` (a config dict) uses a key that was renamed, naming the new key.
+
+    One word per meaning (issue 26): ``input_sizes`` are the input sides sub-networks train at (MutualNet crop
+    sides, detection shorter sides), ``bn_resolutions`` the resolutions whose private BNs an RS-Net step trains.
+
+    Args:
+        options (dict | None): e.g. a preset's ``train_cfg`` or ``sandwich``.
+        where (str): how the user writes the dict (``'train_cfg'``, ``'model.sandwich'``).
+        renamed (dict): ``old key -> (new key, what it means)``.
+
+    Raises:
+        ValueError: ``where.old`` is set; the message names ``where.new``.
+    """
+    for old, (new, meaning) in renamed.items():
+        if old in (options or {}):
+            raise ValueError(f'{where}.{old} was renamed {where}.{new} ({meaning}): rename the key in the config')

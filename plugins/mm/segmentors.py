@@ -29,6 +29,7 @@ from backbones import training
 from backbones.capabilities import check_options
 
 from .backbones import DynscaleBackbone
+from .options import refuse_renamed
 from .registry import register_mm_module
 from .runtime import current_step
 
@@ -207,8 +208,8 @@ class DynscaleEncoderDecoder(EncoderDecoder):
             return inputs
         if self.test_resize == 'relative':
             if self.policy.max_input_size is None:
-                raise ValueError('test_cfg.resolution needs train_cfg.max_resolution (the train crop side) to '
-                                 'scale the test images by resolution / max_resolution')
+                raise ValueError('test_cfg.resolution needs train_cfg.max_input_size (the train crop side) to '
+                                 'scale the test images by resolution / max_input_size')
             return self._scale(inputs, resolution)
         h, w = inputs.shape[-2:]
         if (self.test_cfg or {}).get('keep_ratio', False):
@@ -312,7 +313,7 @@ class RSNetEncoderDecoder(DynscaleEncoderDecoder):
     resolutions and tests at any chosen one.
 
     Training: the batch (a crop of side ``resolutions[0]``) is resized bilinearly to every resolution
-    ``S = train_cfg.resolutions`` (default the backbone's, e.g. (352, 224, 96)); each copy runs the shared
+    ``S = train_cfg.bn_resolutions`` (default the backbone's, e.g. (352, 224, 96)); each copy runs the shared
     weights with its private BN; every resolution's logits are resized to the labels; the MRED loss
     (``backbones.rsnet.MREDLoss``: per-resolution CE, learned-ensemble CE, ensemble/top-down distillation)
     is ``loss_mred``; its parts are logged as ``mred_*`` and per-resolution pixel accuracies as
@@ -330,20 +331,24 @@ class RSNetEncoderDecoder(DynscaleEncoderDecoder):
         kd (str | None): MRED distillation: 'ens_topdown' (full MRED, default), 'ens' or None.
         mred_weight (float): weight of the MRED loss.
         **kwargs: ``EncoderDecoder`` arguments; the backbone must be an RS-Net dynscale backbone.
-            ``train_cfg`` may hold ``resolutions`` (a subset of the backbone's, descending).
+            ``train_cfg`` may hold ``bn_resolutions`` (a subset of the backbone's ``resolutions``, descending;
+            the old key ``resolutions`` raises).
 
     Raises:
-        ValueError: non-RS-Net backbone, or ``train_cfg.resolutions`` not trained resolutions of the backbone in
+        ValueError: non-RS-Net backbone, or ``train_cfg.bn_resolutions`` not trained resolutions of the backbone in
             descending order.
     """
 
     test_resize = 'absolute'
 
     def __init__(self, *args, kd='ens_topdown', mred_weight=1.0, **kwargs):
-        res = (kwargs.get('train_cfg') or {}).get('resolutions')
+        tc = kwargs.get('train_cfg') or {}
+        refuse_renamed(tc, 'train_cfg', {'resolutions': ('bn_resolutions', 'the private-BN resolutions trained per '
+                                                                           'step')})
+        res = tc.get('bn_resolutions')
         policy = dict(type='rsnet', mred=kd, bn_resolutions=tuple(res) if res else None)
         super().__init__(*args, policy=policy, combine_weight=mred_weight, **kwargs)
-        self.resolutions = self.policy.bn_resolutions
+        self.bn_resolutions = self.policy.bn_resolutions
         self.mred_weight = mred_weight
 
 
@@ -355,16 +360,16 @@ class SlimmableEncoderDecoder(DynscaleEncoderDecoder):
 
     One training step (``train_step``) runs the ``num_subnets`` sub-networks of
     :class:`backbones.training.SandwichPolicy` (the same on every rank): the max width at the full crop
-    (teacher), the min width and random widths, each at a resolution drawn from ``train_cfg.resolutions``
+    (teacher), the min width and random widths, each at an input size drawn from ``train_cfg.input_sizes``
     (MutualNet; crop resized bilinearly, ``align_corners=True``, to ``r x r`` for a square crop of side
-    ``max_resolution``) or at the crop as loaded (US-Nets, no ``resolutions``).  The teacher is trained with the
+    ``max_input_size``) or at the crop as loaded (US-Nets, no ``input_sizes``).  The teacher is trained with the
     ground truth; each student with inplace distillation from the teacher's detached logits
     (``distill='inplace'``) and/or the ground truth (``student_gt_weight``).  The decode head is shared by all
     widths: its first convolutions must slice their input channels (``DeepLabV3Head(input_sliced=True)`` or
     ``RefineNetHead(input_sliced=True)``).
 
     Evaluation runs at ``test_cfg.width`` (default max) and ``test_cfg.resolution`` (default: the input as
-    it comes; otherwise scaled by ``resolution / max_resolution``) with the BN statistics calibrated for
+    it comes; otherwise scaled by ``resolution / max_input_size``) with the BN statistics calibrated for
     that pair (:class:`plugins.mm.hooks.BNCalibrationHook`).
 
     Args:
@@ -373,8 +378,9 @@ class SlimmableEncoderDecoder(DynscaleEncoderDecoder):
         student_gt_weight (float): weight of the students' ground-truth loss (0 with inplace distillation,
             1 = "every sub-network trained with the ground truth").
         seed (int | None): seed of the sub-network draws (None: drawn from torch's generator, agreed over ranks).
-        **kwargs: ``EncoderDecoder`` arguments; ``train_cfg`` may hold ``resolutions`` (ints, pixels) and
-            ``max_resolution`` (default max of ``resolutions``, the train crop side).
+        **kwargs: ``EncoderDecoder`` arguments; ``train_cfg`` may hold ``input_sizes`` (ints, pixels) and
+            ``max_input_size`` (default max of ``input_sizes``, the train crop side); the old keys
+            ``resolutions`` / ``max_resolution`` raise naming these.
 
     Raises:
         ValueError: non-slimmable backbone, an auxiliary head (its input width would change), a decode head
@@ -385,9 +391,11 @@ class SlimmableEncoderDecoder(DynscaleEncoderDecoder):
 
     def __init__(self, *args, num_subnets=4, distill='inplace', student_gt_weight=0.0, seed=None, **kwargs):
         tc = dict(kwargs.get('train_cfg') or {})
-        res = tuple(tc['resolutions']) if tc.get('resolutions') else None
-        top = tc.get('max_resolution') or (max(res) if res else None)
+        refuse_renamed(tc, 'train_cfg', {'resolutions': ('input_sizes', 'the crop sides sub-networks train at'),
+                                         'max_resolution': ('max_input_size', 'the train crop side')})
+        res = tuple(tc['input_sizes']) if tc.get('input_sizes') else None
+        top = tc.get('max_input_size') or (max(res) if res else None)
         policy = dict(type='mutualnet' if res else 'usnet', num_subnets=num_subnets, input_sizes=res,
                       max_input_size=top, distill=distill, student_gt_weight=student_gt_weight, seed=seed)
         super().__init__(*args, policy=policy, **kwargs)
-        self.train_resolutions, self.max_resolution = res, top
+        self.input_sizes, self.max_input_size = res, top

@@ -21,7 +21,7 @@ _base_ = [
 pretrained = 'checkpoints/us_vgg16_bn_tv_in1k.pth'
 model = dict(
     type='SlimmableTwoStageDetector',
-    sandwich=dict(num_subnets=4, resolutions=(600, 480, 360, 240)),
+    sandwich=dict(num_subnets=4, input_sizes=(600, 480, 360, 240)),
     max_size=1000,
     test_width=None,  # None = the full width
     test_resolution=None,  # None = the test pipeline's scale (600)

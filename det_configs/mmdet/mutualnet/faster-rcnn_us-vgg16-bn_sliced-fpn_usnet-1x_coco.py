@@ -5,5 +5,5 @@ _base_ = './faster-rcnn_us-vgg16-bn_sliced-fpn_mutualnet-1x_coco.py'
 # MODEL_ZOO.md row us_vgg16_bn.tv_in1k: convert the released file with the command given there
 pretrained = 'checkpoints/us_vgg16_bn_tv_in1k.pth'
 model = dict(
-    sandwich=dict(resolutions=None),
+    sandwich=dict(input_sizes=None),
     backbone=dict(init_cfg=dict(checkpoint=pretrained)))

@@ -8,7 +8,7 @@ _base_ = [
 ]
 model = dict(
     type='SlimmableTwoStageDetector',
-    sandwich=dict(num_subnets=4, resolutions=(256, 208, 152, 104)),
+    sandwich=dict(num_subnets=4, input_sizes=(256, 208, 152, 104)),
     max_size=320,
     backbone=dict(
         _delete_=True,

@@ -20,7 +20,7 @@ pretrained = 'checkpoints/rs_resnet50_rsnet_in1k.pth'
 model = dict(
     data_preprocessor=dict(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0], bgr_to_rgb=True),
     type='RSNetTwoStageDetector',
-    train_resolutions=None,  # None = all of the backbone's resolutions
+    bn_resolutions=None,  # None = all of the backbone's resolutions
     max_size=1333,
     test_resolution=None,
     backbone=dict(

@@ -37,5 +37,5 @@ model = dict(
         norm_cfg=None,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    train_cfg=dict(resolutions=(352, 224, 96)),
+    train_cfg=dict(bn_resolutions=(352, 224, 96)),
     test_cfg=dict(mode='whole', resolution=352, keep_ratio=False))
