@@ -52,8 +52,8 @@ def run_core(rank):
 
 def run_pretrain(rank):
     import pretrain
-    from pretrain_lib import engine
     from pretrain_lib import methods as pm
+    from pretrain_lib import model as pmodel
     from pretrain_lib.dist import DistInfo
     root = os.environ['DDP_TINY']
     args = pretrain.parse_args(['--data-path', root, '--model', 'us_mobilenet_v1', '--method', 'mutualnet',
@@ -61,7 +61,7 @@ def run_pretrain(rank):
                                 '--val-crop-size', '32', '--calib-batches', '2', '--eval-widths', '1.0', '0.5',
                                 '--no-tensorboard'], world_size=2)
     torch.manual_seed(0)
-    model = engine.build_model(args, 4)
+    model = pmodel.build_model(args, 4)
     torch.manual_seed(100 + rank)
     method = pm.build_method(args, model)
     images = [(x[:, :, :32, :32], torch.zeros(x.shape[0], dtype=torch.long)) for x in _images(rank)]

@@ -25,7 +25,7 @@ if TOOLS not in sys.path:
 
 import pretrain  # noqa: E402
 from pretrain_lib import data as pdata  # noqa: E402
-from pretrain_lib import engine, methods, recipes  # noqa: E402
+from pretrain_lib import methods, optim, recipes  # noqa: E402
 
 SCRIPT = os.path.join(TOOLS, 'pretrain.py')
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
@@ -354,7 +354,7 @@ def test_weight_decay_policies():
     names = {id(p): n for n, p in model.named_parameters()}
 
     def decayed(policy):
-        g = engine.param_groups(model, 1e-4, policy)
+        g = optim.param_groups(model, 1e-4, policy)
         return {names[id(p)] for p in g[0]['params']}
 
     conv_fc = decayed('conv-fc')
@@ -366,21 +366,21 @@ def test_weight_decay_policies():
     nnb = decayed('no-norm-bias')
     assert not any(n.endswith('bias') for n in nnb) and conv_fc < nnb  # depthwise weights decay here
     with pytest.raises(ValueError, match='conv-fc'):
-        engine.param_groups(model, 1e-4, 'bn')
+        optim.param_groups(model, 1e-4, 'bn')
 
 
 def test_lr_schedules():
-    f = engine.lr_factor_fn('cosine', 100, 10, warmup_steps=10, warmup_factor=0.1)
+    f = optim.lr_factor_fn('cosine', 100, 10, warmup_steps=10, warmup_factor=0.1)
     assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55) and f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-12)
-    f = engine.lr_factor_fn('linear', 100, 10)
+    f = optim.lr_factor_fn('linear', 100, 10)
     assert f(25) == pytest.approx(0.75) and f(100) == pytest.approx(0.0)
-    f = engine.lr_factor_fn('step', 100, 10, step_epochs=3, gamma=0.1)
+    f = optim.lr_factor_fn('step', 100, 10, step_epochs=3, gamma=0.1)
     assert f(29) == pytest.approx(1.0) and f(30) == pytest.approx(0.1) and f(60) == pytest.approx(0.01)
-    f = engine.lr_factor_fn('step', 100, 10, milestones=[2, 5], gamma=0.5)
+    f = optim.lr_factor_fn('step', 100, 10, milestones=[2, 5], gamma=0.5)
     assert f(19) == 1.0 and f(20) == 0.5 and f(55) == 0.25
     with pytest.raises(ValueError, match='cosine'):
-        engine.lr_factor_fn('poly', 10, 1)
+        optim.lr_factor_fn('poly', 10, 1)
 
 
 def test_shared_crop_and_deterministic_augmentation(tiny):

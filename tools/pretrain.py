@@ -347,7 +347,7 @@ def main(argv=None):
             print(recipes.describe(name))
         return None
     from pretrain_lib import dist as pdist
-    from pretrain_lib import engine
+    from pretrain_lib import engine, logs
 
     resume = args.resume
     last = os.path.join(args.output_dir, 'last.pth')
@@ -364,18 +364,18 @@ def main(argv=None):
         if info.is_main:
             os.makedirs(args.output_dir, exist_ok=True)
         pdist.barrier(info)
-        engine.setup_logging(args.output_dir, info)
+        logs.setup_logging(args.output_dir, info)
         if info.is_main:
             save_args(args, args.output_dir)
         if args.recipe:
-            engine.LOG.info(f'recipe {args.recipe}; overridden by explicit flags: '
-                            f'{[a for a in args.explicit_args if a in recipes.get_recipe(args.recipe)] or "none"}')
+            logs.LOG.info(f'recipe {args.recipe}; overridden by explicit flags: '
+                          f'{[a for a in args.explicit_args if a in recipes.get_recipe(args.recipe)] or "none"}')
         trainer = engine.Trainer(args, info)
         if resume:
             trainer.resume(resume)
         elif args.evaluate and not (args.init_checkpoint or args.pretrained):
-            engine.LOG.warning('--evaluate without --resume, --pretrained or --init-checkpoint evaluates untrained '
-                               'weights')
+            logs.LOG.warning('--evaluate without --resume, --pretrained or --init-checkpoint evaluates untrained '
+                             'weights')
         rows = None
         if not args.evaluate:
             trainer.fit()
@@ -385,10 +385,10 @@ def main(argv=None):
             trainer.save_ponder_maps(args.save_ponder_maps)
         trainer.export(rows)
         trainer.close()
-        engine.LOG.info(f'done: {trainer.global_step} optimizer steps')
+        logs.LOG.info(f'done: {trainer.global_step} optimizer steps')
         return rows if info.is_main else None
     finally:
-        engine.close_logging()
+        logs.close_logging()
         pdist.cleanup(info)
 
 

@@ -1,4 +1,6 @@
-"""Training loop, optimizer/schedule construction, checkpoints and resume, logging.
+"""The training loop of the pretraining tool (:class:`Trainer`): steps, validation, checkpoints and resume, export.
+Logging, optimizer/schedule, random state and model construction live in ``logs``, ``optim``, ``rng`` and
+``model``.
 
 Checkpoint (``last.pth``/``best.pth``, written by rank 0 with ``backbones.checkpoint.atomic_save``)::
 
@@ -13,13 +15,9 @@ the schedule continues at ``global_step``, so the run ends with exactly
 ``epochs x steps_per_epoch`` optimizer steps.
 """
 import contextlib
-import csv
 import json
-import logging
 import math
 import os
-import random
-import sys
 import time
 
 import numpy as np
@@ -31,247 +29,16 @@ from torch.utils.data import DataLoader
 
 import backbones
 from backbones.checkpoint import atomic_save, save_backbone_checkpoint
-from backbones.pretrained import load_backbone_state
 from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
 from . import data as pdata
 from . import dist as pdist
 from . import methods as pm
+from .logs import LOG, LOG_FILE, CSVLog, TBLog
+from .model import build_model, check_sync_bn
 from .multilabel import METRIC_NAMES
-
-LOG = logging.getLogger('pretrain')
-LOG_FILE = logging.getLogger('pretrain.file')  # log.txt only (progress lines while a tqdm bar is shown)
-WD_POLICIES = ('all', 'no-norm-bias', 'conv-fc')
-SCHEDULES = ('step', 'cosine', 'linear', 'constant')
-
-
-# ---------------------------------------------------------------------- logging
-def setup_logging(output_dir, info):
-    """Rank 0: INFO to stdout and ``output_dir/log.txt``; other ranks: WARNING to stderr.
-    Every line carries the rank (``[r0]``)."""
-    LOG.handlers.clear()
-    LOG.propagate = False
-    LOG_FILE.handlers.clear()
-    LOG_FILE.propagate = False
-    fmt = logging.Formatter(f'%(asctime)s [r{info.rank}] %(message)s', datefmt='%H:%M:%S')
-    if info.is_main:
-        LOG.setLevel(logging.INFO)
-        h = logging.StreamHandler(sys.stdout)
-        h.setFormatter(fmt)
-        LOG.addHandler(h)
-        fh = logging.FileHandler(os.path.join(output_dir, 'log.txt'))
-        fh.setFormatter(fmt)
-        LOG.addHandler(fh)
-        LOG_FILE.setLevel(logging.INFO)
-        LOG_FILE.addHandler(fh)
-    else:
-        LOG.setLevel(logging.WARNING)
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(fmt)
-        LOG.addHandler(h)
-
-
-def close_logging():
-    """Close and drop the handlers installed by :func:`setup_logging` (in-process reuse, tests)."""
-    for lg in (LOG, LOG_FILE):
-        for h in list(lg.handlers):
-            h.close()
-            lg.removeHandler(h)
-
-
-class CSVLog:
-    """Append rows (dicts) to a CSV file; the header is the first row's keys plus any later new key
-    (the file is rewritten when the header grows)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.fields = None
-        if os.path.exists(path):
-            with open(path, newline='') as f:
-                r = csv.reader(f)
-                self.fields = next(r, None)
-
-    def write(self, row):
-        new = [k for k in row if self.fields is None or k not in self.fields]
-        if new:
-            rows = []
-            if self.fields and os.path.exists(self.path):
-                with open(self.path, newline='') as f:
-                    rows = list(csv.DictReader(f))
-            self.fields = (self.fields or []) + new
-            with open(self.path, 'w', newline='') as f:
-                w = csv.DictWriter(f, fieldnames=self.fields)
-                w.writeheader()
-                w.writerows(rows)
-        with open(self.path, 'a', newline='') as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
-
-
-class TBLog:
-    """``torch.utils.tensorboard.SummaryWriter`` when tensorboard is installed (else a warning, no-op)."""
-
-    def __init__(self, logdir, enabled):
-        self.w = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # tensorboard is an install_requires of dynscale, but stay usable without it
-            LOG.warning(f'TensorBoard logging disabled ({e}); pip install tensorboard, or pass --no-tensorboard')
-            return
-        self.w = SummaryWriter(logdir)
-
-    def scalars(self, d, step, prefix):
-        if self.w is None:
-            return
-        for k, v in d.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self.w.add_scalar(f'{prefix}/{k}', v, step)
-
-    def close(self):
-        if self.w is not None:
-            self.w.close()
-
-
-# ---------------------------------------------------------------------- optimizer and schedule
-def param_groups(module, weight_decay, policy):
-    """Parameter groups for SGD with the recipes' weight-decay policies.
-
-    Args:
-        policy (str): ``'all'`` (every parameter, BN/bias/alpha included: Elastic, RS-Nets);
-            ``'no-norm-bias'`` (no decay on normalisation parameters and biases);
-            ``'conv-fc'`` (decay only on the weights of non-depthwise convolutions and linear layers:
-            US-Nets/MutualNet, SACT's TF-Slim L2).
-
-    Returns:
-        list[dict]: ``[{'params': decay, 'weight_decay': wd}, {'params': rest, 'weight_decay': 0}]``.
-
-    Raises:
-        ValueError: unknown policy.
-    """
-    if policy not in WD_POLICIES:
-        raise ValueError(f'--wd-policy must be one of {WD_POLICIES}, got {policy!r}')
-    decay, no_decay, seen = [], [], set()
-    for mod in module.modules():
-        for name, p in mod.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if policy == 'all':
-                use = True
-            elif policy == 'no-norm-bias':
-                is_norm = isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or \
-                    getattr(mod, 'is_norm', False)
-                use = not is_norm and name != 'bias' and p.ndim > 1
-            else:
-                is_conv = isinstance(mod, nn.modules.conv._ConvNd)
-                depthwise = is_conv and (getattr(mod, 'depthwise', False) or 1 < mod.groups == mod.in_channels)
-                use = name == 'weight' and ((is_conv and not depthwise) or isinstance(mod, nn.Linear))
-            (decay if use else no_decay).append(p)
-    groups = [{'params': decay, 'weight_decay': weight_decay}]
-    if no_decay:
-        groups.append({'params': no_decay, 'weight_decay': 0.0})
-    return groups
-
-
-def lr_factor_fn(schedule, total_steps, steps_per_epoch, warmup_steps=0, warmup_factor=0.1, step_epochs=30,
-                 milestones=None, gamma=0.1, min_factor=0.0):
-    """Per-optimizer-step multiplier of the base lr.
-
-    Args:
-        schedule (str): ``'step'`` (x gamma every ``step_epochs`` epochs, or at ``milestones`` epochs),
-            ``'cosine'`` (half cosine to ``min_factor``), ``'linear'`` (linear to ``min_factor``, US-Nets),
-            ``'constant'``; all evaluated per iteration.
-        warmup_steps (int): linear warmup from ``warmup_factor`` to 1 over this many steps.
-
-    Returns:
-        callable: ``step -> factor`` for ``torch.optim.lr_scheduler.LambdaLR``.
-
-    Raises:
-        ValueError: unknown schedule.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f'--lr-schedule must be one of {SCHEDULES}, got {schedule!r}')
-    total = max(int(total_steps), 1)
-    warm = int(warmup_steps)
-
-    def f(step):
-        if step < warm:
-            return warmup_factor + (1.0 - warmup_factor) * step / warm
-        if schedule == 'constant':
-            return 1.0
-        if schedule == 'step':
-            epoch = step / max(steps_per_epoch, 1)
-            if milestones:
-                k = sum(epoch >= m for m in milestones)
-            else:
-                k = int(epoch // step_epochs)
-            return gamma ** k
-        t = min(max(step - warm, 0) / max(total - warm, 1), 1.0)
-        if schedule == 'cosine':
-            return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        return min_factor + (1 - min_factor) * (1 - t)
-    return f
-
-
-# ---------------------------------------------------------------------- RNG state
-def rng_state():
-    """Torch (CPU and CUDA), numpy and python RNG states of this process."""
-    s = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
-    if torch.cuda.is_available():
-        s['cuda'] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s['torch'])
-    np.random.set_state(s['numpy'])
-    random.setstate(s['python'])
-    if 'cuda' in s and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s['cuda'])
-
-
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------- model
-def build_model(args, num_classes):
-    """``backbones.create(args.model, num_classes=..., **model_kwargs)`` (+ optional initial weights)."""
-    kw = dict(args.model_kwargs or {})
-    family = backbones.model_family(args.model)
-    if family == 'slimmable' and args.widths:
-        kw.setdefault('width_range', tuple(args.widths))
-    if family == 'rsnet' and args.resolutions:
-        kw.setdefault('resolutions', tuple(sorted(args.resolutions, reverse=True)))
-    if args.pretrained:
-        from .pretrained import pretrained_info
-        _, file_classes, _, _ = pretrained_info(args.pretrained, args.pretrained_source)
-        drop = bool(file_classes) and file_classes != num_classes
-        model = backbones.create(args.model, pretrained=args.pretrained, source=args.pretrained_source,
-                                 num_classes=num_classes, drop_head=drop, **kw)
-        LOG.info(f'loaded --pretrained {args.pretrained} ({model.pretrained_meta.get("origin", "dynscale")}): '
-                 + ('new classifier for %d classes (the file has %d)' % (num_classes, file_classes) if drop else
-                    f'classifier of {num_classes} classes kept') + f'; inputs {model.pixel_mean} / {model.pixel_std}')
-    else:
-        model = backbones.create(args.model, num_classes=num_classes, **kw)
-    model.build_kwargs = kw  # recorded in the exported checkpoint's metadata (rebuild the same variant)
-    if args.init_checkpoint:
-        rep = load_backbone_state(model, args.init_checkpoint, strict=False, logger=LOG)
-        LOG.info(f'initialised from {args.init_checkpoint}: {len(rep["missing"])} missing '
-                 f'(newly initialised, e.g. {rep["missing"][:4]}), {len(rep["unexpected"])} unexpected keys')
-    return model
-
-
-def _check_sync_bn(model):
-    plain = (nn.BatchNorm2d, nn.SyncBatchNorm)
-    bad = sorted({type(m).__name__ for m in model.modules()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in plain})
-    if bad:
-        raise ValueError(f'--sync-bn converts plain nn.BatchNorm2d only; this model uses {bad} (width-sliced or '
-                         f'private BN). Run without --sync-bn.')
+from .optim import lr_factor_fn, param_groups
+from .rng import rng_state, seed_all, set_rng_state
 
 
 # ---------------------------------------------------------------------- trainer
@@ -372,7 +139,7 @@ class Trainer:
         if a.sync_bn and not info.distributed:
             LOG.info('--sync-bn has no effect in a single process')
         if a.sync_bn and info.distributed:
-            _check_sync_bn(self.model)
+            check_sync_bn(self.model)
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = self.net.model
             self.method.model = self.model
