@@ -1,4 +1,5 @@
-"""One loader for every weights file: detect the origin, convert, load strictly both ways.
+"""One loader for every weights file: detect the origin (:mod:`.origins`), convert (:mod:`.conversion`), load
+strictly both ways (this module).
 
 ``load_pretrained(model, PATH_OR_STATE_DICT, source=None)`` accepts
 
@@ -33,28 +34,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _registry
-from ..checkpoint import _PREFIXES, FORMAT, CheckpointMismatchError, backbone_meta, state_mismatch, strip_prefix
-from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
+from ..checkpoint import CheckpointMismatchError, state_mismatch, strip_prefix
+from .conversion import convert
 from .files import SourceFile, read_source
-from .mapping import Transfer
 from .normalization import InputNormalization
+from .origins import _DETECTOR_PREFIXES, identify
 
-__all__ = ['SOURCES', 'identify', 'convert', 'load_pretrained', 'load_backbone_state', 'LoadReport',
-           'create_pretrained']
-
-#: accepted ``source=`` values -> canonical origin
-SOURCES = {
-    'dynscale': 'dynscale',
-    'elastic': 'allenai/elastic', 'allenai/elastic': 'allenai/elastic',
-    'usnet': origin_slimmable.US, 'us-nets': origin_slimmable.US, 'slimmable_networks': origin_slimmable.US,
-    'JiahuiYu/slimmable_networks': origin_slimmable.US,
-    'mutualnet': origin_slimmable.MUTUALNET, 'taoyang1122/MutualNet': origin_slimmable.MUTUALNET,
-    'rsnet': origin_rsnets.ORIGIN, 'rs-nets': origin_rsnets.ORIGIN, 'yikaiw/RS-Nets': origin_rsnets.ORIGIN,
-    'torchvision': 'torchvision', 'timm': 'timm',
-}
-_HINTS = {'allenai/elastic': origin_elastic.cause_hint, origin_slimmable.US: origin_slimmable.cause_hint,
-          origin_slimmable.MUTUALNET: origin_slimmable.cause_hint, origin_rsnets.ORIGIN: origin_rsnets.cause_hint,
-          'torchvision': origin_dense.cause_hint, 'timm': origin_dense.cause_hint}
+__all__ = ['load_pretrained', 'load_state', 'load_backbone_state', 'LoadReport', 'create_pretrained']
 
 
 @dataclass
@@ -117,163 +103,6 @@ class LoadReport:
             parts.append(f'inputs: {self.normalization}')
         parts += self.notes
         return '; '.join(parts)
-
-
-# ---------------------------------------------------------------------------------------------- detection
-#: where a Detectron2 (FPN, C4) or OpenMMLab checkpoint of a whole model keeps the dynscale backbone's weights
-_DETECTOR_PREFIXES = ('backbone.bottom_up.net.', 'backbone.net.', 'backbone.bottom_up.model.', 'backbone.model.')
-
-
-def _is_dynscale(src):
-    meta = src.meta
-    if meta.get('format') == FORMAT:
-        return True
-    if src.container.get('version') == 1 and src.state_key == 'model':  # tools/pretrain.py training checkpoint
-        return True
-    keys = list(src.state_dict)
-    return any(k.startswith(('backbone.model.', 'backbone.bottom_up.net.', 'backbone.net.')) for k in keys)
-
-
-def identify(src, source=None, width_list=None, resolutions=None):
-    """Recognise a weights file.
-
-    Args:
-        src (SourceFile | str | dict): the file (read with :func:`~backbones.pretrained.files.read_source` if
-            a path or an object).
-        source (str | None): force the origin (a key of :data:`SOURCES`).
-        width_list (list[float] | None): US-Nets / MutualNet: the training width list if not a released one.
-        resolutions (tuple[int] | None): RS-Nets: the training sizes if not the released five.
-
-    Returns:
-        Release | None: None for a dynscale checkpoint (no conversion needed).
-
-    Raises:
-        ValueError: an unknown ``source``.
-        UnsupportedCheckpointError: a recognised file without dynscale model.
-        CheckpointMismatchError: a file of no known origin (the message lists the origins).
-    """
-    if not isinstance(src, SourceFile):
-        src = read_source(src)
-    forced = None
-    if source is not None:
-        if source not in SOURCES:
-            raise ValueError(f'unknown source {source!r}; choose one of {sorted(set(SOURCES))}')
-        forced = SOURCES[source]
-    if forced == 'dynscale' or (forced is None and _is_dynscale(src)):
-        return None
-    finders = [
-        (origin_rsnets.ORIGIN, lambda: origin_rsnets.identify(src, resolutions)),
-        (origin_slimmable.US, lambda: origin_slimmable.identify(src, width_list)),
-        (origin_elastic.ORIGIN, lambda: origin_elastic.identify(src)),
-        ('dense', lambda: origin_dense.identify(src, forced if forced in ('torchvision', 'timm') else None)),
-    ]
-    for origin, find in finders:
-        if forced is not None and forced not in (origin, 'dynscale') and not (
-                origin == origin_slimmable.US and forced == origin_slimmable.MUTUALNET) and not (
-                origin == 'dense' and forced in ('torchvision', 'timm')):
-            continue
-        rel = find()
-        if rel is not None:
-            if forced == origin_slimmable.MUTUALNET and rel.origin != forced:
-                n = len(rel.build_kwargs['width_list'])
-                raise CheckpointMismatchError(f'source={source!r} but the file stores {n} widths, a {rel.origin} '
-                                              f'layout')
-            return rel
-    if forced is not None:
-        raise CheckpointMismatchError(f'{src.path or "the state dict"} is not a {forced} file of a model dynscale '
-                                      f'knows (first keys {list(src.state_dict)[:5]})')
-    if any(k.split('.', 1)[0] in ('stem', 'stages', 'head') for k in _strip_all(src.state_dict)):
-        return None  # dynscale naming without metadata (a bare model.state_dict())
-    raise CheckpointMismatchError(
-        f'{src.path or "the state dict"} is not a checkpoint of a known origin (first keys '
-        f'{list(src.state_dict)[:5]}): dynscale reads dynscale checkpoints and the released files of '
-        f'allenai/elastic, JiahuiYu/slimmable_networks, taoyang1122/MutualNet, yikaiw/RS-Nets, and torchvision / '
-        f'timm state dicts of {", ".join(sorted(origin_dense.TARGETS))}; pass source=... if the origin is known')
-
-
-def _strip_all(sd):
-    """Keys without a known wrapper prefix (``module.``, ``backbone.``, ``model.`` ... of checkpoint._PREFIXES)."""
-    out = []
-    for k in sd:
-        for p in _PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        out.append(k)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- conversion
-def _template(model_name, num_classes, kwargs):
-    """The dynscale model ``model_name`` built on the meta device (shapes and order only)."""
-    with torch.device('meta'), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return _registry.build(model_name, num_classes=num_classes, **kwargs)
-
-
-def convert(src, model_name=None, source=None, template_kwargs=None, width_list=None, resolutions=None):
-    """Convert a foreign weights file into a dynscale state dict and checkpoint metadata.
-
-    Args:
-        src (SourceFile | str | dict): the file.
-        model_name (str | None): dynscale target; default: the first model the file fits.
-        source (str | None): force the origin (:data:`SOURCES`).
-        template_kwargs (dict | None): factory arguments overriding the release's (e.g. RS-Net
-            ``resolutions`` of the model that will receive the weights when they come from a dense file).
-        width_list, resolutions: see :func:`identify`.
-
-    Returns:
-        tuple: ``(state_dict, meta, release, transfer)``; ``state_dict`` in dynscale naming with the
-        classifier, ``meta`` the checkpoint metadata (origin, sha256 of the source, widths/resolutions with
-        stored statistics, normalisation, model kwargs), ``transfer`` the record of every move.
-
-    Raises:
-        CheckpointMismatchError: the file does not fit ``model_name`` (keys in both namings, likely cause),
-            or is a dynscale checkpoint (nothing to convert).
-    """
-    if not isinstance(src, SourceFile):
-        src = read_source(src)
-    release = identify(src, source, width_list, resolutions)
-    if release is None:
-        raise CheckpointMismatchError(f'{src.path or "the state dict"} is already a dynscale checkpoint; load it with '
-                                      f'backbones.load_pretrained (nothing to convert)')
-    model_name = model_name or release.models[0]
-    _registry.model_family(model_name)  # unknown names: ValueError with close matches
-    release.check_target(model_name)
-    kwargs = release.kwargs_for(model_name)
-    kwargs.update(template_kwargs or {})
-    template = _template(model_name, release.num_classes, kwargs)
-    transfer = Transfer(src.state_dict, {k: v.shape for k, v in template.state_dict().items()},
-                        model_name, f'{release.origin} {release.name}')
-    release.convert(src, template, transfer, model_name)
-    sd = transfer.finish(_HINTS[release.origin](release))
-    if transfer.new:  # keep the template's own initialisation for allowed-new tensors: build them for real
-        real = _registry.build(model_name, num_classes=release.num_classes, **kwargs)
-        real_sd = real.state_dict()
-        for k, _ in transfer.new:
-            sd[k] = real_sd[k].clone()
-        sd = type(sd)((k, sd[k]) for k in real_sd)
-    release.normalization.apply_to(template)
-    meta = backbone_meta(template)
-    meta.update(release.normalization.to_meta())
-    meta.update({k: v for k, v in release.meta.items() if v is not None})
-    meta.update({
-        'variant': model_name, 'origin': release.origin, 'release': release.name,
-        'source_file': None if src.path is None else src.path.replace('\\', '/').rsplit('/', 1)[-1],
-        'source_sha256': src.sha256, 'source_container_keys': list(src.container_keys),
-        'source_wrapped_member': src.wrapped_member, 'source_cast_fp16': len(src.cast_keys),
-        'eval_protocol': release.protocol, 'model_kwargs': _jsonable(kwargs),
-        'num_classes': release.num_classes, 'conversion': transfer.summary(),
-        'conversion_dropped': [[k, r] for k, r in transfer.dropped],
-        'conversion_new': sorted({r for _, r in transfer.new}),
-    })
-    if 'stored_bn_configs' not in meta and hasattr(template, 'bn_configs'):
-        meta['stored_bn_configs'] = [[w, r] for w, r in template.bn_configs]
-    return sd, meta, release, transfer
-
-
-def _jsonable(d):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # ---------------------------------------------------------------------------------------------- loading
