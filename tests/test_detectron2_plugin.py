@@ -363,7 +363,7 @@ def test_sandwich_plan_teacher_min_and_scales():
         ['MODEL.DYNSCALE.NORM', 'BN', 'MODEL.DYNSCALE.SANDWICH.SEED', '3'],
     )
     bb = build_backbone(cfg, ShapeSpec(channels=3)).bottom_up
-    from plugins.detectron2.trainer import _input_size
+    from plugins.detectron2.policy import _input_size
 
     policy = build_policy(cfg, bb)
     specs = [policy.subnets(step) for step in range(20)]
@@ -428,7 +428,7 @@ def test_rsnet_scale_buckets():
             ref0 = bb.net.forward_stages(x)['stage4']
     torch.testing.assert_close(got, ref1)
     assert not torch.allclose(got, ref0)
-    from plugins.detectron2.trainer import _input_size
+    from plugins.detectron2.policy import _input_size
 
     policy = build_policy(cfg, bb)
     assert [_input_size(policy, s) for s in policy.subnets(0)] == list(bb.scales)  # RSNET_TRAIN_MODE "all"

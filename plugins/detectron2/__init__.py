@@ -63,16 +63,13 @@ from .backbone import (  # noqa: E402
     find_dynscale_backbone,
     slice_fpn_laterals,
 )
+from .checkpointer import DynscaleCheckpointer  # noqa: E402
 from .config import add_dynscale_config, get_dynscale_cfg, setup  # noqa: E402
+from .evaluation import calibrate  # noqa: E402
+from .policy import build_policy  # noqa: E402
+from .rescale import rescale_batch  # noqa: E402
 from .roi_heads import DynscaleRes5ROIHeads, SACTRes5Head  # noqa: E402
-from .trainer import (  # noqa: E402
-    DynscaleCheckpointer,
-    DynscaleSimpleTrainer,
-    DynscaleTrainer,
-    build_policy,
-    calibrate,
-    rescale_batch,
-)
+from .trainer import DynscaleSimpleTrainer, DynscaleTrainer  # noqa: E402
 
 __all__ = [
     'add_dynscale_config',
