@@ -187,12 +187,15 @@ def test_sact(tiny, tmp_path):
 
 
 def test_method_family_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match='slimmable'):
-        methods.check_method_family('mutualnet', 'elastic', 'resnext50_elastic')
+    with pytest.raises(ValueError, match=r'--method mutualnet needs a model with a width multiplier \(us_mobilenet_v1.*'
+                                         r"'resnext50_elastic' is 'elastic'"):
+        methods.check_method_model('mutualnet', 'resnext50_elastic')
+    with pytest.raises(ValueError, match='ponder cost'):
+        methods.check_method_model('sact', 'us_mobilenet_v1')
     with pytest.raises(ValueError, match='--method rsnet'):
-        methods.check_method_family('standard', 'rsnet', 'rs_resnet18')
+        methods.check_method_model('standard', 'rs_resnet18')
     with pytest.raises(ValueError, match='standard'):
-        methods.check_method_family('sandwich', 'slimmable', 'us_mobilenet_v1')
+        methods.check_method_model('sandwich', 'us_mobilenet_v1')
 
 
 # ---------------------------------------------------------------------- resume after SIGKILL
@@ -334,7 +337,7 @@ def test_recipes_parse_and_explicit_flags_win(tmp_path):
     for name in recipes.RECIPES:
         args = pretrain.parse_args(['--recipe', name, '--data-path', str(tmp_path)])
         assert args.model in backbones.list_models()
-        methods.check_method_family(args.method, backbones.model_family(args.model), args.model)
+        methods.check_method_model(args.method, args.model)
     args = pretrain.parse_args(['--recipe', 'mutualnet-mobilenetv2', '--data-path', str(tmp_path), '--lr', '0.2',
                                 '--batch-size', '64'])
     assert args.lr == 0.2 and args.batch_size == 64 and args.epochs == 250 and args.nesterov

@@ -30,13 +30,10 @@ from torch import nn
 
 import backbones
 from backbones import training
+from backbones.capabilities import CAPABILITIES, capabilities, models_with
 from backbones.complexity import complexity
 
 from . import dist as pdist
-
-#: methods with their own evaluation protocol here; any other method of backbones.training.POLICIES trains through
-#: :class:`PolicyMethod` (the training core's policy, one evaluation point)
-_FAMILY_OF_METHOD = {'usnet': ('slimmable',), 'mutualnet': ('slimmable',), 'rsnet': ('rsnet',), 'sact': ('sact',)}
 
 
 def methods():
@@ -44,21 +41,21 @@ def methods():
     return tuple(training.POLICIES)
 
 
-def check_method_family(method, family, model_name):
-    """Raise ValueError when ``method`` cannot train a model of ``family``.
+def check_method_model(method, model_name):
+    """Raise ValueError when ``method`` cannot train the registered model ``model_name``.
 
-    ``standard`` trains any family except RS-Net (whose private BNs need the parallel multi-resolution
-    step: use ``--method rsnet``); ``usnet``/``mutualnet`` need a slimmable model, ``rsnet`` an RS-Net,
-    ``sact`` an ACT/SACT model; a method registered later is checked by its policy (``from_model``).
+    A method needs the backbone capability its policy names (:func:`backbones.training.capability_of`: the
+    sandwich rule a width multiplier, RS-Nets private BN, SACT a ponder cost; any method registered later the
+    same way); ``standard`` trains any model except one with private BN per resolution (RS-Net: its private BNs
+    need the parallel multi-resolution step, ``--method rsnet``).
     """
     if method not in training.POLICIES:
         raise ValueError(f'--method must be one of {methods()}, got {method!r}')
-    allowed = _FAMILY_OF_METHOD.get(method)
-    if allowed and family not in allowed:
-        names = ', '.join(n for f in allowed for n in backbones.list_models(family=f))
-        raise ValueError(f'--method {method} needs a {"/".join(allowed)} model ({names}); {model_name!r} is '
-                         f'{family!r}')
-    if method == 'standard' and family == 'rsnet':
+    need, caps = training.capability_of(method), capabilities(model_name)
+    if need and need not in caps:
+        raise ValueError(f'--method {method} needs a model with {CAPABILITIES[need]} ({", ".join(models_with(need))}); '
+                         f'{model_name!r} is {backbones.model_family(model_name)!r}')
+    if method == 'standard' and 'private_bn' in caps:
         raise ValueError(f'{model_name!r} has one private BN per resolution: train it with --method rsnet')
 
 
@@ -437,9 +434,9 @@ METHOD_CLASSES = {'standard': StandardMethod, 'usnet': SlimmableMethod, 'mutualn
 
 
 def build_method(args, model):
-    """The :class:`Method` for ``args.method`` (after :func:`check_method_family`): the protocol of the five papers'
+    """The :class:`Method` for ``args.method`` (after :func:`check_method_model`): the protocol of the five papers'
     methods, :class:`PolicyMethod` for a method registered in the training core since."""
-    check_method_family(args.method, getattr(model, 'family', None), args.model)
+    check_method_model(args.method, args.model)
     return METHOD_CLASSES.get(args.method, PolicyMethod)(args, model)
 
 
