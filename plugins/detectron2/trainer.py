@@ -288,11 +288,11 @@ class DynscaleTrainer(DefaultTrainer):
             dict: detectron2's result dict for a single point; otherwise ``{'w{width}_s{scale}': result}``.
             SACT models also report ``{'ponder': {'cost': mean ponder cost per image}}``.
         """
-        from backbones.training import SandwichPolicy
+        from backbones import training
 
         bb = find_dynscale_backbone(model)
-        # evaluation switch of the width (a fixed seed: nothing is drawn, no rank agreement needed)
-        policy = SandwichPolicy(bb.width_range, seed=0) if bb.is_slimmable else None
+        # the evaluation switch is the model's own policy's (a fixed seed: nothing is drawn, no rank agreement)
+        policy = training.policy_for(bb.net, seed=0)
         results = OrderedDict()
         points = cls.eval_points(cfg)
         for width, scale in points:
@@ -305,7 +305,7 @@ class DynscaleTrainer(DefaultTrainer):
             c.freeze()
             with contextlib.ExitStack() as stack:
                 stack.enter_context(bb.scale_context(scale if bb.is_resolution_switchable else None))
-                if bb.is_slimmable:
+                if policy.needs_calibration:  # post-statistics BN of this (width, scale) first
                     calibrated = calibrate(cfg, model, width, scale)
                     # the statistics calibrated for (width, scale), else the width's trained ones
                     stack.enter_context(policy.eval_context(bb.net, width, int(scale) if calibrated else None))
