@@ -1,8 +1,5 @@
 """The training policy of a Detectron2 run, built from ``MODEL.DYNSCALE`` (sandwich rule, RS-Net buckets, ponder
 cost; :func:`build_policy`), and the input size each sub-network trains at."""
-import logging
-
-logger = logging.getLogger(__name__)
 
 
 def build_policy(cfg, backbone):

@@ -1,14 +1,10 @@
 """Resizing a Detectron2 batch (images, boxes, masks, keypoints) to another shorter side: the input size of a
 sub-network (sandwich rule, RS-Net scale buckets)."""
-import logging
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
-
-logger = logging.getLogger(__name__)
 
 
 def _resize_instances(inst, new_hw, sx, sy):

@@ -439,9 +439,8 @@ class SACTTwoStageDetector(DynscaleTwoStageDetector):
     """
 
     def __init__(self, *args, tau=None, save_ponder_maps=False, **kwargs):
-        if 'ponder_tau' in kwargs:
-            raise ValueError(f'SACTTwoStageDetector: ponder_tau is now tau (one name with the SACT segmentor and '
-                             f'MODEL.DYNSCALE.TAU): write model.tau={kwargs["ponder_tau"]!r}')
+        refuse_renamed(kwargs, 'model', {'ponder_tau': ('tau', 'the ponder-cost weight, one name with the SACT '
+                                                               'segmentor and MODEL.DYNSCALE.TAU')})
         super().__init__(*args, policy=dict(type='sact', tau=tau), **kwargs)
         self.tau = self.policy.tau
         self.save_ponder_maps = save_ponder_maps
