@@ -114,6 +114,35 @@ def atomic_write_bytes(data, path):
     return path
 
 
+def atomic_link(src, path):
+    """Make ``path`` a second name of the finished file ``src`` (a hard link, else a copy), atomically; returns
+    ``path``.
+
+    For a checkpoint that has the same bytes as one just written (``best.pth`` = ``last.pth`` of the best epoch): no
+    second serialisation, no second copy on disk.  Safe with :func:`atomic_save`: it *replaces* ``src`` by a new file
+    later, so ``path`` keeps the old bytes.  Falls back to a copy (through :func:`atomic_write_bytes`) where the file
+    system has no hard links.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+        CheckpointWriteError: the copy fallback ran out of space, as :func:`atomic_write_bytes`.
+    """
+    path, src = os.fspath(path), os.fspath(src)
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f'.{os.path.basename(path)}.{os.getpid()}.link')
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.link(src, tmp)
+    except FileNotFoundError:
+        raise
+    except OSError:  # no hard links here (another file system, FAT, some network mounts): copy the bytes
+        with open(src, 'rb') as f:
+            return atomic_write_bytes(f.read(), path)
+    os.replace(tmp, path)
+    return path
+
+
 def backbone_meta(model, **extra):
     """Metadata dict describing ``model`` (a :class:`backbones.base.DynamicBackbone`)."""
     meta = {

@@ -7,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 SHARED = os.environ.get('DYNSCALE_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
+pytest_plugins = ['temp_budget', 'pytester']  # tests/temp_budget.py: the disk budget of the temporary folders
 
 # What ``import plugins.detectron2`` does in every tool process, done before any test imports detectron2.data (which
 # registers its builtin datasets under $DETECTRON2_DATASETS once per process): tools run in-process (run_tool) and a

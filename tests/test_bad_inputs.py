@@ -9,6 +9,7 @@ Detectron2, the converter and the exporter."""
 import errno
 import importlib.util
 import os
+import shutil
 import sys
 import zipfile
 
@@ -42,7 +43,8 @@ def files(tmp_path_factory):
     data = (d / 'ten.pth').read_bytes()
     (d / 'half.pth').write_bytes(data[:len(data) // 2])
     (d / 'folder').mkdir()
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 def _x(*shape, **kw):
@@ -242,7 +244,8 @@ def tool_files(tmp_path_factory):
         (d / run / name).write_bytes(data[:len(data) // 2])
         if tag:
             (d / run / tag).write_text(name if run == 'd2run' else str(d / run / name))
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _p(*parts):

@@ -5,6 +5,7 @@ with BN calibration, checkpoint conversion and DDP with dynamic graphs."""
 import glob
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -507,7 +508,8 @@ def tiny_dataset(tmp_path_factory):
         if name not in DatasetCatalog.list():
             DatasetCatalog.register(name, lambda d=dicts: d)
             MetadataCatalog.get(name).set(thing_classes=['a', 'b'])
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 def test_evaluation_at_width_scale_points_with_calibration(tiny_dataset, tmp_path):
@@ -709,7 +711,8 @@ def zoo_source(tmp_path_factory):
         if key not in done:
             done[key] = write_zoo_source(ZOO[key], str(folder))
         return done[key]
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _zoo_key(weights):

@@ -2,6 +2,7 @@
 exact against PyTorch; options a family does not have are refused before anything is read."""
 import importlib.util
 import os
+import shutil
 import sys
 
 import pytest
@@ -160,9 +161,13 @@ def imagenette_trained(tmp_path_factory, shared_dir):
                            '4', '--train-crop-size', '32', '--val-resize-size', '36', '--val-crop-size', '32',
                            '--workers', '0', '--lr', '0.05', '--clip-grad-norm', '1.0', '--no-tensorboard',
                            '--no-final-eval', *flags])
+            for f in ('last.pth', 'best.pth'):  # training checkpoints (~2x the backbone): only backbone.pth is used
+                (out / f).unlink(missing_ok=True)
             done[name] = str(out / 'backbone.pth')
         return done[name]
-    return get
+    yield get
+    for path in done.values():  # module-scoped: pytest would keep them to the end of the session
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ different message (or, before this issue, evaluate the full network and exit 0).
 """
 import importlib.util
 import os
+import shutil
 import sys
 
 import pytest
@@ -293,7 +294,8 @@ def rsnet_seg_checkpoint(tmp_path_factory):
     import torch
     path = str(tmp_path_factory.mktemp('ckpt') / 'rsnet_seg.pth')
     torch.save({'state_dict': _build_segmentor(RSNET_SEG).state_dict(), 'meta': {}}, path)
-    return path
+    yield path
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # module-scoped: kept to the session's end otherwise
 
 
 @pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run
@@ -444,6 +446,29 @@ def test_pretrain_resume_refuses_a_corrupted_checkpoint(tmp_path):
         args = None
     with pytest.raises(CorruptedCheckpointError, match='corrupted: tensor w in'):
         Trainer.resume(_T(), path)
+
+
+@pytest.mark.parametrize('hard_links', [True, False], ids=['hard-link', 'copy-fallback'])
+def test_best_checkpoint_is_a_second_name_keeping_its_bytes_when_last_is_replaced(tmp_path, monkeypatch, hard_links):
+    """``best.pth`` = ``atomic_link(last.pth)``: one file on disk (or a copy without hard links); the next
+    ``atomic_save`` of ``last.pth`` replaces that name only, so ``best.pth`` keeps the best epoch's bytes."""
+    import torch
+
+    from backbones.checkpoint import atomic_link, atomic_save
+    if not hard_links:
+        def no_link(src, dst):
+            raise OSError(1, 'Operation not permitted')
+        monkeypatch.setattr(os, 'link', no_link)
+    last, best = tmp_path / 'last.pth', tmp_path / 'best.pth'
+    atomic_save({'epoch': 1, 'w': torch.ones(3)}, last)
+    assert atomic_link(last, best) == str(best)
+    assert (os.stat(best).st_ino == os.stat(last).st_ino) is hard_links
+    atomic_save({'epoch': 2, 'w': torch.zeros(3)}, last)
+    assert torch.load(best, weights_only=False)['epoch'] == 1 and torch.load(last, weights_only=False)['epoch'] == 2
+    assert sorted(os.listdir(tmp_path)) == ['best.pth', 'last.pth']  # no temporary name left behind
+    with pytest.raises(FileNotFoundError):
+        atomic_link(tmp_path / 'missing.pth', best)
+    assert torch.load(best, weights_only=False)['epoch'] == 1
 
 
 @pytest.mark.slow  # an MMEngine runner / Detectron2 trainer run

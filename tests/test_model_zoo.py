@@ -6,6 +6,7 @@ import os
 import os.path as osp
 import re
 import shlex
+import shutil
 import sys
 import types
 
@@ -25,28 +26,43 @@ MMDET_1X = sorted(glob.glob(osp.join(ROOT, 'det_configs', 'mmdet', '*', '*1x_coc
 D2_1X = sorted(glob.glob(osp.join(ROOT, 'det_configs', 'detectron2', '*_1x.yaml')))
 
 
+#: converted rows kept on disk at once (source + converted file each, up to 1 GB for VGG16-BN): all 32 rows, on
+#: both xdist workers, came to ~10 GB of the suite's temporary files
+ZOO_KEEP = 2
+
+
 @pytest.fixture(scope='module')
 def zoo_files(tmp_path_factory):
-    """Lazily runs each zoo row's convert command (from MODEL_ZOO.md) on a synthetic source; key -> converted path."""
+    """Lazily runs each zoo row's convert command (from MODEL_ZOO.md) on a synthetic source; key -> converted path.
+    Only the ``ZOO_KEEP`` most recently asked rows stay on disk; an older row is converted again when asked again."""
     import convert_weights
 
     work = tmp_path_factory.mktemp('zoo')
-    done = {}
+    done = {}  # key -> converted path, oldest first
 
     def get(key):
-        if key not in done:
-            e = ZOO[key]
-            write_zoo_source(e, str(work))
-            argv = shlex.split(convert_command(e))[2:]  # drop "python tools/convert_weights.py"
-            cwd = os.getcwd()
-            os.chdir(work)
-            try:
-                assert convert_weights.main(argv) == 0, convert_command(e)
-            finally:
-                os.chdir(cwd)
-            done[key] = str(work / e.converted)
+        if key in done:
+            done[key] = done.pop(key)  # most recent last
+            return done[key]
+        e = ZOO[key]
+        while len(done) >= ZOO_KEEP:
+            old = ZOO[next(iter(done))]
+            del done[old.key]
+            kept = {n for k in done for n in (ZOO[k].download_name, ZOO[k].converted)}  # rows may share a source
+            for name in {old.download_name, old.converted} - kept:
+                (work / name).unlink(missing_ok=True)
+        write_zoo_source(e, str(work))
+        argv = shlex.split(convert_command(e))[2:]  # drop "python tools/convert_weights.py"
+        cwd = os.getcwd()
+        os.chdir(work)
+        try:
+            assert convert_weights.main(argv) == 0, convert_command(e)
+        finally:
+            os.chdir(cwd)
+        done[key] = str(work / e.converted)
         return done[key]
-    return get
+    yield get
+    shutil.rmtree(work, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 @pytest.mark.slow

@@ -115,7 +115,8 @@ def imagenette_sact(tmp_path_factory, shared_dir):
         fix[h // 8: h // 4, w // 8: w // 4: 3] = 255
         (fixations / wnid).mkdir(parents=True)
         Image.fromarray(fix).save(fixations / wnid / (os.path.splitext(first)[0] + '.png'))
-    return str(out / 'backbone.pth'), str(images), str(fixations)
+    yield str(out / 'backbone.pth'), str(images), str(fixations)
+    shutil.rmtree(out, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 @pytest.mark.slow  # a pretrain.py run on the real data, then the tool

@@ -6,6 +6,7 @@ differ by colour.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def _one_thread():
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """4 classes x (6 train, 3 val) 40x40 JPEGs."""
-    return _make_folder(tmp_path_factory.mktemp('tiny'))
+    d = tmp_path_factory.mktemp('tiny')
+    yield _make_folder(d)
+    shutil.rmtree(d, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 BASE = ['--epochs', '1', '--batch-size', '4', '--train-crop-size', '32', '--val-resize-size', '36',

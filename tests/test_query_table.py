@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import os
+import shutil
 import sys
 
 import pytest
@@ -48,7 +49,8 @@ def tiny_slimmable(tmp_path_factory, shared_dir):
                    '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '40', '32',
                    '--train-crop-size', '40', '--max-train-samples', '8', '--max-val-samples', '8',
                    '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
-    return data, str(out / 'backbone.pth')
+    yield data, str(out / 'backbone.pth')
+    shutil.rmtree(out, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 def test_query_table_of_a_trained_checkpoint(tiny_slimmable, tmp_path):

@@ -101,7 +101,8 @@ def imagenette_elastic(tmp_path_factory, shared_dir):
                    '--max-val-samples', '8', '--train-crop-size', '64', '--val-resize-size', '72',
                    '--val-crop-size', '64', '--workers', '0', '--lr', '0.05', '--clip-grad-norm', '1.0',
                    '--no-tensorboard', '--no-final-eval'])
-    return root, str(out / 'last.pth')
+    yield root, str(out / 'last.pth')
+    shutil.rmtree(out, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
 
 
 @pytest.mark.slow  # a pretrain.py run on the real data, then the tool

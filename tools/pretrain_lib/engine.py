@@ -2,7 +2,8 @@
 Logging, optimizer/schedule, random state and model construction live in ``logs``, ``optim``, ``rng`` and
 ``model``.
 
-Checkpoint (``last.pth``/``best.pth``, written by rank 0 with ``backbones.checkpoint.atomic_save``)::
+Checkpoint (``last.pth``/``best.pth``, written by rank 0 with ``backbones.checkpoint.atomic_save``; ``best.pth`` is
+a hard link to the ``last.pth`` of its epoch)::
 
     {'version': 1, 'args': {...}, 'epoch': e, 'consumed': k,   # k micro-batches of epoch e are done
      'global_step': optimizer steps so far, 'model': TrainNet state (backbone 'model.*', loss params),
@@ -28,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 import backbones
-from backbones.checkpoint import atomic_save, save_backbone_checkpoint
+from backbones.checkpoint import atomic_link, atomic_save, save_backbone_checkpoint
 from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
 from . import data as pdata
@@ -214,7 +215,7 @@ class Trainer:
         path = atomic_save(st, os.path.join(self.out, 'last.pth'))
         LOG.info(f'saved checkpoint {path} (epoch {self.epoch}, micro-batch {self.consumed}, step {self.global_step})')
         if best:
-            path = atomic_save(st, os.path.join(self.out, 'best.pth'))
+            path = atomic_link(path, os.path.join(self.out, 'best.pth'))  # the same bytes: one file on disk
             LOG.info(f'saved checkpoint {path} (best {"mAP" if self.multilabel else "top-1"} {self.best_top1:.2f})')
 
     def resume(self, path):
