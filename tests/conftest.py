@@ -37,6 +37,22 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _forget_mmengine_instances():
+    """Forget the named MMEngine instances (visualizers, message hubs, loggers) a test created, as a new process
+    would not have them: a test that runs a tool's ``main()`` in-process otherwise leaves e.g. MMSeg's
+    ``SegLocalVisualizer`` named 'visualizer', whose backend writes into that test's work dir, for every later runner
+    of the process to reuse (``ManagerMixin.get_instance`` returns an existing name), after the folder is gone."""
+    managers = _logging_state()[1]
+    yield
+    if 'mmengine' in sys.modules:
+        from mmengine.utils import ManagerMixin
+        for cls in _subclasses(ManagerMixin):
+            old = managers.get(cls, {})
+            for name in [n for n in cls._instance_dict if n not in old]:
+                del cls._instance_dict[name]
+
+
 def fast_subset(values, fast, ids=None):
     """``pytest.mark.parametrize`` values of which only those whose id is in ``fast`` run in ``make test-fast``: the
     others carry the ``slow`` mark (``make test`` runs them all).  For tests parametrised over every framework config
