@@ -112,3 +112,17 @@ def test_export_of_the_trained_checkpoint_matches_pytorch(tiny_slimmable, tmp_pa
     import backbones
     from backbones.complexity import complexity
     assert rep['params'] == complexity(backbones.create('us_mobilenet_v2', pretrained=ckpt), 32, width=1.0)['params']
+
+
+def test_query_table_with_the_usnet_protocol(tiny_slimmable, tmp_path):
+    """``--method usnet``: every (width, resolution) evaluated at its own input size with BN calibrated per point,
+    without MutualNet's ``--resolutions`` (which ``--method usnet`` refuses in the pretraining tool)."""
+    data, ckpt = tiny_slimmable
+    rows = query_table.main([ckpt, '--model', 'us_mobilenet_v2', '--method', 'usnet', '--data-path', data,
+                             '--widths', '1.0', '0.35', '--resolutions', '40', '32', '--batch', '2', '--repeats', '1',
+                             '--calib-batches', '1', '--eval-batch-size', '4', '--max-val-samples', '4',
+                             '--workers', '0', '--threads', '1', '--out-dir', str(tmp_path / 'qt')])
+    assert {(r['width'], r['resolution']) for r in rows} == {(w, r) for w in (1.0, 0.35) for r in (40, 32)}
+    by = {(r['width'], r['resolution']): r['macs'] for r in rows}
+    assert by[(1.0, 40)] > by[(0.35, 40)] and by[(1.0, 40)] > by[(1.0, 32)]
+    assert all(0 <= r['top1'] <= 100 for r in rows)

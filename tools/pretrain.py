@@ -290,8 +290,10 @@ def parse_args(argv=None, world_size=None):
                          'backbones.list_models()')
     check_flags(args, given)
     if args.task == 'multilabel':
-        if args.method != 'standard':
-            raise ValueError(f'--task multilabel trains with --method standard (the Elastic paper fine-tunes Elastic '
+        from pretrain_lib.methods import METHOD_CLASSES
+        if not getattr(METHOD_CLASSES.get(args.method), 'multilabel', False):
+            ok = ' or '.join(m for m, cls in METHOD_CLASSES.items() if cls.multilabel)
+            raise ValueError(f'--task multilabel trains with --method {ok} (the Elastic paper fine-tunes Elastic '
                              f'and dense classifiers); --method {args.method} is for ImageNet classification')
         if args.train_dir == 'train' and 'train_dir' not in explicit:
             args.train_dir = 'train2017'
@@ -303,7 +305,8 @@ def parse_args(argv=None, world_size=None):
                  'calib_batches', 'calib_batch_size'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
-    if args.num_subnets < 2 and args.method in ('usnet', 'mutualnet'):
+    from backbones.training import methods_needing
+    if args.num_subnets < 2 and args.method in methods_needing('width'):
         raise ValueError('--num-subnets must be >= 2 (max and min width) for the sandwich rule')
     world = world_size or int(os.environ.get('WORLD_SIZE', '1'))
     if args.batch_size is None:

@@ -101,11 +101,12 @@ def evaluate_grid(args, widths, resolutions):
     crop = max(resolutions)
     argv = ['--evaluate', '--pretrained', args.checkpoint, '--data-path', args.data_path, '--model', args.model,
             '--method', args.method, '--eval-widths', *map(str, widths), '--eval-resolutions', *map(str, resolutions),
-            '--resolutions', *map(str, resolutions), '--train-crop-size', str(crop),
+            '--train-crop-size', str(crop),
             '--val-crop-size', str(crop), '--val-resize-size', str(round(crop / 0.875)), '--calib-batches',
             str(args.calib_batches), '--batch-size', str(args.eval_batch_size), '--workers', str(args.workers),
             '--output-dir', os.path.join(args.out_dir, 'evaluation'), '--no-tensorboard', '--seed', str(args.seed)]
-    if args.method == 'mutualnet':  # its protocol resizes the crop to each resolution of the grid
+    from pretrain_lib.methods import METHOD_CLASSES
+    if METHOD_CLASSES[args.method].input_sizes:  # MutualNet's protocol resizes the crop to each grid resolution
         argv += ['--resolutions', *map(str, resolutions)]
     if args.max_val_samples:
         argv += ['--max-val-samples', str(args.max_val_samples)]
@@ -186,8 +187,9 @@ def parse_args(argv=None):
     ap.add_argument('checkpoint', help='slimmable checkpoint (tools/pretrain.py export, converted release)')
     ap.add_argument('--model', required=True, help='registered slimmable backbone (e.g. us_mobilenet_v2)')
     ap.add_argument('--data-path', required=True, help='image folder with train/ and val/ (ImageNet layout)')
-    ap.add_argument('--method', default='mutualnet', choices=['mutualnet', 'usnet'],
-                    help='evaluation protocol of the pretraining tool')
+    from backbones.training import methods_needing
+    ap.add_argument('--method', default='mutualnet', choices=methods_needing('width'),
+                    help='evaluation protocol of the pretraining tool (a method that trains widths)')
     ap.add_argument('--widths', type=float, nargs='+', help="default: the model's width range in steps of 0.05")
     ap.add_argument('--resolutions', type=int, nargs='+', default=[224, 192, 160, 128])
     budget = ap.add_mutually_exclusive_group()

@@ -57,7 +57,24 @@ def register_policy(method, cls):
 
 def default_method(model):
     """The registered method that trains ``model`` by default: the first policy whose ``trains(model)`` is true
-    (``'usnet'`` for slimmable, ``'rsnet'``, ``'sact'``), else ``'standard'``."""
+    (``'usnet'`` for slimmable, ``'rsnet'``, ``'sact'``), else ``'standard'``.
+
+    ``model`` may also be a registered model name (nothing is built): the first policy whose ``capability`` is one
+    of the model's (:func:`backbones.capabilities.capabilities`).  A frontend that has only a name (a weights file's
+    metadata, a CLI flag) asks this instead of mapping family names to methods itself.  (By name, a plain
+    pre-activation ResNet of the SACT family gets ``'sact'``, its family's capability; built, with ``act='none'``, it
+    gets ``'standard'``.)
+
+    Raises:
+        ValueError: ``model`` is a name the registry does not know (the message lists the registered ones).
+    """
+    if isinstance(model, str):
+        from ..capabilities import capabilities
+        caps = capabilities(model)
+        for name, cls in POLICIES.items():
+            if cls.capability is not None and cls.capability in caps:
+                return name
+        return 'standard'
     for name, cls in POLICIES.items():
         if cls.trains(model):
             return name

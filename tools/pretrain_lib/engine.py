@@ -97,7 +97,7 @@ class Trainer:
         self.train_set.transform = pdata.build_train_transform(a, mean, std, self.method.train_resolutions())
         self.train_set.select(pdata.subset_indices(len(self.train_set), a.max_train_samples, a.seed))
         vres = self.method.val_resolutions()
-        multires_val = bool(vres) and (self.method.name == 'rsnet' or a.val_resize_mode == 'crop')
+        multires_val = bool(vres) and (self.method.val_multires or a.val_resize_mode == 'crop')
         if self.multilabel:
             from .multilabel import CocoMultiLabel, square_val_transform
             self.val_set = CocoMultiLabel(a.data_path, a.val_dir, square_val_transform(
@@ -478,7 +478,7 @@ class Trainer:
         table = pm.format_table(rows, f'{a.model} ({a.method}) on {self.val_set.root}: {rows[0]["n"]} images')
         LOG.info('\n' + table)
         text = table
-        if a.method == 'mutualnet' or (a.macs_budgets and isinstance(self.method, pm.SlimmableMethod)):
+        if self.method.budget_table or (a.macs_budgets and isinstance(self.method, pm.SlimmableMethod)):
             q = pm.budget_table(rows, a.macs_budgets)
             LOG.info('\n' + q)
             text += '\n\n' + q

@@ -55,8 +55,9 @@ def check_method_model(method, model_name):
     if need and need not in caps:
         raise ValueError(f'--method {method} needs a model with {CAPABILITIES[need]} ({", ".join(models_with(need))}); '
                          f'{model_name!r} is {backbones.model_family(model_name)!r}')
-    if method == 'standard' and 'private_bn' in caps:
-        raise ValueError(f'{model_name!r} has one private BN per resolution: train it with --method rsnet')
+    if need is None and 'private_bn' in caps:
+        raise ValueError(f'{model_name!r} has one private BN per resolution: train it with --method '
+                         f'{" or ".join(training.methods_needing("private_bn"))}')
 
 
 def resize_to(x, resolution):
@@ -138,6 +139,16 @@ class Method:
 
     name = 'standard'
     train_multires = False  # the training loader yields one tensor per resolution
+    #: validation feeds each resolution its own resized image, whatever ``--val-resize-mode`` (private BN per
+    #: resolution: every resolution is the input of its own network, RS-Nets Sec. 3.1)
+    val_multires = False
+    #: the final evaluation also prints the query table by MACs budget (MutualNet Sec. 4.1 reports its results so),
+    #: without ``--macs-budgets``
+    budget_table = False
+    #: trains with ``--task multilabel`` (the Elastic paper fine-tunes Elastic and dense classifiers, one pass)
+    multilabel = False
+    #: trains sub-networks at random input sizes (``--resolutions``, MutualNet); a width-only sandwich refuses them
+    input_sizes = False
 
     def __init__(self, args, model):
         self.args = args
@@ -228,6 +239,8 @@ class Method:
 class StandardMethod(Method):
     """Cross-entropy (with optional label smoothing)."""
 
+    multilabel = True
+
 
 class SlimmableMethod(Method):
     """US-Nets (``usnet``) and MutualNet (``mutualnet``): :class:`backbones.training.SandwichPolicy` (sandwich rule,
@@ -247,12 +260,14 @@ class SlimmableMethod(Method):
         # per-epoch validation evaluates the range ends with their training-time (width-only) statistics
         for w in self.width_range:
             model.add_bn_config(w)
-        mutual = self.name == 'mutualnet' and args.resolutions
+        mutual = self.input_sizes and args.resolutions
         self.resolutions = sorted(args.resolutions, reverse=True) if mutual else None
-        if self.name == 'mutualnet' and not self.resolutions:
-            raise ValueError('--method mutualnet needs --resolutions (e.g. 224 192 160 128)')
-        if self.name == 'usnet' and args.resolutions:
-            raise ValueError('--method usnet trains at one resolution; --resolutions is for mutualnet/rsnet')
+        if self.input_sizes and not self.resolutions:
+            raise ValueError(f'--method {self.name} needs --resolutions (e.g. 224 192 160 128)')
+        if not self.input_sizes and args.resolutions:
+            sizes = [m for m, cls in METHOD_CLASSES.items() if cls.input_sizes or cls.train_multires]
+            raise ValueError(f'--method {self.name} trains at one resolution; --resolutions is for '
+                             f'{"/".join(sizes)}')
         if self.resolutions and max(self.resolutions) != args.train_crop_size:
             raise ValueError(f'the largest --resolutions ({max(self.resolutions)}) is the teacher\'s input and must '
                              f'equal --train-crop-size ({args.train_crop_size})')
@@ -309,7 +324,11 @@ class SlimmableMethod(Method):
 
 
 class MutualNetMethod(SlimmableMethod):
+    """MutualNet: the sandwich rule with each student at a random input size of ``--resolutions``."""
+
     name = 'mutualnet'
+    input_sizes = True
+    budget_table = True
 
 
 class RSNetMethod(Method):
@@ -317,6 +336,7 @@ class RSNetMethod(Method):
 
     name = 'rsnet'
     train_multires = True
+    val_multires = True
 
     def __init__(self, args, model):
         self.resolutions = list(model.resolutions)

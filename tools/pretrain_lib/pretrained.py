@@ -26,7 +26,8 @@ has its labels mapped to those indices.
 import os
 import re
 
-import backbones
+from backbones import training
+from backbones.capabilities import capabilities
 from backbones.pretrained import PROTOCOL_TRANSFORMS, identify, read_source
 
 __all__ = ['pretrained_info', 'apply_pretrained_defaults', 'imagenet_index_map', 'parse_eval_point']
@@ -70,10 +71,8 @@ def apply_pretrained_defaults(args, log=print):
         if model is None:
             raise ValueError(f'{args.pretrained} does not say which model it holds: pass --model')
         args.model = model
-    family = backbones.model_family(args.model)
-    method = _METHOD_OF_PROTOCOL.get(protocol)
-    if method is None:
-        method = {'sact': 'sact', 'slimmable': 'usnet', 'rsnet': 'rsnet'}.get(family, 'standard')
+    caps = capabilities(args.model)
+    method = _METHOD_OF_PROTOCOL.get(protocol) or training.default_method(args.model)
     if 'method' not in explicit and args.method != method:
         args.method = method
     if protocol == 'mutualnet-recalibrate':
@@ -93,13 +92,13 @@ def apply_pretrained_defaults(args, log=print):
             args.val_resize_mode = 'interpolate'
     if protocol == 'usnet-stored' and 'bn_calibration' not in explicit:
         args.bn_calibration = 'auto'  # stored statistics where the file has them
-    if family == 'slimmable' and 'eval_widths' not in explicit and not args.eval_widths:
+    if 'width' in caps and 'eval_widths' not in explicit and not args.eval_widths:
         stored = meta.get('width_mult_list') or [c[0] for c in meta.get('stored_bn_configs') or [] if c[1] is None]
         if stored:
             args.eval_widths = sorted(set(float(w) for w in stored), reverse=True)
-    if family == 'slimmable' and 'widths' not in explicit and not args.widths and meta.get('widths'):
+    if 'width' in caps and 'widths' not in explicit and not args.widths and meta.get('widths'):
         args.widths = [float(w) for w in meta['widths']]
-    if family == 'rsnet' and 'resolutions' not in explicit and meta.get('resolutions'):
+    if 'private_bn' in caps and 'resolutions' not in explicit and meta.get('resolutions'):
         args.resolutions = list(meta['resolutions'])
     if protocol == 'rsnet-multires' and 'val_resize_mode' not in explicit:
         args.val_resize_mode = 'crop'
