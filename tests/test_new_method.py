@@ -198,3 +198,109 @@ def test_frontends_check_a_registered_methods_capability_from_its_policy():
                 get_dynscale_cfg(yaml, ['MODEL.DYNSCALE.POLICY.NAME', name])
     finally:
         training.POLICIES.pop(name)
+
+
+def _bn_stats(backbone):
+    from torch.nn.modules.batchnorm import _BatchNorm
+    return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in backbone.named_modules()
+            if isinstance(m, _BatchNorm) and m.track_running_stats}
+
+
+def _load_bn_stats(backbone, stats):
+    for n, m in backbone.named_modules():
+        if n in stats:
+            m.running_mean.copy_(stats[n][0])
+            m.running_var.copy_(stats[n][1])
+
+
+class RecalibratedPolicy(TwoPassPolicy):
+    """A method with its own evaluation switch and calibration: two passes in training; before evaluation the
+    backbone's BN statistics are re-estimated (``needs_calibration``) into a set kept apart from the trained one,
+    which :meth:`eval_context` swaps in (the trained statistics where none were calibrated)."""
+
+    method = NAME + '_calibrated'
+    needs_calibration = True
+    instances = []
+
+    def __init__(self, small_size=24, max_input_size=None, seed=None):
+        super().__init__(small_size, max_input_size, seed)
+        self.calibrated = {}  # id(backbone) -> BN name -> (mean, var)
+        self.evaluated_calibrated = 0
+        RecalibratedPolicy.instances.append(self)
+
+    @contextlib.contextmanager
+    def calibration_context(self, backbone, width=None, bn_resolution=None):
+        assert width is None and bn_resolution is None
+        trained = _bn_stats(backbone)
+        try:
+            yield
+            self.calibrated[id(backbone)] = _bn_stats(backbone)
+        finally:
+            _load_bn_stats(backbone, trained)
+
+    @contextlib.contextmanager
+    def eval_context(self, backbone, width=None, bn_resolution=None):
+        stats = self.calibrated.get(id(backbone))
+        if stats is None:
+            yield
+            return
+        trained = _bn_stats(backbone)
+        _load_bn_stats(backbone, stats)
+        self.evaluated_calibrated += 1
+        try:
+            yield
+        finally:
+            _load_bn_stats(backbone, trained)
+
+
+def test_calibrate_goes_through_the_policys_calibration_context():
+    """``training.calibrate(policy=...)`` re-estimates a non-slimmable backbone's BNs inside the policy's context;
+    the base policy has none; the backbone's trained statistics are untouched."""
+    name = RecalibratedPolicy.method
+    training.register_policy(name, RecalibratedPolicy)
+    try:
+        net = backbones.create('resnext50_32x4d', num_classes=3, cardinality=4, base_width=4).eval()
+        trained = _bn_stats(net)
+        policy = training.policy_for(net, name)
+        g = torch.Generator().manual_seed(0)
+        batches = [3 + 2 * torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+        assert training.calibrate(net, batches, backbone=net, policy=policy) == 2
+        after = _bn_stats(net)
+        assert all(torch.equal(trained[n][0], after[n][0]) for n in trained)
+        calibrated = policy.calibrated[id(net)]
+        assert set(calibrated) == set(trained)
+        assert not torch.allclose(calibrated['stem.bn'][0], trained['stem.bn'][0])
+        with pytest.raises(ValueError, match='needs backbone='):
+            training.calibrate(net, batches, policy=policy)
+        with pytest.raises(ValueError, match='has no post-statistics BN'):
+            training.calibrate(net, batches, backbone=net, policy=training.policy_for(net, 'standard'))
+    finally:
+        training.POLICIES.pop(name)
+
+
+def test_pretraining_tool_calibrates_and_evaluates_a_registered_method(tmp_path):
+    """``tools/pretrain.py --method <new>``: trains, then its final evaluation calibrates through the policy and
+    evaluates in its ``eval_context`` with the calibrated statistics (the trained ones stay in the exported file)."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import pretrain
+    from test_pretrain import BASE, _make_folder
+    name = RecalibratedPolicy.method
+    training.register_policy(name, RecalibratedPolicy)
+    RecalibratedPolicy.instances.clear()
+    try:
+        data = _make_folder(tmp_path / 'data', n_train=4, n_val=2, size=36)
+        out = tmp_path / 'run'
+        rows = pretrain.main(['--data-path', str(data), '--output-dir', str(out), *BASE, '--model', 'resnext50_32x4d',
+                              '--model-kwargs', '{"cardinality": 4, "base_width": 4}', '--method', name,
+                              '--train-crop-size', '40', '--policy-options', '{"small_size": 32}', '--calib-batches',
+                              '1'])
+    finally:
+        training.POLICIES.pop(name)
+    policy = RecalibratedPolicy.instances[-1]
+    assert len(rows) == 1 and rows[0]['calibrated'] is True and 0 <= rows[0]['top1'] <= 100
+    assert policy.calibrated and policy.evaluated_calibrated >= 1
+    stats = next(iter(policy.calibrated.values()))
+    exported = torch.load(out / 'backbone.pth', weights_only=False)['state_dict']
+    assert not torch.allclose(stats['stem.bn'][0], exported['stem.bn.running_mean'])
+    log = (out / 'log.txt').read_text()
+    assert 'calibrated BN statistics' in log

@@ -231,12 +231,17 @@ def check_flags(args, given):
     from pretrain_lib.methods import METHOD_CLASSES
 
     from backbones.capabilities import check_options
-    from backbones.training import methods_needing
+    from backbones.training import POLICIES, methods_needing
     given = set(given)
     flag = {d: '--' + d.replace('_', '-') for d in FLAG_CAPABILITY}
     flag['inplace_distill'] = '--no-inplace-distill'
-    check_options(args.model, {flag[d]: FLAG_CAPABILITY[d][0] for d in sorted(given & set(FLAG_CAPABILITY))},
-                  where='tools/pretrain.py')
+    options = {flag[d]: FLAG_CAPABILITY[d][0] for d in sorted(given & set(FLAG_CAPABILITY))}
+    policy = POLICIES.get(args.method)
+    if policy is not None and policy.needs_calibration and args.method not in METHOD_CLASSES:
+        # a method registered since with a calibration of its own (TrainingPolicy.calibration_context): the
+        # calibration flags apply to any model it trains
+        options = {o: c for o, c in options.items() if c != 'calibration'}
+    check_options(args.model, options, where='tools/pretrain.py')
     for d in sorted(given & set(FLAG_CAPABILITY)):
         cap, method_specific = FLAG_CAPABILITY[d]
         readers = methods_needing(cap) if method_specific else None

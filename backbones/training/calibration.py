@@ -122,13 +122,15 @@ def head_batchnorms(model, exclude):
 
 
 def calibrate(model, batches, backbone=None, width=None, bn_resolution=None, heads=False, forward=None,
-              num_batches=None):
-    """Post-statistics BN of one configuration of a model holding a slimmable backbone.
+              num_batches=None, policy=None):
+    """Post-statistics BN of one configuration of a model holding a slimmable backbone (or the backbone of any
+    policy with ``needs_calibration``).
 
     The backbone is switched to ``(width, bn_resolution)`` (its private statistics of that configuration are
-    created if missing), those statistics - and with ``heads`` every other BN of ``model`` (decode heads,
-    necks shared by all widths) - are re-estimated on ``batches`` by :func:`reset_and_average` (identical on
-    every rank under DDP), then the previous configuration is restored.  The batches must already be at the
+    created if missing; with ``policy``: inside ``policy.calibration_context``), those statistics - and with
+    ``heads`` every other BN of ``model`` (decode heads, necks shared by all widths) - are re-estimated on
+    ``batches`` by :func:`reset_and_average` (identical on every rank under DDP), then the previous configuration
+    is restored.  The batches must already be at the
     configuration's input size: resizing is the frontend's business (crop side, detection shorter side).
 
     Args:
@@ -142,15 +144,33 @@ def calibrate(model, batches, backbone=None, width=None, bn_resolution=None, hea
             given module (e.g. a detector's neck: only what ``forward`` runs may be re-estimated).
         forward (callable | None): ``forward(model, batch)``; default ``model(batch)``.
         num_batches (int | None): stop after this many batches.
+        policy (TrainingPolicy | None): the method's policy: its
+            :meth:`~backbones.training.TrainingPolicy.calibration_context` switches ``backbone`` (required then)
+            to the configuration, so that a method registered later calibrates through the same call; None: the
+            slimmable backbone's ``width_context``.
 
     Returns:
         int: batches forwarded.
 
     Raises:
-        ValueError: no slimmable backbone in ``model``; width outside the range; frozen statistics; no batch.
+        ValueError: no slimmable backbone in ``model`` (without ``policy``), no ``backbone`` with ``policy``, a
+            policy without post-statistics BN; width outside the range; frozen statistics; no batch.
     """
     from ..slimmable import SlimmableBackbone
 
+    if policy is not None:
+        if backbone is None:
+            raise ValueError('calibrate(policy=...) needs backbone=: the network whose configuration the policy '
+                             'switches')
+        with policy.calibration_context(backbone, width, bn_resolution):
+            # slimmable BNs: the configuration's private statistics; any other backbone: its BN modules, which the
+            # policy's context loaded with the configuration's statistics
+            targets = bn_statistics_modules(backbone) or head_batchnorms(backbone, None)
+            if heads is True:
+                targets += head_batchnorms(model, backbone)
+            elif heads:
+                targets += head_batchnorms(heads, backbone)
+            return reset_and_average(model, targets, batches, forward, num_batches)
     if backbone is None:
         nets = [m for m in model.modules() if isinstance(m, SlimmableBackbone) and m._static_config is None]
         if not nets:

@@ -73,7 +73,8 @@ class TrainingPolicy:
     * training: :meth:`subnets` (per step), :meth:`context`, :meth:`subnet_losses`, :meth:`extra_losses`, and
       :meth:`combine` when :attr:`combines` (one loss over all sub-networks of a step);
     * evaluation: :meth:`eval_context` switches the model to one configuration (width, private BN);
-      :attr:`needs_calibration` says whether BN statistics must be re-estimated first;
+      :attr:`needs_calibration` says whether BN statistics must be re-estimated first, which
+      :func:`backbones.training.calibrate` does inside :meth:`calibration_context`;
     * DDP: :attr:`find_unused_parameters`; :meth:`check_agreement`.
 
     Attributes:
@@ -193,6 +194,18 @@ class TrainingPolicy:
                              f'resolution={bn_resolution!r} apply only to slimmable (width) or RS-Net (resolution) '
                              f'models: remove them from the test settings')
         return contextlib.nullcontext()
+
+    def calibration_context(self, backbone, width=None, bn_resolution=None):
+        """Context in which the BN statistics of one configuration are re-estimated (post-statistics BN, US-Nets
+        Sec. 3.3): inside it, ``backbone``'s BN modules hold that configuration's statistics (created if missing),
+        and leaving it keeps them for :meth:`eval_context` of the same configuration.  Only policies with
+        :attr:`needs_calibration` have one; :func:`backbones.training.calibrate` enters it.
+
+        Raises:
+            ValueError: the policy's models have no per-configuration statistics (this base).
+        """
+        raise ValueError(f'{type(self).__name__} has no post-statistics BN (needs_calibration is False): evaluate '
+                         f'the model as trained, or train it with a method that calibrates')
 
     def __repr__(self):
         return f'{type(self).__name__}(seed={self.seed})'

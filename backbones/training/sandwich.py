@@ -129,6 +129,11 @@ class SandwichPolicy(TrainingPolicy):
             key = bn_resolution
         return backbone.width_context(width, key)
 
+    def calibration_context(self, backbone, width=None, bn_resolution=None):
+        """The statistics of ``(width, bn_resolution)`` (None: the largest width; the width-only statistics),
+        created if missing: ``backbone.width_context`` (US-Nets Sec. 3.3; MutualNet per-(width, resolution))."""
+        return backbone.width_context(backbone.width_range[1] if width is None else width, bn_resolution)
+
     def __repr__(self):
         return (f'SandwichPolicy(width_range={self.width_range}, num_subnets={self.num_subnets}, '
                 f'input_sizes={self.input_sizes}, distill={self.distill}, seed={self.seed})')

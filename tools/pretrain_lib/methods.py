@@ -446,7 +446,7 @@ class PolicyMethod(Method):
         return policy
 
     def point_context(self, model, width, resolution, calibrated=False):
-        return self.policy.eval_context(model)
+        return self.policy.eval_context(model, width, resolution)
 
 
 METHOD_CLASSES = {'standard': StandardMethod, 'usnet': SlimmableMethod, 'mutualnet': MutualNetMethod,
@@ -554,11 +554,12 @@ def calibration_batches(loader, num_batches, info, channels_last=False):
 def final_evaluation(method, model, val_loader, calib_loader, info, autocast, args, log):
     """Full grid evaluation (on a copy of ``model``: calibration must not touch the exported weights).
 
-    Slimmable: per point, ``backbones.training.calibrate`` on ``args.calib_batches`` training batches
-    (post-statistics BN, Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's
-    ``ComputePostBN``; statistics averaged over ranks), then one val pass; ``args.bn_calibration`` ``'auto'`` /
-    ``'never'`` uses the statistics stored for the point instead (US-Nets' released per-width statistics). Others:
-    one val pass for all points.
+    A policy with ``needs_calibration`` (slimmable, or any method registered with one): per point,
+    ``backbones.training.calibrate`` through the policy on ``args.calib_batches`` training batches (post-statistics
+    BN, Yu & Huang 2019 Sec. 3.2; the same crop resized per resolution as in MutualNet's ``ComputePostBN``;
+    statistics averaged over ranks), then one val pass; ``args.bn_calibration`` ``'auto'`` / ``'never'`` uses the
+    statistics stored for the point instead (US-Nets' released per-width statistics). Others: one val pass for all
+    points.
 
     RS-Net: a last row ``resolution='ensemble'`` when MRED scores exist (:meth:`RSNetMethod.ensemble_weights`):
     the softmax(alpha)-weighted sum of every resolution's logits, MACs summed.
@@ -567,14 +568,13 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
         list[dict]: rows with ``width``, ``resolution``, ``macs``, ``top1``, ``top5`` (+ SACT statistics).
     """
     points = method.eval_points(final=True)
-    is_slim = isinstance(method, SlimmableMethod)
     is_sact = isinstance(method, SACTMethod)
     rows = []
-    if is_slim:
+    if method.policy.needs_calibration:
         m = copy.deepcopy(model)
         policy = getattr(args, 'bn_calibration', 'always')
         for (w, r) in points:
-            stored = (w, None) in m.bn_configs and r in (None, args.val_crop_size)
+            stored = (w, None) in getattr(m, 'bn_configs', ()) and r in (None, args.val_crop_size)
             if policy == 'never' or (policy == 'auto' and stored):
                 # the statistics stored with the weights (US-Nets' released per-width post-statistics)
                 row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last)[0]
@@ -583,12 +583,14 @@ def final_evaluation(method, model, val_loader, calib_loader, info, autocast, ar
                 batches = (resize_to(x, r) for x in calibration_batches(calib_loader, args.calib_batches, info,
                                                                         args.channels_last))
                 # statistics averaged over the ranks inside calibrate: every rank evaluates the same network
-                training.calibrate(m, batches, width=w, bn_resolution=r, num_batches=args.calib_batches)
+                training.calibrate(m, batches, backbone=m, width=w, bn_resolution=r, num_batches=args.calib_batches,
+                                   policy=method.policy)
                 row = evaluate(method, m, val_loader, info, [(w, r)], autocast, args.channels_last, calibrated=True)[0]
                 row['calibrated'] = True
             rows.append(row)
             kind = 'calibrated' if row['calibrated'] else 'stored'
-            log(f'  evaluated width {w} @ {r or args.val_crop_size}px ({kind} BN statistics): top-1 {row["top1"]:.2f}')
+            at = f'width {w} @ ' if w is not None else ''
+            log(f'  evaluated {at}{r or args.val_crop_size}px ({kind} BN statistics): top-1 {row["top1"]:.2f}')
     else:
         weights = method.ensemble_weights(model) if isinstance(method, RSNetMethod) else None
         rows = evaluate(method, model, val_loader, info, points, autocast, args.channels_last, sact_macs=is_sact,
