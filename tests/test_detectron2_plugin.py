@@ -475,11 +475,19 @@ def test_ddp_find_unused_parameters_policy():
 @pytest.fixture(scope='module')
 def tiny_dataset(tmp_path_factory):
     """A registered 4-image detection dataset on disk (COCOEvaluator converts it to COCO json)."""
+    root = tmp_path_factory.mktemp('tiny_det')
+    yield register_tiny_dataset(root)
+    shutil.rmtree(root, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
+
+
+def register_tiny_dataset(root):
+    """Write 4 images with one box / mask each into ``root`` and register them as ``dynscale_tiny_train`` /
+    ``dynscale_tiny_val`` (2 classes, their COCO json in ``root``; replaces an earlier registration); returns
+    ``root``."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode
     from PIL import Image
 
-    root = tmp_path_factory.mktemp('tiny_det')
     dicts = []
     rng = np.random.RandomState(0)
     for i in range(4):
@@ -503,13 +511,20 @@ def tiny_dataset(tmp_path_factory):
                 ],
             }
         )
+    from detectron2.data.datasets.coco import convert_to_coco_json
     for split in ('train', 'val'):
         name = f'dynscale_tiny_{split}'
-        if name not in DatasetCatalog.list():
-            DatasetCatalog.register(name, lambda d=dicts: d)
-            MetadataCatalog.get(name).set(thing_classes=['a', 'b'])
-    yield root
-    shutil.rmtree(root, ignore_errors=True)  # module-scoped: pytest would keep it to the end of the session
+        if name in DatasetCatalog.list():  # registered before with files that may be gone (their folder removed)
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda d=dicts: d)
+        MetadataCatalog.get(name).set(thing_classes=['a', 'b'])
+        # COCOEvaluator would otherwise write this file into the first test's OUTPUT_DIR (removed after that test)
+        # and remember its path for every later evaluation of the process
+        json_file = str(root / f'{name}_coco_format.json')
+        convert_to_coco_json(name, json_file, allow_cached=False)
+        MetadataCatalog.get(name).set(json_file=json_file)
+    return root
 
 
 def test_evaluation_at_width_scale_points_with_calibration(tiny_dataset, tmp_path):
@@ -859,6 +874,10 @@ def test_1x_config_fine_tunes_from_its_released_file_on_the_coco_subset(
     if D.RSNET_TRAIN_MODE == 'all':
         D.RSNET_TRAIN_MODE = 'random'
     cfg.MODEL.WEIGHTS = out
+    # cfg.SEED takes effect in default_setup (train_net.py), not here: without a seed the randomly initialised heads
+    # depended on the tests run before in the process, and over 4 iterations the loss fell or not with them
+    from detectron2.utils.env import seed_all_rng
+    seed_all_rng(0)
     trainer = DynscaleTrainer(cfg)
     DynscaleCheckpointer(trainer.model, strict=True).load(out)  # any unmatched backbone key raises
     trainer.resume_or_load(resume=False)

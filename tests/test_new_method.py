@@ -224,23 +224,23 @@ class RecalibratedPolicy(TwoPassPolicy):
 
     def __init__(self, small_size=24, max_input_size=None, seed=None):
         super().__init__(small_size, max_input_size, seed)
-        self.calibrated = {}  # id(backbone) -> BN name -> (mean, var)
+        self.calibrated = {}  # (id(backbone), bn_resolution) -> BN name -> (mean, var)
         self.evaluated_calibrated = 0
         RecalibratedPolicy.instances.append(self)
 
     @contextlib.contextmanager
     def calibration_context(self, backbone, width=None, bn_resolution=None):
-        assert width is None and bn_resolution is None
+        assert width is None, 'no width multiplier here'
         trained = _bn_stats(backbone)
         try:
             yield
-            self.calibrated[id(backbone)] = _bn_stats(backbone)
+            self.calibrated[id(backbone), bn_resolution] = _bn_stats(backbone)
         finally:
             _load_bn_stats(backbone, trained)
 
     @contextlib.contextmanager
     def eval_context(self, backbone, width=None, bn_resolution=None):
-        stats = self.calibrated.get(id(backbone))
+        stats = self.calibrated.get((id(backbone), bn_resolution))
         if stats is None:
             yield
             return
@@ -267,7 +267,7 @@ def test_calibrate_goes_through_the_policys_calibration_context():
         assert training.calibrate(net, batches, backbone=net, policy=policy) == 2
         after = _bn_stats(net)
         assert all(torch.equal(trained[n][0], after[n][0]) for n in trained)
-        calibrated = policy.calibrated[id(net)]
+        calibrated = policy.calibrated[id(net), None]
         assert set(calibrated) == set(trained)
         assert not torch.allclose(calibrated['stem.bn'][0], trained['stem.bn'][0])
         with pytest.raises(ValueError, match='needs backbone='):
@@ -304,3 +304,122 @@ def test_pretraining_tool_calibrates_and_evaluates_a_registered_method(tmp_path)
     assert not torch.allclose(stats['stem.bn'][0], exported['stem.bn.running_mean'])
     log = (out / 'log.txt').read_text()
     assert 'calibrated BN statistics' in log
+
+
+@pytest.fixture
+def recalibrated():
+    training.register_policy(RecalibratedPolicy.method, RecalibratedPolicy)
+    RecalibratedPolicy.instances.clear()
+    yield RecalibratedPolicy.method
+    training.POLICIES.pop(RecalibratedPolicy.method)
+
+
+def test_mmseg_calibrates_and_evaluates_a_registered_method(recalibrated):
+    """MMSeg: ``BNCalibrationHook`` calibrates a ``DynscaleEncoderDecoder`` whose registered policy needs it (the
+    decode head's BNs too), and inference runs in the policy's ``eval_context`` with those statistics."""
+    _need('mmseg')
+    from types import SimpleNamespace
+
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import plugins.mm  # noqa: F401
+    from backbones.capabilities import OptionNotApplicable
+    from plugins.mm.hooks import BNCalibrationHook
+    from plugins.mm.options import check_config_options
+    init_default_scope('mmseg')
+    # the config check: the calibration hook applies to any model this method trains, not only slimmable ones
+    cfg = {'model': {'type': 'DynscaleEncoderDecoder', 'policy': {'type': recalibrated},
+                     'backbone': {'type': 'DynscaleBackbone', 'arch': 'resnext50_32x4d'}},
+           'custom_hooks': [{'type': 'BNCalibrationHook'}]}
+    check_config_options(cfg)
+    cfg['model']['policy'] = {'type': 'standard'}
+    with pytest.raises(OptionNotApplicable, match='BNCalibrationHook'):
+        check_config_options(cfg)
+    seg = MODELS.build(dict(
+        type='DynscaleEncoderDecoder', policy=dict(type=recalibrated, small_size=32, max_input_size=64),
+        data_preprocessor=dict(type='SegDataPreProcessor', size=(64, 64)),
+        backbone=dict(type='DynscaleBackbone', arch='resnext50_32x4d', out_indices=(3,), cardinality=4, base_width=4),
+        decode_head=dict(type='FCNHead', in_channels=2048, channels=8, num_convs=1, num_classes=3, dropout_ratio=0,
+                         norm_cfg=dict(type='BN'))))
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    def sample():
+        ds = SegDataSample()
+        ds.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 64, 64)))
+        ds.set_metainfo(dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+        return ds
+    g = torch.Generator().manual_seed(0)
+    batches = [dict(inputs=[(100 + 60 * torch.rand(3, 64, 64, generator=g)).to(torch.uint8) for _ in range(2)],
+                    data_samples=[sample(), sample()]) for _ in range(2)]
+    head_before = seg.decode_head.convs[0].bn.running_mean.clone()
+    trained = _bn_stats(seg.backbone.model)
+    seg.eval()
+    BNCalibrationHook(num_batches=2, dataloader=batches).calibrate(SimpleNamespace(model=seg, cfg=None))
+    policy = RecalibratedPolicy.instances[-1]
+    assert list(policy.calibrated) == [(id(seg.backbone.model), None)]
+    assert not torch.allclose(policy.calibrated[id(seg.backbone.model), None]['stem.bn'][0], trained['stem.bn'][0])
+    assert torch.equal(_bn_stats(seg.backbone.model)['stem.bn'][0], trained['stem.bn'][0])  # trained set kept
+    assert not torch.equal(seg.decode_head.convs[0].bn.running_mean, head_before)  # heads=True: the head too
+    with torch.no_grad():
+        out = seg.encode_decode(torch.randn(1, 3, 64, 64), [dict(img_shape=(64, 64))])
+    assert out.shape == (1, 3, 64, 64) and policy.evaluated_calibrated == 1
+
+
+def test_mmdet_calibrates_and_evaluates_a_registered_method(recalibrated):
+    """MMDet: ``calibrate_bn`` of a ``DynscaleTwoStageDetector`` whose registered policy needs it, then
+    ``predict`` in the policy's ``eval_context`` with the calibrated statistics."""
+    _need('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import plugins.mm  # noqa: F401
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(ROOT, 'det_configs', 'mmdet', 'elastic',
+                                   'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py'))
+    model_cfg = dict(cfg.model, type='DynscaleTwoStageDetector', policy=dict(type=recalibrated, small_size=64),
+                     max_size=96)
+    model_cfg['backbone'] = dict(model_cfg['backbone'], type='DynscaleBackbone', arch='resnext50_32x4d',
+                                 cardinality=4, base_width=4)
+    det = MODELS.build(model_cfg).eval()
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from test_mm_det import _batch
+    trained = _bn_stats(det.backbone.model)
+    assert det.calibrate_bn([_batch(n=2), _batch(n=2)]) == 2
+    policy = RecalibratedPolicy.instances[-1]
+    key = (id(det.backbone.model), det.test_resolution)
+    assert list(policy.calibrated) == [key]
+    assert not torch.allclose(policy.calibrated[key]['stem.bn'][0], trained['stem.bn'][0])
+    d = det.data_preprocessor(_batch(n=1), False)
+    with torch.no_grad():
+        det.predict(d['inputs'], d['data_samples'])
+    assert policy.evaluated_calibrated == 1
+
+
+def test_detectron2_calibrates_and_evaluates_a_registered_method(recalibrated, tmp_path):
+    """Detectron2: ``DynscaleTrainer.test`` with ``MODEL.DYNSCALE.POLICY.NAME`` a registered method that needs
+    calibration: post-statistics BN of every evaluated scale through the policy, then COCO evaluation in its
+    ``eval_context`` with those statistics."""
+    _need('detectron2')
+    from plugins.detectron2 import DynscaleTrainer, find_dynscale_backbone
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from test_detectron2_plugin import CONFIG_DIR, _cfg, register_tiny_dataset
+    register_tiny_dataset(tmp_path)
+    cfg = _cfg(osp.join(CONFIG_DIR, 'quick_schedules', 'mask_rcnn_resnext50_elastic_FPN_quick.yaml'),
+               ['DATASETS.TRAIN', '("dynscale_tiny_train",)', 'DATASETS.TEST', '("dynscale_tiny_val",)',
+                'MODEL.ROI_HEADS.NUM_CLASSES', '2', 'MODEL.DYNSCALE.POLICY.NAME', recalibrated,
+                'MODEL.DYNSCALE.NORM', 'BN', 'MODEL.BACKBONE.FREEZE_AT', '0',
+                'MODEL.DYNSCALE.CALIBRATION.NUM_BATCHES', '2', 'DATALOADER.NUM_WORKERS', '0',
+                'OUTPUT_DIR', str(tmp_path / 'out')])
+    model = DynscaleTrainer.build_model(cfg)
+    net = find_dynscale_backbone(model).net
+    trained = _bn_stats(net)
+    res = DynscaleTrainer.test(cfg, model)
+    assert 'bbox' in res and 'AP' in res['bbox']
+    policy = RecalibratedPolicy.instances[-1]
+    scale = cfg.INPUT.MIN_SIZE_TEST
+    assert list(policy.calibrated) == [(id(net), scale)] and policy.evaluated_calibrated >= 1
+    assert not torch.allclose(policy.calibrated[id(net), scale]['stem.bn'][0], trained['stem.bn'][0])
+    assert torch.equal(_bn_stats(net)['stem.bn'][0], trained['stem.bn'][0])

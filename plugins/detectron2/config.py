@@ -211,6 +211,8 @@ def dynscale_options(cfg):
     name = str(D.POLICY.get('NAME', '') or '')
     if name in POLICIES and capability_of(name):  # the method's own policy says what it needs
         out[f'MODEL.DYNSCALE.POLICY.NAME {name!r}'] = capability_of(name)
+    if name in POLICIES and POLICIES[name].needs_calibration:  # its policy calibrates any model it trains
+        out = {k: c for k, c in out.items() if c != 'calibration'}
     return out
 
 

@@ -36,25 +36,29 @@ def calibration_batches(cfg, model, scale, num_batches):
     return out
 
 
-def calibrate(cfg, model, width, scale):
-    """Post-statistics BN of the slimmable backbone at ``(width, scale)`` (:func:`backbones.training.calibrate`:
-    statistics averaged over the processes, so every rank evaluates the same network).
+def calibrate(cfg, model, width, scale, policy=None):
+    """Post-statistics BN of the backbone at ``(width, scale)`` (:func:`backbones.training.calibrate`: statistics
+    averaged over the processes, so every rank evaluates the same network).
 
-    The statistics are stored as the backbone's private statistics of the configuration ``(width, scale)``
-    (MutualNet calibrates per width-resolution pair) and selected with
-    ``backbone.net.width_context(width, scale)``.
+    The statistics are stored as the configuration ``(width, scale)``'s (MutualNet calibrates per
+    width-resolution pair: the slimmable backbone's private statistics) inside the policy's
+    ``calibration_context`` and selected by its ``eval_context(backbone, width, scale)``.
+
+    Args:
+        policy (TrainingPolicy | None): the model's evaluation policy (None: the backbone's default one).
 
     Returns:
-        bool: whether a calibration ran (only slimmable backbones with trainable BN statistics calibrate).
+        bool: whether a calibration ran (a policy with ``needs_calibration`` and trainable BN statistics).
     """
     from backbones import training
 
     D = cfg.MODEL.DYNSCALE
     bb = find_dynscale_backbone(model)
-    if not (D.CALIBRATION.ENABLED and bb.is_slimmable and D.NORM != 'FrozenBN'):
+    policy = policy or training.policy_for(bb.net, seed=0)
+    if not (D.CALIBRATION.ENABLED and policy.needs_calibration and D.NORM != 'FrozenBN'):
         return False
     batches = calibration_batches(cfg, model, scale, D.CALIBRATION.NUM_BATCHES)
-    n = training.calibrate(bb.net, batches, backbone=bb.net, width=width, bn_resolution=int(scale))
+    n = training.calibrate(bb.net, batches, backbone=bb.net, width=width, bn_resolution=int(scale), policy=policy)
     logger.info(f'calibrated BN statistics at width {width} scale {scale} on {n} batches')
     return True
 

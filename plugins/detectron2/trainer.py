@@ -291,8 +291,11 @@ class DynscaleTrainer(DefaultTrainer):
         from backbones import training
 
         bb = find_dynscale_backbone(model)
-        # the evaluation switch is the model's own policy's (a fixed seed: nothing is drawn, no rank agreement)
-        policy = training.policy_for(bb.net, seed=0)
+        # the evaluation switch is the policy's: MODEL.DYNSCALE.POLICY's method, else the model's own (a fixed
+        # seed: nothing is drawn, no rank agreement)
+        P = cfg.MODEL.DYNSCALE.POLICY
+        options = {k.lower(): v for k, v in P.items() if k != 'NAME'} if P.NAME else {}
+        policy = training.policy_for(bb.net, P.NAME or None, seed=0, **options)
         results = OrderedDict()
         points = cls.eval_points(cfg)
         for width, scale in points:
@@ -306,7 +309,7 @@ class DynscaleTrainer(DefaultTrainer):
             with contextlib.ExitStack() as stack:
                 stack.enter_context(bb.scale_context(scale if bb.is_resolution_switchable else None))
                 if policy.needs_calibration:  # post-statistics BN of this (width, scale) first
-                    calibrated = calibrate(cfg, model, width, scale)
+                    calibrated = calibrate(cfg, model, width, scale, policy)
                     # the statistics calibrated for (width, scale), else the width's trained ones
                     stack.enter_context(policy.eval_context(bb.net, width, int(scale) if calibrated else None))
                 save = cfg.MODEL.DYNSCALE.SAVE_PONDER_MAPS

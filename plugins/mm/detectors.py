@@ -311,15 +311,15 @@ class DynscaleTwoStageDetector(TwoStageDetector):
             int: number of batches forwarded (:func:`backbones.training.calibrate`).
 
         Raises:
-            ValueError: the policy does not calibrate (no slimmable backbone).
+            ValueError: the policy does not calibrate (``needs_calibration`` False: e.g. not slimmable).
         """
         if not self.policy.needs_calibration:
-            raise ValueError(f'{self.policy!r} needs no BN calibration (only slimmable backbones do)')
+            raise ValueError(f'{self.policy!r} needs no BN calibration (its needs_calibration is False)')
         self.set_calibration_config(width, resolution)
         w, r = self.calibration_config()
         batches = (self.calibration_inputs(d) for d in data_batches)
         return training.calibrate(self, batches, backbone=self.backbone.model, width=w, bn_resolution=r,
-                                  heads=self.neck, forward=lambda m, x: m.calibration_forward(x))
+                                  heads=self.neck, forward=lambda m, x: m.calibration_forward(x), policy=self.policy)
 
 
 @MODELS.register_module()

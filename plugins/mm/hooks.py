@@ -85,8 +85,8 @@ class BNCalibrationHook(Hook):
         need = ('calibration_config', 'calibration_inputs', 'calibration_forward')
         policy = getattr(model, 'policy', None)
         if not all(hasattr(model, n) for n in need) or policy is None or not policy.needs_calibration:
-            raise ValueError(f'BNCalibrationHook re-estimates the BN statistics of slimmable segmentors and detectors '
-                             f'(a policy with needs_calibration, e.g. SlimmableEncoderDecoder, '
+            raise ValueError(f'BNCalibrationHook re-estimates the BN statistics of segmentors and detectors whose '
+                             f'policy needs_calibration (e.g. SlimmableEncoderDecoder, '
                              f'SlimmableTwoStageDetector); {type(model).__name__} with {policy!r} needs none: remove '
                              f'the hook from the config')
         if self.width is not None or self.resolution is not None:
@@ -95,7 +95,8 @@ class BNCalibrationHook(Hook):
         batches = (model.calibration_inputs(d) for d in itertools.islice(self._loader(runner), self.num_batches))
         heads = model.calibration_head_scope if self.heads else False
         n = calibrate(model, batches, backbone=model.backbone.model, width=width, bn_resolution=res,
-                      heads=heads if heads is not None else False, forward=lambda m, x: m.calibration_forward(x))
+                      heads=heads if heads is not None else False, forward=lambda m, x: m.calibration_forward(x),
+                      policy=policy)
         print_log(f'calibrated BN statistics for width {width}, resolution {res or "as loaded"} on {n} batches'
                   + (' (averaged over ranks, weighted by their batches)' if world_size() > 1 else ''),
                   logger='current')

@@ -88,6 +88,8 @@ def config_options(cfg, flags=None):
     for h in cfg.get('custom_hooks') or []:
         if _type(h) in _HOOK_CAPABILITY:
             add(f"custom_hooks type='{_type(h)}'", _HOOK_CAPABILITY[_type(h)])
+    if policy in POLICIES and POLICIES[policy].needs_calibration:  # its policy calibrates any model it trains
+        out = {k: c for k, c in out.items() if c != 'calibration'}
     return out
 
 
