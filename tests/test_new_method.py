@@ -423,3 +423,51 @@ def test_detectron2_calibrates_and_evaluates_a_registered_method(recalibrated, t
     assert list(policy.calibrated) == [(id(net), scale)] and policy.evaluated_calibrated >= 1
     assert not torch.allclose(policy.calibrated[id(net), scale]['stem.bn'][0], trained['stem.bn'][0])
     assert torch.equal(_bn_stats(net)['stem.bn'][0], trained['stem.bn'][0])
+
+
+def test_pretraining_command_line_imports_trains_calibrates_and_evaluates_a_users_method(tmp_path):
+    """``python tools/pretrain.py --custom-imports cli_method --method test_cli_calibrated``: the user's module
+    registers the method in the new process; it trains, calibrates and evaluates; an unknown module is refused
+    naming the fix."""
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from conftest import run_tool
+    from test_pretrain import BASE, _make_folder
+    data = _make_folder(tmp_path / 'data', n_train=4, n_val=2, size=36)
+    env = {'PYTHONPATH': os.pathsep.join([ROOT, osp.join(ROOT, 'tests')])}
+    common = ['tools/pretrain.py', '--data-path', data, *BASE, '--model', 'resnext50_32x4d',
+              '--model-kwargs', '{"cardinality": 4, "base_width": 4}', '--train-crop-size', '40',
+              '--method', 'test_cli_calibrated', '--policy-options', '{"small_size": 32}', '--calib-batches', '1']
+    r = run_tool([*common, '--output-dir', str(tmp_path / 'run'), '--custom-imports', 'cli_method'], env=env,
+                 subprocess_run=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    with open(tmp_path / 'run' / 'eval.json') as f:
+        rows = json.load(f)
+    assert len(rows) == 1 and rows[0]['calibrated'] is True
+    assert 'calibrated BN statistics' in (tmp_path / 'run' / 'log.txt').read_text()
+    r = run_tool([*common, '--output-dir', str(tmp_path / 'bad'), '--custom-imports', 'no_such_method_module'],
+                 env=env, subprocess_run=True)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and 'PYTHONPATH' in out
+    assert '--custom-imports no_such_method_module: no module named' in out
+
+
+def test_detectron2_command_line_imports_a_users_method(tmp_path):
+    """``tools/train_det.py --custom-imports cli_method``: ``MODEL.DYNSCALE.POLICY.NAME test_cli_calibrated`` is
+    known in the new process (without the flag it is refused as unknown); the run then stops at the unreadable
+    ``MODEL.WEIGHTS`` given here, before any evaluation."""
+    _need('detectron2')
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from conftest import run_tool
+    weights = tmp_path / 'not_weights.pth'
+    weights.write_text('not a checkpoint\n')
+    env = {'PYTHONPATH': os.pathsep.join([ROOT, osp.join(ROOT, 'tests')])}
+    yaml = osp.join(ROOT, 'det_configs', 'detectron2', 'quick_schedules', 'mask_rcnn_resnext50_elastic_FPN_quick.yaml')
+    opts = ['OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.WEIGHTS', str(weights),
+            'MODEL.DYNSCALE.POLICY.NAME', 'test_cli_calibrated', 'MODEL.DYNSCALE.CALIBRATION.NUM_BATCHES', '1']
+    r = run_tool(['tools/train_det.py', '--eval-only', '--config-file', yaml, *opts], env=env, subprocess_run=True)
+    assert r.returncode != 0 and "unknown training method 'test_cli_calibrated'" in r.stderr, r.stderr[-2000:]
+    r = run_tool(['tools/train_det.py', '--eval-only', '--custom-imports', 'cli_method', '--config-file', yaml, *opts],
+                 env=env, subprocess_run=True)
+    assert r.returncode != 0 and 'unknown training method' not in r.stderr, r.stderr[-2000:]
+    assert str(weights) in r.stderr and 'not_weights.pth' in r.stderr, r.stderr[-2000:]

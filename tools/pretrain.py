@@ -127,7 +127,11 @@ def get_parser():
     g.add_argument('--pretrained-source', default=None, help='origin of --pretrained when detection should be bypassed')
     g.add_argument('--method', default='standard',
                    help='training method, one of backbones.training.POLICIES: standard, usnet, mutualnet, rsnet, sact, '
-                   'or one registered with backbones.training.register_policy')
+                   'or one registered with backbones.training.register_policy (see --custom-imports)')
+    g.add_argument('--custom-imports', nargs='+', default=None, metavar='MODULE',
+                   help='import these modules first: a training method registered with '
+                   'backbones.training.register_policy or a backbone with backbones.register_model (their folder '
+                   'on PYTHONPATH), as an MMEngine config\'s custom_imports')
     g.add_argument('--policy-options', type=json.loads, default=None,
                    help='JSON dict of options of a method without flags of its own (the policy\'s arguments), e.g. '
                    '\'{"num_passes": 2}\'')
@@ -265,6 +269,8 @@ def parse_args(argv=None, world_size=None):
     pre, _ = parser.parse_known_args(argv)
     if pre.list_recipes:
         return pre
+    from backbones.custom_imports import import_custom_modules
+    import_custom_modules(pre.custom_imports)  # before --method / --model are checked against the registries
     dests = {a.dest for a in parser._actions}
     recipe = {}
     if pre.recipe:

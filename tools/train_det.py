@@ -41,11 +41,17 @@ def parser():
     p.add_argument('--save-ponder-maps', nargs='?', const='ponder_maps', default=None, metavar='DIR',
                    help='SACT evaluation: save each image\'s ponder-cost map (.npy) and its drawing (.png) to DIR '
                         'under OUTPUT_DIR (MODEL.DYNSCALE.SAVE_PONDER_MAPS)')
+    p.add_argument('--custom-imports', nargs='+', default=None, metavar='MODULE',
+                   help='import these modules first (in every process): a training method registered with '
+                        'backbones.training.register_policy (MODEL.DYNSCALE.POLICY.NAME) or a backbone with '
+                        'backbones.register_model; their folder on PYTHONPATH')
     return p
 
 
 def main(args):
     """Train (or, with ``--eval-only``, evaluate) one config; returns detectron2's result dict."""
+    from backbones.custom_imports import import_custom_modules
+    import_custom_modules(getattr(args, 'custom_imports', None))  # before the config is checked and built
     if getattr(args, 'save_ponder_maps', None):
         args.opts = list(args.opts) + ['MODEL.DYNSCALE.SAVE_PONDER_MAPS', args.save_ponder_maps]
     cfg = setup(args)

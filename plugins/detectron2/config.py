@@ -224,10 +224,16 @@ def check_dynscale_options(cfg):
     Raises:
         backbones.capabilities.OptionNotApplicable: e.g. ``MODEL.DYNSCALE.WIDTH 0.5`` on an Elastic backbone (the
             message names the families with a width multiplier).
-        ValueError: ``MODEL.DYNSCALE.NAME`` is not a registered backbone (with close matches).
+        ValueError: ``MODEL.DYNSCALE.NAME`` is not a registered backbone (with close matches);
+            ``MODEL.DYNSCALE.POLICY.NAME`` is not a registered method.
     """
     import backbones
     from backbones.capabilities import check_options
+    name = str(cfg.MODEL.DYNSCALE.POLICY.get('NAME', '') or '')
+    if name and name not in POLICIES:
+        raise ValueError(f'MODEL.DYNSCALE.POLICY.NAME: unknown training method {name!r}; choose one of '
+                         f'{sorted(POLICIES)}, or import the module that registers it (tools/train_det.py '
+                         f'--custom-imports MODULE)')
     families = {backbones.model_family(n) for n in backbones.list_models()} | {'dynscale'}
     builders = {f'build_{f}{fpn}_backbone' for f in families for fpn in ('', '_fpn')}
     if cfg.MODEL.BACKBONE.NAME not in builders:
