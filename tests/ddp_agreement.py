@@ -52,6 +52,7 @@ def run_core(rank):
 
 def run_pretrain(rank):
     import pretrain
+    from pretrain_lib import evaluation as pev
     from pretrain_lib import methods as pm
     from pretrain_lib import model as pmodel
     from pretrain_lib.dist import DistInfo
@@ -77,8 +78,8 @@ def run_pretrain(rank):
         return orig(m, *a, **k)
     pm.training.calibrate = keep_calibrated
     try:
-        pm.final_evaluation(method, model, images, images, info, lambda: torch.autocast('cpu', enabled=False),
-                            args, log)
+        pev.final_evaluation(method, model, images, images, info, lambda: torch.autocast('cpu', enabled=False),
+                             args, log)
     finally:
         pm.training.calibrate = orig
     return [method.policy.subnets(s) for s in range(5)], _stats(stats['model'])

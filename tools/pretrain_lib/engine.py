@@ -34,6 +34,7 @@ from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describ
 
 from . import data as pdata
 from . import dist as pdist
+from . import evaluation as pev
 from . import methods as pm
 from .logs import LOG, LOG_FILE, CSVLog, TBLog
 from .model import build_model, check_sync_bn
@@ -193,7 +194,7 @@ class Trainer:
         return torch.autocast(self.info.device.type, dtype=self.amp_dtype)
 
     def to_device(self, images):
-        return pm._to_device(images, self.info.device, self.args.channels_last)
+        return pev.to_device(images, self.info.device, self.args.channels_last)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self):
@@ -420,11 +421,11 @@ class Trainer:
             m = evaluate_multilabel(self.model, self.val_loader, self.info, self.autocast, self.args.channels_last)
             return [dict(m, width=None, resolution=None, top1=m['mAP'], top5=m['OF1'], n=m['images'])]
         pts = self.method.eval_points(final=False)
-        rows = pm.evaluate(self.method, self.model, self.val_loader, self.info, pts, self.autocast,
-                           self.args.channels_last, sact_macs=isinstance(self.method, pm.SACTMethod))
+        rows = pev.evaluate(self.method, self.model, self.val_loader, self.info, pts, self.autocast,
+                            self.args.channels_last, sact_macs=isinstance(self.method, pm.SACTMethod))
         if self.ema is not None:
-            erows = pm.evaluate(self.method, self.ema.module, self.val_loader, self.info, pts[:1], self.autocast,
-                                self.args.channels_last)
+            erows = pev.evaluate(self.method, self.ema.module, self.val_loader, self.info, pts[:1], self.autocast,
+                                 self.args.channels_last)
             rows[0]['ema_top1'] = erows[0]['top1']
         return rows
 
@@ -473,13 +474,13 @@ class Trainer:
         slim = isinstance(self.method, pm.SlimmableMethod)
         LOG.info('final evaluation' + (f' (BN statistics: {a.bn_calibration})' if slim else ''))
         model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
-        rows = pm.final_evaluation(self.method, model, self.val_loader, self.calib_loader, self.info, self.autocast, a,
-                                   LOG.info)
-        table = pm.format_table(rows, f'{a.model} ({a.method}) on {self.val_set.root}: {rows[0]["n"]} images')
+        rows = pev.final_evaluation(self.method, model, self.val_loader, self.calib_loader, self.info, self.autocast, a,
+                                    LOG.info)
+        table = pev.format_table(rows, f'{a.model} ({a.method}) on {self.val_set.root}: {rows[0]["n"]} images')
         LOG.info('\n' + table)
         text = table
         if self.method.budget_table or (a.macs_budgets and isinstance(self.method, pm.SlimmableMethod)):
-            q = pm.budget_table(rows, a.macs_budgets)
+            q = pev.budget_table(rows, a.macs_budgets)
             LOG.info('\n' + q)
             text += '\n\n' + q
         if self.info.is_main:
