@@ -20,25 +20,15 @@ for every ``<family>`` of the :mod:`backbones` registry (``elastic``, ``slimmabl
 added there gets its builders here without code); ``MODEL.DYNSCALE.NAME`` picks the variant (e.g.
 ``resnext101_elastic``, ``us_mobilenet_v2``).
 
-Norms (``MODEL.DYNSCALE.NORM``, as ``MODEL.RESNETS.NORM``): the backbone is built with its own BN
-layers, then converted by ``isinstance`` exactly as detectron2 and PyTorch do it
-(``FrozenBatchNorm2d.convert_frozen_batchnorm``, ``nn.SyncBatchNorm.convert_sync_batchnorm``). Private
-per-resolution BNs (RS-Net) and slimmable BNs hold plain norm modules in ``ModuleList`` s, so the
-conversions replace the entries and keep the per-resolution / per-width behaviour. ``"GN"`` is passed
-to the family as ``norm_layer`` (families with private/slimmable BN reject it with ValueError).
-
-Slimmable widths: stage outputs have fewer channels at lower widths. :func:`slice_fpn_laterals`
-replaces every FPN lateral conv by an input-sliced conv (``backbones.slimmable.InputSlicedConv2d``),
-so one set of FPN and head weights serves every width (MutualNet, Yang et al. 2020, Sec. 4.3: "the
-FPN neck and detection head are shared among different sub-networks").
+Norms (``MODEL.DYNSCALE.NORM``): :mod:`.norms`. The FPN of a slimmable backbone (one set of weights for every
+width): :mod:`.fpn`.
 """
 
 import contextlib
 import logging
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
-from detectron2.layers.batch_norm import NaiveSyncBatchNorm
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
@@ -47,75 +37,14 @@ import backbones
 from backbones.capabilities import capabilities, models_with
 from backbones.rsnet import nearest_resolution
 
+from .fpn import SlicedD2Conv2d, slice_fpn_laterals  # noqa: F401  (public here before the split)
+from .norms import convert_norm, to_frozen_bn  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 #: backbone families of the :mod:`backbones` registry (one pair of builders each)
 FAMILIES = tuple(sorted({backbones.model_family(n) for n in backbones.list_models()}))
 _FEATURE_INDEX = {'res2': 0, 'res3': 1, 'res4': 2, 'res5': 3}
-
-
-# ------------------------------------------------------------------------------------------------ norms
-def _replace_bn(module, make):
-    """Replace every ``nn.BatchNorm2d``/``nn.SyncBatchNorm`` in ``module`` (by isinstance, recursively)."""
-    bn_types = (nn.BatchNorm2d, nn.SyncBatchNorm)
-    if isinstance(module, bn_types):
-        return make(module)
-    for name, child in module.named_children():
-        new = _replace_bn(child, make)
-        if new is not child:
-            module.add_module(name, new)
-    return module
-
-
-def _frozen_bn(bn):
-    new = FrozenBatchNorm2d.convert_frozen_batchnorm(bn)
-    if not bn.affine:
-        # an affine-free BN (slimmable private statistics) has no weight/bias in its state dict; keep the
-        # FrozenBatchNorm2d identity affine out of it too, so BN checkpoints load without missing keys
-        new._non_persistent_buffers_set.update(('weight', 'bias'))
-    return new
-
-
-def to_frozen_bn(module):
-    """``FrozenBatchNorm2d.convert_frozen_batchnorm`` that keeps the state-dict keys of affine-free BNs."""
-    return _replace_bn(module, _frozen_bn)
-
-
-def _to_naive_sync(bn):
-    new = NaiveSyncBatchNorm(
-        bn.num_features,
-        eps=bn.eps,
-        momentum=bn.momentum,
-        affine=bn.affine,
-        track_running_stats=bn.track_running_stats,
-    )
-    new.load_state_dict(bn.state_dict())
-    return new
-
-
-def convert_norm(module, norm):
-    """Convert the BN layers of ``module`` to detectron2's norm ``norm`` (in place where possible).
-
-    Args:
-        module (nn.Module): a backbone built with plain BNs (private/slimmable BNs included).
-        norm (str): ``"BN"`` (unchanged), ``"FrozenBN"``, ``"SyncBN"``/``"nnSyncBN"``
-            (``nn.SyncBatchNorm``) or ``"naiveSyncBN"`` (detectron2's ``NaiveSyncBatchNorm``).
-
-    Returns:
-        nn.Module: the converted module (a new object only when ``module`` itself is a BN).
-
-    Raises:
-        ValueError: another norm string.
-    """
-    if norm in ('BN', '', 'GN'):
-        return module
-    if norm == 'FrozenBN':
-        return to_frozen_bn(module)
-    if norm in ('SyncBN', 'nnSyncBN'):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if norm == 'naiveSyncBN':
-        return _replace_bn(module, _to_naive_sync)
-    raise ValueError(f'norm {norm!r} is not supported; use FrozenBN, BN, SyncBN, nnSyncBN, naiveSyncBN or GN')
 
 
 def _unwrap(model):
@@ -400,46 +329,6 @@ class DynscaleD2Backbone(Backbone):
     @property
     def padding_constraints(self):
         return {'size_divisibility': self.size_divisibility}
-
-
-# ------------------------------------------------------------------------------------------------ FPN
-class SlicedD2Conv2d(backbones.slimmable.InputSlicedConv2d):
-    """``InputSlicedConv2d`` with detectron2 ``Conv2d`` 's optional ``norm`` and ``activation``.
-
-    Uses ``weight[:, :C_in]`` for an input with ``C_in`` channels, then ``norm`` and ``activation``, so a
-    neck lateral built for the maximum backbone width serves every width (MutualNet Sec. 4.3). State-dict
-    keys are those of the converted ``Conv2d`` (``weight``, ``bias``, ``norm.*``).
-    """
-
-    def forward(self, x):
-        """``[N, C_in <= in_channels, H, W] -> [N, out_channels, H', W']``."""
-        x = super().forward(x)
-        if getattr(self, 'norm', None) is not None:
-            x = self.norm(x)
-        if getattr(self, 'activation', None) is not None:
-            x = self.activation(x)
-        return x
-
-
-def slice_fpn_laterals(fpn):
-    """Make every lateral conv of a detectron2 ``FPN`` accept fewer input channels (slimmable widths).
-
-    Args:
-        fpn (FPN): built for the maximum width of its ``bottom_up``.
-
-    Returns:
-        FPN: the same object, laterals replaced (``fpn_lateral{k}`` and ``fpn.lateral_convs``).
-    """
-    new_list = []
-    for conv in fpn.lateral_convs:
-        name = next(n for n, m in fpn.named_children() if m is conv)
-        sliced = SlicedD2Conv2d.from_conv(conv)
-        sliced.norm = conv.norm
-        sliced.activation = conv.activation
-        setattr(fpn, name, sliced)
-        new_list.append(sliced)
-    fpn.lateral_convs = new_list
-    return fpn
 
 
 # ------------------------------------------------------------------------------------------------ builders

@@ -24,7 +24,7 @@ from torch import nn
 
 import backbones
 
-from .backbone import convert_norm
+from .norms import convert_norm
 
 
 class SACTRes5Head(nn.Module):
