@@ -58,7 +58,7 @@ def run_pretrain(rank):
     from pretrain_lib.dist import DistInfo
     root = os.environ['DDP_TINY']
     args = pretrain.parse_args(['--data-path', root, '--model', 'us_mobilenet_v1', '--method', 'mutualnet',
-                                '--resolutions', '40', '32', '--train-crop-size', '40', '--val-resize-size', '36',
+                                '--input-sizes', '40', '32', '--train-crop-size', '40', '--val-resize-size', '36',
                                 '--val-crop-size', '32', '--calib-batches', '2', '--eval-widths', '1.0', '0.5',
                                 '--no-tensorboard'], world_size=2)
     torch.manual_seed(0)

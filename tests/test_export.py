@@ -130,12 +130,12 @@ def test_options_the_family_lacks_are_refused_before_reading(tmp_path, flags, ex
 #: (model, pretraining method, extra pretrain flags, export flags): every family (tests/test_query_table.py also
 #: exports its own MutualNet-trained US-MobileNet v2)
 TRAINED = [
-    ('us_mobilenet_v2', 'mutualnet', ['--widths', '0.35', '1.0', '--resolutions', '32', '--eval-widths', '1.0',
+    ('us_mobilenet_v2', 'mutualnet', ['--widths', '0.35', '1.0', '--input-sizes', '32', '--eval-widths', '1.0',
                                       '--calib-batches', '1'], ['--width', '1.0']),
     ('resnext50_elastic', 'standard', [], []),
     ('densenet201_elastic', 'standard', [], []),
     ('dla60x_elastic', 'standard', [], []),
-    ('rs_resnet18', 'rsnet', ['--resolutions', '48', '32'], ['--resolution', '32']),
+    ('rs_resnet18', 'rsnet', ['--bn-resolutions', '48', '32'], ['--resolution', '32']),
     ('sact_resnet50', 'sact', ['--tau', '0.01'], []),
 ]
 

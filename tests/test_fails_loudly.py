@@ -91,7 +91,7 @@ def test_check_options_names_the_families_that_have_it():
 @pytest.mark.parametrize('flags, model, expect', [
     (['--eval-widths', '1.0', '0.5'], 'resnext50_elastic', 'slimmable'),
     (['--widths', '0.25', '1.0'], 'rs_resnet18', 'slimmable'),
-    (['--resolutions', '96', '64'], 'sact_resnet50', 'rsnet'),
+    (['--bn-resolutions', '96', '64'], 'sact_resnet50', 'rsnet'),
     (['--tau', '0.01'], 'us_mobilenet_v1', 'sact'),
     (['--calib-batches', '3'], 'rs_resnet18', 'slimmable'),
     (['--kd-type', 'ens'], 'us_mobilenet_v1', 'rsnet'),
@@ -254,7 +254,7 @@ def test_pretrain_refuses_untrained_eval_resolution():
 
         from pretrain_lib.methods import RSNetMethod
         model = backbones.create('rs_resnet18', num_classes=10, resolutions=(64, 32))
-        args = argparse.Namespace(resolutions=None, eval_resolutions=[48, 32], kd_type='ens_topdown', seed=0,
+        args = argparse.Namespace(bn_resolutions=None, eval_resolutions=[48, 32], kd_type='ens_topdown', seed=0,
                                   untrained_resolution='error', label_smoothing=0.0, method='rsnet',
                                   model='rs_resnet18', channels_last=False)
         with pytest.raises(ValueError, match='--untrained-resolution nearest'):

@@ -153,7 +153,7 @@ def _has(module):
 
 def test_mutualnet_budget_table(tiny, tmp_path):
     rows = _run(tiny, tmp_path, '--model', 'us_mobilenet_v2', '--method', 'mutualnet', '--widths', '0.7', '1.0',
-                '--resolutions', '48', '40', '32', '--train-crop-size', '48',
+                '--input-sizes', '48', '40', '32', '--train-crop-size', '48',
                 '--max-train-samples', '8', '--eval-widths', '1.0', '0.7',
                 '--calib-batches', '1')
     ck, meta = _check_outputs(tmp_path, steps=2)
@@ -166,7 +166,7 @@ def test_mutualnet_budget_table(tiny, tmp_path):
 
 
 def test_rsnet(tiny, tmp_path):
-    rows = _run(tiny, tmp_path, '--model', 'rs_resnet18', '--method', 'rsnet', '--resolutions', '48', '32',
+    rows = _run(tiny, tmp_path, '--model', 'rs_resnet18', '--method', 'rsnet', '--bn-resolutions', '48', '32',
                 '--max-train-samples', '8')
     ck, meta = _check_outputs(tmp_path, steps=2)
     assert [r['resolution'] for r in rows] == [48, 32, 'ensemble']
@@ -298,7 +298,7 @@ def test_ddp_gloo_mutualnet_two_processes(tiny, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', SCRIPT,
            '--data-path', tiny, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v1', '--method',
-           'mutualnet', '--resolutions', '40', '32', '--train-crop-size', '40',
+           'mutualnet', '--input-sizes', '40', '32', '--train-crop-size', '40',
            '--max-train-samples', '16', '--eval-widths', '1.0', '0.25',
            '--eval-resolutions', '32', '--calib-batches', '1', '--device', 'cpu']
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
@@ -336,6 +336,24 @@ def test_eval_points_parse_and_stay_inside_the_width_range(tiny, tmp_path):
     assert not (tmp_path / 'bad' / 'last.pth').exists()  # refused before training, not after it
 
 
+@pytest.mark.parametrize('method, model', [('mutualnet', 'us_mobilenet_v2'), ('rsnet', 'rs_resnet18')])
+def test_the_two_meanings_of_resolutions_have_their_own_flags(tmp_path, method, model):
+    """``--input-sizes`` (MutualNet's student input sizes) and ``--bn-resolutions`` (RS-Net's private-BN
+    resolutions) are the policies' own words; the old ``--resolutions`` is refused naming both."""
+    with pytest.raises(ValueError, match='--input-sizes .*--bn-resolutions'):
+        pretrain.parse_args(['--data-path', str(tmp_path), '--model', model, '--method', method,
+                             '--resolutions', '64', '32'])
+    flag = '--input-sizes' if method == 'mutualnet' else '--bn-resolutions'
+    args = pretrain.parse_args(['--data-path', str(tmp_path), '--model', model, '--method', method, flag, '64', '32',
+                                '--train-crop-size', '64'])
+    assert (args.input_sizes if method == 'mutualnet' else args.bn_resolutions) == [64, 32]
+    from backbones.capabilities import OptionNotApplicable
+    other = '--bn-resolutions' if method == 'mutualnet' else '--input-sizes'
+    with pytest.raises((OptionNotApplicable, ValueError), match=other):
+        pretrain.parse_args(['--data-path', str(tmp_path), '--model', model, '--method', method, other, '64', '32',
+                             '--train-crop-size', '64'])
+
+
 def test_recipes_parse_and_explicit_flags_win(tmp_path):
     for name in recipes.RECIPES:
         args = pretrain.parse_args(['--recipe', name, '--data-path', str(tmp_path)])
@@ -344,7 +362,7 @@ def test_recipes_parse_and_explicit_flags_win(tmp_path):
     args = pretrain.parse_args(['--recipe', 'mutualnet-mobilenetv2', '--data-path', str(tmp_path), '--lr', '0.2',
                                 '--batch-size', '64'])
     assert args.lr == 0.2 and args.batch_size == 64 and args.epochs == 250 and args.nesterov
-    assert args.widths == [0.7, 1.0] and args.resolutions == [224, 192, 160, 128] and args.wd_policy == 'conv-fc'
+    assert args.widths == [0.7, 1.0] and args.input_sizes == [224, 192, 160, 128] and args.wd_policy == 'conv-fc'
     assert args.lr_schedule == 'cosine' and 'lr' in args.explicit_args and 'epochs' in args.recipe_args
     args = pretrain.parse_args(['--recipe', 'usnet-mobilenetv1', '--data-path', str(tmp_path), '--no-nesterov'])
     assert not args.nesterov and args.lr_schedule == 'linear' and args.batch_size == 1024
@@ -428,7 +446,7 @@ def test_imagenette_slice(shared_dir, tmp_path):
     if not os.path.isdir(os.path.join(root, 'train')):
         pytest.skip(f'imagenette is not in {root}')
     rows = pretrain.main(['--data-path', root, '--output-dir', str(tmp_path), '--model', 'rs_resnet18', '--method',
-                          'rsnet', '--resolutions', '64', '48', '--train-crop-size', '64', '--val-resize-size', '73',
+                          'rsnet', '--bn-resolutions', '64', '48', '--train-crop-size', '64', '--val-resize-size', '73',
                           '--val-crop-size', '64', '--epochs', '1', '--batch-size', '8', '--max-train-samples', '16',
                           '--max-val-samples', '16', '--workers', '1', '--no-tensorboard', '--log-interval', '1'])
     assert [r['resolution'] for r in rows] == [64, 48, 'ensemble'] and rows[0]['n'] == 16
@@ -496,7 +514,7 @@ def test_evaluate_pretrained_rsnet_feeds_unnormalised_inputs(shared_dir, tmp_pat
     argv = ['--data-path', _imagenette_slice(shared_dir), '--output-dir', str(tmp_path / 'ev'), '--pretrained', path,
             *EVAL]
     args = pretrain.parse_args(argv)
-    assert args.method == 'rsnet' and args.model == 'rs_resnet18' and args.resolutions == [224, 192, 160, 128, 96]
+    assert args.method == 'rsnet' and args.model == 'rs_resnet18' and args.bn_resolutions == [224, 192, 160, 128, 96]
     rows = pretrain.main(argv)
     assert [r['resolution'] for r in rows] == [224, 192, 160, 128, 96, 'ensemble']
     from backbones.pretrained import read_source
@@ -516,7 +534,7 @@ def test_transfer_learning_from_converted_mutualnet_weights(tiny, tmp_path):
     import convert_weights
     conv = str(tmp_path / 'mn1.pth')
     assert convert_weights.main([_official('mutualnet_mobilenet_v1', tmp_path), conv]) == 0
-    rows = _run(tiny, tmp_path / 'ft', '--pretrained', conv, '--resolutions', '40', '32', '--train-crop-size', '40',
+    rows = _run(tiny, tmp_path / 'ft', '--pretrained', conv, '--input-sizes', '40', '32', '--train-crop-size', '40',
                 '--calib-batches', '1')
     src = torch.load(conv, map_location='cpu', weights_only=True)['state_dict']
     ck = torch.load(os.path.join(tmp_path, 'ft', 'last.pth'), map_location='cpu', weights_only=False)
@@ -565,7 +583,7 @@ def test_nonfinite_batch_stops_naming_its_files_and_keeps_the_checkpoint(tiny, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize('model_args', [SMALL_ELASTIC,
-                                        ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--resolutions', '40',
+                                        ['--model', 'us_mobilenet_v1', '--method', 'mutualnet', '--input-sizes', '40',
                                          '32', '--train-crop-size', '40',
                                          '--eval-widths', '1.0', '0.25', '--eval-resolutions', '32',
                                          '--calib-batches', '2']],

@@ -46,7 +46,7 @@ def tiny_slimmable(tmp_path_factory, shared_dir):
         pytest.skip(f'Imagenette missing: expected {data}/classes.txt')
     out = tmp_path_factory.mktemp('run')
     pretrain.main(['--data-path', data, '--output-dir', str(out), *BASE, '--model', 'us_mobilenet_v2',
-                   '--method', 'mutualnet', '--widths', '0.35', '1.0', '--resolutions', '40', '32',
+                   '--method', 'mutualnet', '--widths', '0.35', '1.0', '--input-sizes', '40', '32',
                    '--train-crop-size', '40', '--max-train-samples', '8', '--max-val-samples', '8',
                    '--eval-widths', '1.0', '--calib-batches', '1', '--no-final-eval'])
     yield data, str(out / 'backbone.pth')
@@ -116,7 +116,7 @@ def test_export_of_the_trained_checkpoint_matches_pytorch(tiny_slimmable, tmp_pa
 
 def test_query_table_with_the_usnet_protocol(tiny_slimmable, tmp_path):
     """``--method usnet``: every (width, resolution) evaluated at its own input size with BN calibrated per point,
-    without MutualNet's ``--resolutions`` (which ``--method usnet`` refuses in the pretraining tool)."""
+    without MutualNet's ``--input-sizes`` (which ``--method usnet`` refuses in the pretraining tool)."""
     data, ckpt = tiny_slimmable
     rows = query_table.main([ckpt, '--model', 'us_mobilenet_v2', '--method', 'usnet', '--data-path', data,
                              '--widths', '1.0', '0.35', '--resolutions', '40', '32', '--batch', '2', '--repeats', '1',

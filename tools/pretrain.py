@@ -140,8 +140,13 @@ def get_parser():
     g.add_argument('--num-subnets', type=int, default=4, help='sub-networks per step (sandwich rule)')
     g.add_argument('--no-inplace-distill', dest='inplace_distill', action='store_false',
                    help='train every width with labels instead of distilling from the max width')
-    g.add_argument('--resolutions', type=int, nargs='+', default=None,
-                   help='mutualnet: resolutions sampled per sub-network; rsnet: parallel resolutions')
+    g.add_argument('--input-sizes', type=int, nargs='+', default=None, metavar='SIZE',
+                   help='mutualnet: input sizes (crop sides, px) a student sub-network is drawn at; the largest is '
+                   'the teacher\'s, = --train-crop-size (MutualNet Sec. 3.2)')
+    g.add_argument('--bn-resolutions', type=int, nargs='+', default=None, metavar='RES',
+                   help='rsnet: resolutions trained in parallel, one private BN each (RS-Nets Sec. 3.1; default: the '
+                   'model\'s)')
+    g.add_argument('--resolutions', type=int, nargs='+', default=None, help=argparse.SUPPRESS)  # refused: renamed
     g.add_argument('--untrained-resolution', default='error', choices=['error', 'nearest'],
                    help="rsnet: an --eval-resolutions entry without a private BN is an error (default); 'nearest' "
                         "evaluates it with the nearest trained resolution's private BN (logged)")
@@ -209,7 +214,8 @@ def get_parser():
 FLAG_CAPABILITY = {
     'widths': ('width', False), 'eval_widths': ('width', False), 'macs_budgets': ('width', False),
     'num_subnets': ('width', True), 'inplace_distill': ('width', True),
-    'resolutions': ('resolution', False), 'eval_resolutions': ('resolution', False),
+    'input_sizes': ('resolution', False), 'bn_resolutions': ('private_bn', False),
+    'eval_resolutions': ('resolution', False),
     'kd_type': ('private_bn', True), 'untrained_resolution': ('private_bn', True),
     'tau': ('ponder_cost', True), 'save_ponder_maps': ('ponder_cost', False),
     'calib_batches': ('calibration', False), 'bn_calibration': ('calibration', False),
@@ -252,6 +258,10 @@ def check_flags(args, given):
         if readers and args.method not in readers:
             raise ValueError(f'{flag[d]} is read only by --method {" / ".join(readers)}; --method {args.method} '
                              f'ignores it: remove it or choose one of those methods')
+    if 'input_sizes' in given and not getattr(METHOD_CLASSES.get(args.method), 'input_sizes', False):
+        readers = [m for m, cls in METHOD_CLASSES.items() if cls.input_sizes]
+        raise ValueError(f'--input-sizes is read only by --method {" / ".join(readers)} (random input sizes per '
+                         f'sub-network); --method {args.method} ignores it: remove it or choose one of those methods')
     if args.policy_options and args.method in METHOD_CLASSES:
         raise ValueError(f'--policy-options is read only by methods registered with '
                          f'backbones.training.register_policy; --method {args.method} takes its own flags '
@@ -285,6 +295,10 @@ def parse_args(argv=None, world_size=None):
     for act in probe._actions:
         act.default = argparse.SUPPRESS
     explicit = set(vars(probe.parse_args(argv)))
+    if 'resolutions' in explicit:
+        raise ValueError('--resolutions was two flags in one: use --input-sizes for MutualNet\'s input sizes '
+                         '(--method mutualnet) or --bn-resolutions for RS-Net\'s private-BN resolutions '
+                         '(--method rsnet)')
     args.explicit_args = sorted(explicit)
     args.recipe_args = sorted(k for k in recipe if k not in explicit)
 

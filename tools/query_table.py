@@ -107,7 +107,7 @@ def evaluate_grid(args, widths, resolutions):
             '--output-dir', os.path.join(args.out_dir, 'evaluation'), '--no-tensorboard', '--seed', str(args.seed)]
     from pretrain_lib.methods import METHOD_CLASSES
     if METHOD_CLASSES[args.method].input_sizes:  # MutualNet's protocol resizes the crop to each grid resolution
-        argv += ['--resolutions', *map(str, resolutions)]
+        argv += ['--input-sizes', *map(str, resolutions)]
     if args.max_val_samples:
         argv += ['--max-val-samples', str(args.max_val_samples)]
     return pretrain.main(argv)

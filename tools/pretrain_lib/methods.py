@@ -255,16 +255,16 @@ class SlimmableMethod(Method):
         # per-epoch validation evaluates the range ends with their training-time (width-only) statistics
         for w in self.width_range:
             model.add_bn_config(w)
-        mutual = self.input_sizes and args.resolutions
-        self.resolutions = sorted(args.resolutions, reverse=True) if mutual else None
+        mutual = self.input_sizes and args.input_sizes
+        self.resolutions = sorted(args.input_sizes, reverse=True) if mutual else None
         if self.input_sizes and not self.resolutions:
-            raise ValueError(f'--method {self.name} needs --resolutions (e.g. 224 192 160 128)')
-        if not self.input_sizes and args.resolutions:
-            sizes = [m for m, cls in METHOD_CLASSES.items() if cls.input_sizes or cls.train_multires]
-            raise ValueError(f'--method {self.name} trains at one resolution; --resolutions is for '
+            raise ValueError(f'--method {self.name} needs --input-sizes (e.g. 224 192 160 128)')
+        if not self.input_sizes and args.input_sizes:
+            sizes = [m for m, cls in METHOD_CLASSES.items() if cls.input_sizes]
+            raise ValueError(f'--method {self.name} trains at one input size; --input-sizes is for '
                              f'{"/".join(sizes)}')
         if self.resolutions and max(self.resolutions) != args.train_crop_size:
-            raise ValueError(f'the largest --resolutions ({max(self.resolutions)}) is the teacher\'s input and must '
+            raise ValueError(f'the largest --input-sizes ({max(self.resolutions)}) is the teacher\'s input and must '
                              f'equal --train-crop-size ({args.train_crop_size})')
         super().__init__(args, model)
         self.eval_points(final=True)  # a final-evaluation width outside the range fails now, not after training
@@ -335,10 +335,10 @@ class RSNetMethod(Method):
 
     def __init__(self, args, model):
         self.resolutions = list(model.resolutions)
-        want = sorted(args.resolutions or [], reverse=True)
+        want = sorted(args.bn_resolutions or [], reverse=True)
         if want and want != self.resolutions:
-            raise ValueError(f'--resolutions {args.resolutions} differ from the model\'s {self.resolutions} (set by '
-                             f'--model-kwargs); give the same list to both')
+            raise ValueError(f'--bn-resolutions {args.bn_resolutions} differ from the model\'s {self.resolutions} '
+                             f'(set by --model-kwargs); give the same list to both')
         super().__init__(args, model)
 
     def build_policy(self):

@@ -14,8 +14,8 @@ def build_model(args, num_classes):
     caps = capabilities(args.model)
     if 'width' in caps and args.widths:
         kw.setdefault('width_range', tuple(args.widths))
-    if 'private_bn' in caps and args.resolutions:
-        kw.setdefault('resolutions', tuple(sorted(args.resolutions, reverse=True)))
+    if 'private_bn' in caps and args.bn_resolutions:
+        kw.setdefault('resolutions', tuple(sorted(args.bn_resolutions, reverse=True)))
     if args.pretrained:
         from .pretrained import pretrained_info
         _, file_classes, _, _ = pretrained_info(args.pretrained, args.pretrained_source)

@@ -76,8 +76,8 @@ def apply_pretrained_defaults(args, log=print):
     if 'method' not in explicit and args.method != method:
         args.method = method
     if protocol == 'mutualnet-recalibrate':
-        if 'resolutions' not in explicit and not args.resolutions:
-            args.resolutions = [224, 192, 160, 128]
+        if 'input_sizes' not in explicit and not args.input_sizes:
+            args.input_sizes = [224, 192, 160, 128]
         if 'calib_batches' not in explicit:
             args.calib_batches = 9  # ComputePostBN: batch_idx 0..8
         # evaluating the release as its authors do (not fine-tuning it): the calibration batches of their
@@ -86,7 +86,7 @@ def apply_pretrained_defaults(args, log=print):
             args.calib_batch_size = 1024
         points = _zoo_points(meta, args.model)
         if (getattr(args, 'evaluate', False) and points
-                and not ({'eval_points', 'eval_widths', 'eval_resolutions', 'resolutions'} & explicit)):
+                and not ({'eval_points', 'eval_widths', 'eval_resolutions', 'input_sizes'} & explicit)):
             args.eval_points = points
         if 'val_resize_mode' not in explicit:
             args.val_resize_mode = 'interpolate'
@@ -98,8 +98,8 @@ def apply_pretrained_defaults(args, log=print):
             args.eval_widths = sorted(set(float(w) for w in stored), reverse=True)
     if 'width' in caps and 'widths' not in explicit and not args.widths and meta.get('widths'):
         args.widths = [float(w) for w in meta['widths']]
-    if 'private_bn' in caps and 'resolutions' not in explicit and meta.get('resolutions'):
-        args.resolutions = list(meta['resolutions'])
+    if 'private_bn' in caps and 'bn_resolutions' not in explicit and meta.get('resolutions'):
+        args.bn_resolutions = list(meta['resolutions'])
     if protocol == 'rsnet-multires' and 'val_resize_mode' not in explicit:
         args.val_resize_mode = 'crop'
     tf = PROTOCOL_TRANSFORMS.get(protocol)

@@ -37,12 +37,12 @@ _US = dict(method='usnet', epochs=250, total_batch_size=1024, lr=0.5, momentum=0
            crop_scale_min=0.25, color_jitter=0.4, lighting=0.1, seed=1995, num_subnets=4, inplace_distill=True,
            calib_batches=5, train_crop_size=224, val_resize_size=256, val_crop_size=224)
 
-_MUTUAL = dict(_US, method='mutualnet', lr_schedule='cosine', resolutions=[224, 192, 160, 128], calib_batches=9,
+_MUTUAL = dict(_US, method='mutualnet', lr_schedule='cosine', input_sizes=[224, 192, 160, 128], calib_batches=9,
                val_resize_mode='interpolate')
 
 _RS = dict(method='rsnet', epochs=120, total_batch_size=256, lr=0.1, momentum=0.9, nesterov=False,
            weight_decay=1e-4, wd_policy='all', lr_schedule='cosine', warmup_epochs=0, label_smoothing=0.0,
-           crop_scale_min=0.08, color_jitter=0.0, lighting=0.0, resolutions=[224, 192, 160, 128, 96],
+           crop_scale_min=0.08, color_jitter=0.0, lighting=0.0, bn_resolutions=[224, 192, 160, 128, 96],
            kd_type='ens_topdown', val_resize_mode='crop', train_crop_size=224, val_resize_size=256,
            val_crop_size=224)
 
