@@ -200,11 +200,19 @@ class DynamicBackbone(nn.Module):
         return feats, last
 
     def set_width(self, width, *args, **kwargs):
-        """Only slimmable families switch width; on any other model this raises.
+        """Only slimmable families switch width: on any other model ``width`` None or 1.0 (the model as built) is
+        accepted and changes nothing, any other width raises.  The one width switch: the MMSeg / MMDet and
+        Detectron2 adapters call it.
+
+        Returns:
+            self
 
         Raises:
-            backbones.capabilities.OptionNotApplicable: always here (the message names the slimmable models).
+            backbones.capabilities.OptionNotApplicable: a width other than 1.0 (the message names the slimmable
+                models).
         """
+        if width is None or (not isinstance(width, bool) and isinstance(width, (int, float)) and width == 1.0):
+            return self
         from .capabilities import check_options
         check_options(self, {f'set_width({width})': 'width'}, label=getattr(self, 'variant', None))
 

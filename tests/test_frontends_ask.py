@@ -117,3 +117,29 @@ def test_default_method_of_a_model_name_is_that_of_the_built_model(name):
     by_name = training.default_method(name)
     assert by_name == training.default_method(backbones.create(name, num_classes=10))
     assert training.capability_of(by_name) in backbones.capabilities.capabilities(name) | {None}
+
+
+def test_one_width_switch_behind_the_model_and_both_adapters():
+    """``set_width`` is the model's (``DynamicBackbone.set_width``); the MMSeg/MMDet and Detectron2 adapters call it:
+    1.0 on an Elastic model changes nothing, 0.5 raises the same OptionNotApplicable naming the slimmable models,
+    and a slimmable model switches."""
+    import importlib.util
+
+    import backbones
+    from backbones.capabilities import OptionNotApplicable
+    switches = [('model', lambda name: backbones.create(name, num_classes=0), lambda m: m)]
+    if importlib.util.find_spec('mmseg') is not None:
+        import plugins.mm  # noqa: F401
+        from plugins.mm.backbones import DynscaleBackbone
+        switches.append(('mm', lambda name: DynscaleBackbone(arch=name), lambda a: a.model))
+    if importlib.util.find_spec('detectron2') is not None:
+        from plugins.detectron2.backbone import DynscaleD2Backbone
+        switches.append(('detectron2', lambda name: DynscaleD2Backbone(name), lambda a: a.net))
+    for where, build, inner in switches:
+        elastic = build('resnext50_elastic')
+        elastic.set_width(1.0)
+        with pytest.raises(OptionNotApplicable, match=r'set_width\(0.5\) does not apply to resnext50_elastic.*slimmable'):
+            elastic.set_width(0.5)
+        slim = build('us_mobilenet_v2')
+        slim.set_width(0.5)
+        assert inner(slim).width == 0.5, where

@@ -34,7 +34,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
 import backbones
-from backbones.capabilities import capabilities, models_with
+from backbones.capabilities import capabilities
 from backbones.rsnet import nearest_resolution
 
 from .fpn import SlicedD2Conv2d, slice_fpn_laterals  # noqa: F401  (public here before the split)
@@ -229,15 +229,8 @@ class DynscaleD2Backbone(Backbone):
         Raises:
             ValueError: ``width`` outside the range, or a width other than 1.0 on a non-slimmable backbone.
         """
-        if width is None:
-            return self
-        if self.is_slimmable:
-            self.net.set_width(width)
-        elif width not in (None, 1, 1.0):
-            raise ValueError(
-                f'{self.name} is not slimmable: width must be 1.0, got {width} '
-                f'(slimmable backbones: {", ".join(models_with("width"))})'
-            )
+        if width is not None:
+            self.net.set_width(width)  # the model's one width switch (1.0 on a model without one: a no-op)
         return self
 
     @contextlib.contextmanager

@@ -286,8 +286,9 @@ class DynscaleBackbone(BaseModule):
 
     # ------------------------------------------------------------------------------ switching
     def set_width(self, width):
-        """Slimmable families: set the width multiplier (ValueError outside ``width_range``)."""
-        self._require('set_width', 'width')(width)
+        """Slimmable families: set the width multiplier (ValueError outside ``width_range``); the model's one width
+        switch (:meth:`backbones.base.DynamicBackbone.set_width`: 1.0 on another family is a no-op)."""
+        self.model.set_width(width)
 
     def width_context(self, width):
         """Context manager running at ``width`` (slimmable families)."""
