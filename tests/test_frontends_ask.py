@@ -138,7 +138,7 @@ def test_one_width_switch_behind_the_model_and_both_adapters():
     for where, build, inner in switches:
         elastic = build('resnext50_elastic')
         elastic.set_width(1.0)
-        with pytest.raises(OptionNotApplicable, match=r'set_width\(0.5\) does not apply to resnext50_elastic.*slimmable'):
+        with pytest.raises(OptionNotApplicable, match=r'set_width\(0.5\) does not apply to resnext50_elastic.*slim'):
             elastic.set_width(0.5)
         slim = build('us_mobilenet_v2')
         slim.set_width(0.5)
