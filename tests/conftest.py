@@ -45,12 +45,7 @@ def _forget_mmengine_instances():
     of the process to reuse (``ManagerMixin.get_instance`` returns an existing name), after the folder is gone."""
     managers = _logging_state()[1]
     yield
-    if 'mmengine' in sys.modules:
-        from mmengine.utils import ManagerMixin
-        for cls in _subclasses(ManagerMixin):
-            old = managers.get(cls, {})
-            for name in [n for n in cls._instance_dict if n not in old]:
-                del cls._instance_dict[name]
+    _forget_new_instances(managers)
 
 
 def fast_subset(values, fast, ids=None):
@@ -104,6 +99,16 @@ def _subclasses(cls):
     return out
 
 
+def _forget_new_instances(managers):
+    """Forget the named MMEngine instances created since ``managers`` (``_logging_state()[1]``) was taken."""
+    if 'mmengine' in sys.modules:
+        from mmengine.utils import ManagerMixin
+        for cls in _subclasses(ManagerMixin):
+            old = managers.get(cls, {})
+            for name in [n for n in cls._instance_dict if n not in old]:
+                del cls._instance_dict[name]
+
+
 def _restore_logging(state):
     """Undo what a tool run in-process did to process-wide logging: handlers it added (they write to its captured
     output, closed now) are closed and removed, MMEngine instances it created by name are forgotten, and
@@ -115,12 +120,7 @@ def _restore_logging(state):
             if h not in keep:
                 lg.removeHandler(h)
                 h.close()
-    if 'mmengine' in sys.modules:
-        from mmengine.utils import ManagerMixin
-        for cls in _subclasses(ManagerMixin):
-            old = managers.get(cls, {})
-            for name in [n for n in cls._instance_dict if n not in old]:
-                del cls._instance_dict[name]
+    _forget_new_instances(managers)
     d2_logger = sys.modules.get('detectron2.utils.logger')
     if d2_logger is not None and hasattr(d2_logger.setup_logger, 'cache_clear'):
         d2_logger.setup_logger.cache_clear()

@@ -793,3 +793,12 @@ def test_evaluate_mutualnet_release_resizes_the_224_crop_to_each_point(shared_di
         flat = reference.flatten(1)
         for xi in x:
             assert (flat == xi.flatten()).all(1).any(), f'an input at {r} px differs from the reference'
+
+
+def test_method_that_cannot_train_the_model_is_refused_when_parsing(tmp_path):
+    """A method's own capabilities (calibration for the sandwich rule) make its flags apply, but the method must
+    still fit the model: refused by ``parse_args``, before the trainer writes anything."""
+    with pytest.raises(ValueError, match='--method usnet needs a model with a width multiplier'):
+        pretrain.parse_args(['--data-path', str(tmp_path), '--model', 'resnext50_elastic', '--method', 'usnet',
+                             '--calib-batches', '3'])
+    assert not any(tmp_path.iterdir())

@@ -235,23 +235,22 @@ def check_flags(args, given):
     Raises:
         backbones.capabilities.OptionNotApplicable: a flag whose capability the model's family lacks (naming the
             families that have it).
-        ValueError: a flag the chosen method does not read (naming the methods that read it), or
-            ``--policy-options`` with a method of this tool that does not take them.
+        ValueError: a method that cannot train the model (``check_method_model``), a flag the chosen method does
+            not read (naming the methods that read it), or ``--policy-options`` with a method of this tool that
+            does not take them.
     """
-    from pretrain_lib.methods import METHOD_CLASSES
+    from pretrain_lib.methods import METHOD_CLASSES, check_method_model
 
     from backbones.capabilities import check_options
-    from backbones.training import POLICIES, methods_needing
+    from backbones.training import methods_needing, supplied_capabilities
     given = set(given)
     flag = {d: '--' + d.replace('_', '-') for d in FLAG_CAPABILITY}
     flag['inplace_distill'] = '--no-inplace-distill'
     options = {flag[d]: FLAG_CAPABILITY[d][0] for d in sorted(given & set(FLAG_CAPABILITY))}
-    policy = POLICIES.get(args.method)
-    if policy is not None and policy.needs_calibration and args.method not in METHOD_CLASSES:
-        # a method registered since with a calibration of its own (TrainingPolicy.calibration_context): the
-        # calibration flags apply to any model it trains
-        options = {o: c for o, c in options.items() if c != 'calibration'}
+    supplied = supplied_capabilities(args.method)  # e.g. a method with its own calibration: its flags apply
+    options = {o: c for o, c in options.items() if c not in supplied}
     check_options(args.model, options, where='tools/pretrain.py')
+    check_method_model(args.method, args.model)  # now, not when the trainer builds the method after writing files
     for d in sorted(given & set(FLAG_CAPABILITY)):
         cap, method_specific = FLAG_CAPABILITY[d]
         readers = methods_needing(cap) if method_specific else None

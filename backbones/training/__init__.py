@@ -28,7 +28,7 @@ from .sandwich import SandwichPolicy
 
 __all__ = ['Subnet', 'TrainingPolicy', 'StandardPolicy', 'SandwichPolicy', 'ResolutionPolicy', 'PonderPolicy',
            'POLICIES', 'build_policy', 'policy_for', 'default_method', 'register_policy', 'capability_of',
-           'methods_needing', 'agree_seed',
+           'methods_needing', 'supplied_capabilities', 'agree_seed',
            'weighted_losses', 'ponder_costs_of', 'reset_and_average', 'calibrate', 'calibrate_bn', 'CalibrationSampler',
            'SeededSamples', 'average_bn_statistics', 'head_batchnorms', 'check_ranks_agree', 'digest', 'world_size']
 
@@ -110,6 +110,16 @@ def capability_of(method):
     if method not in POLICIES:
         raise ValueError(f'unknown training method {method!r}; choose one of {sorted(POLICIES)}')
     return POLICIES[method].capability
+
+
+def supplied_capabilities(method):
+    """Capabilities (:data:`backbones.capabilities.CAPABILITIES` keys) that training ``method`` itself supplies to
+    any model it trains, so that options of that capability apply whatever the model's family: ``{'calibration'}``
+    for a policy with ``needs_calibration`` (its ``calibration_context`` holds the statistics), else none.  The
+    frontends drop such options before :func:`backbones.capabilities.check_options`.  Unknown methods supply none.
+    """
+    cls = POLICIES.get(method)
+    return frozenset({'calibration'}) if cls is not None and cls.needs_calibration else frozenset()
 
 
 def methods_needing(capability):

@@ -162,26 +162,19 @@ def calibrate(model, batches, backbone=None, width=None, bn_resolution=None, hea
         if backbone is None:
             raise ValueError('calibrate(policy=...) needs backbone=: the network whose configuration the policy '
                              'switches')
-        with policy.calibration_context(backbone, width, bn_resolution):
-            # slimmable BNs: the configuration's private statistics; any other backbone: its BN modules, which the
-            # policy's context loaded with the configuration's statistics
-            targets = bn_statistics_modules(backbone) or head_batchnorms(backbone, None)
-            if heads is True:
-                targets += head_batchnorms(model, backbone)
-            elif heads:
-                targets += head_batchnorms(heads, backbone)
-            return reset_and_average(model, targets, batches, forward, num_batches)
-    if backbone is None:
-        nets = [m for m in model.modules() if isinstance(m, SlimmableBackbone) and m._static_config is None]
-        if not nets:
-            raise ValueError('calibrate needs a model that contains a slimmable backbone (US-Nets / MutualNet); '
-                             'use reset_and_average for other BN layers')
-        backbone = nets[0]
-    w = backbone.width if width is None else width
-    stack = contextlib.ExitStack()
-    with stack:
-        stack.enter_context(backbone.width_context(w, bn_resolution))
-        targets = bn_statistics_modules(backbone)
+        context = policy.calibration_context(backbone, width, bn_resolution)
+    else:
+        if backbone is None:
+            nets = [m for m in model.modules() if isinstance(m, SlimmableBackbone) and m._static_config is None]
+            if not nets:
+                raise ValueError('calibrate needs a model that contains a slimmable backbone (US-Nets / MutualNet); '
+                                 'use reset_and_average for other BN layers')
+            backbone = nets[0]
+        context = backbone.width_context(backbone.width if width is None else width, bn_resolution)
+    with context:
+        # slimmable BNs: the configuration's private statistics; any other backbone: its BN modules, which the
+        # policy's context loaded with the configuration's statistics
+        targets = bn_statistics_modules(backbone) or head_batchnorms(backbone, None)
         if heads is True:
             targets += head_batchnorms(model, backbone)
         elif heads:

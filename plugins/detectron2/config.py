@@ -12,7 +12,7 @@ import os
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from backbones.training import POLICIES, capability_of
+from backbones.training import POLICIES, capability_of, supplied_capabilities
 
 NORMS = ('FrozenBN', 'BN', 'SyncBN', 'nnSyncBN', 'naiveSyncBN', 'GN')
 OUT_FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')
@@ -211,9 +211,8 @@ def dynscale_options(cfg):
     name = str(D.POLICY.get('NAME', '') or '')
     if name in POLICIES and capability_of(name):  # the method's own policy says what it needs
         out[f'MODEL.DYNSCALE.POLICY.NAME {name!r}'] = capability_of(name)
-    if name in POLICIES and POLICIES[name].needs_calibration:  # its policy calibrates any model it trains
-        out = {k: c for k, c in out.items() if c != 'calibration'}
-    return out
+    supplied = supplied_capabilities(name)  # e.g. a method with its own calibration: its keys apply to any model
+    return {k: c for k, c in out.items() if c not in supplied}
 
 
 def check_dynscale_options(cfg):

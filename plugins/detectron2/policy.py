@@ -54,13 +54,19 @@ def build_policy(cfg, backbone):
     elif backbone.has_ponder_cost and method in (None, 'sact'):
         method = 'sact' if method or getattr(backbone.net, 'act', 'none') != 'none' else 'standard'
         options = dict(tau=D.TAU) if method == 'sact' else {}
-    options.update({k.lower(): v for k, v in D.POLICY.items() if k != 'NAME'})
+    options.update(policy_options(cfg))
     options.setdefault('seed', seed)
     policy = training.policy_for(backbone.net, method, **options)
     if policy.combines:
         raise ValueError(f'{policy!r} combines the logits of its sub-networks, which has no detection form: set '
                          f'MODEL.DYNSCALE.POLICY.MRED False (each scale trained with the ground truth)')
     return policy
+
+
+def policy_options(cfg):
+    """The options of ``MODEL.DYNSCALE.POLICY`` other than ``NAME``, lower-cased: the policy class's arguments
+    (e.g. ``SMALL_SIZE: 48`` -> ``small_size=48``)."""
+    return {k.lower(): v for k, v in cfg.MODEL.DYNSCALE.POLICY.items() if k != 'NAME'}
 
 
 def _input_size(policy, subnet):

@@ -43,7 +43,7 @@ from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describ
 from .backbone import _unwrap, find_dynscale_backbone
 from .checkpointer import DynscaleCheckpointer
 from .evaluation import _PonderMeter, calibrate
-from .policy import _input_size, build_policy
+from .policy import _input_size, build_policy, policy_options
 from .rescale import rescale_batch
 
 logger = logging.getLogger(__name__)
@@ -293,9 +293,8 @@ class DynscaleTrainer(DefaultTrainer):
         bb = find_dynscale_backbone(model)
         # the evaluation switch is the policy's: MODEL.DYNSCALE.POLICY's method, else the model's own (a fixed
         # seed: nothing is drawn, no rank agreement)
-        P = cfg.MODEL.DYNSCALE.POLICY
-        options = {k.lower(): v for k, v in P.items() if k != 'NAME'} if P.NAME else {}
-        policy = training.policy_for(bb.net, P.NAME or None, seed=0, **options)
+        name = cfg.MODEL.DYNSCALE.POLICY.NAME or None
+        policy = training.policy_for(bb.net, name, seed=0, **(policy_options(cfg) if name else {}))
         results = OrderedDict()
         points = cls.eval_points(cfg)
         for width, scale in points:

@@ -8,7 +8,7 @@ option lives in an MMSeg / MMDet config.
 """
 import backbones as dyn
 from backbones.capabilities import check_options
-from backbones.training import POLICIES, capability_of
+from backbones.training import POLICIES, capability_of, supplied_capabilities
 
 __all__ = ['backbone_arch', 'config_options', 'check_config_options', 'check_registered_types', 'refuse_renamed']
 
@@ -88,9 +88,8 @@ def config_options(cfg, flags=None):
     for h in cfg.get('custom_hooks') or []:
         if _type(h) in _HOOK_CAPABILITY:
             add(f"custom_hooks type='{_type(h)}'", _HOOK_CAPABILITY[_type(h)])
-    if policy in POLICIES and POLICIES[policy].needs_calibration:  # its policy calibrates any model it trains
-        out = {k: c for k, c in out.items() if c != 'calibration'}
-    return out
+    supplied = supplied_capabilities(policy)  # e.g. a method with its own calibration: its hook applies to any model
+    return {k: c for k, c in out.items() if c not in supplied}
 
 
 def check_config_options(cfg, flags=None, where=None):

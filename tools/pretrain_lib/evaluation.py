@@ -19,6 +19,8 @@ __all__ = ['evaluate', 'calibration_batches', 'final_evaluation', 'format_table'
 
 
 def to_device(images, device, channels_last):
+    """``images`` (``[N, 3, H, W]``, or a list of them, one per resolution) on ``device``, channels-last when
+    ``channels_last`` (the layout the model was converted to)."""
     mf = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(images, (list, tuple)):
         return [x.to(device, non_blocking=True, memory_format=mf) for x in images]
