@@ -471,3 +471,121 @@ def test_detectron2_command_line_imports_a_users_method(tmp_path):
                  env=env, subprocess_run=True)
     assert r.returncode != 0 and 'unknown training method' not in r.stderr, r.stderr[-2000:]
     assert str(weights) in r.stderr and 'not_weights.pth' in r.stderr, r.stderr[-2000:]
+
+
+@pytest.fixture
+def cli_method_unimported():
+    """``cli_method`` neither imported nor registered, so that a config's ``custom_imports`` has to bring it; the
+    same afterwards."""
+    def forget():
+        sys.modules.pop('cli_method', None)
+        training.POLICIES.pop('test_cli_calibrated', None)
+    forget()
+    RecalibratedPolicy.instances.clear()
+    yield 'test_cli_calibrated'
+    forget()
+
+
+def _voc_root(shared_dir):
+    root = osp.join(shared_dir, 'datasets')
+    if not osp.isdir(osp.join(root, 'VOCdevkit', 'VOC2012')):
+        pytest.skip(f'VOC subset missing: expected {root}/VOCdevkit/VOC2012')
+    return root
+
+
+@pytest.mark.slow
+def test_mmseg_config_imports_trains_calibrates_and_evaluates_a_users_method(cli_method_unimported, shared_dir,
+                                                                             tmp_path):
+    """``tools/train_seg.py CONFIG`` where the config names the user's module in ``custom_imports`` and its method in
+    ``model.policy``: MMEngine imports the module (which registers the method), the config check accepts the
+    calibration hook for it, two iterations train two passes each, ``BNCalibrationHook`` calibrates through the
+    policy and validation on the shared VOC subset runs in its ``eval_context`` with those statistics."""
+    _need('mmseg')
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import train_seg
+    base = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
+    cfg = tmp_path / 'users_method.py'
+    cfg.write_text(f"_base_ = {base!r}\n"
+                   "custom_imports = dict(imports=['plugins.mm', 'cli_method'], allow_failed_imports=False)\n"
+                   "model = dict(type='DynscaleEncoderDecoder',\n"
+                   f"             policy=dict(type={cli_method_unimported!r}, small_size=65))\n"
+                   "custom_hooks = [dict(type='BNCalibrationHook', num_batches=1)]\n")
+    assert 'cli_method' not in sys.modules
+    runner = train_seg.main([str(cfg), '--work-dir', str(tmp_path / 'work'), '--data-root', _voc_root(shared_dir),
+                             '--cfg-options', 'randomness.seed=0', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                             'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
+                             'val_dataloader.dataset.indices=2'])
+    assert runner.iter == 2 and 'cli_method' in sys.modules
+    policy = RecalibratedPolicy.instances[-1]
+    assert type(policy).method == cli_method_unimported and runner.model.policy is policy
+    assert list(policy.calibrated) == [(id(runner.model.backbone.model), None)]
+    assert policy.evaluated_calibrated == 2  # each of the two val images in the calibrated statistics
+    assert 0.0 <= runner.message_hub.get_scalar('val/mIoU').current() <= 100.0
+
+
+@pytest.mark.slow
+def test_mmdet_config_imports_trains_calibrates_and_evaluates_a_users_method(cli_method_unimported, shared_dir,
+                                                                             tmp_path, monkeypatch):
+    """``tools/train_det_mm.py CONFIG`` with the user's module in ``custom_imports`` and its method in
+    ``model.policy`` of a ``DynscaleTwoStageDetector``: one Mask R-CNN iteration (two passes) on the shared COCO
+    subset, ``BNCalibrationHook`` calibrates through the policy, and the COCO evaluation of one val image runs in
+    its ``eval_context`` with those statistics."""
+    _need('mmdet')
+    coco = osp.join(shared_dir, 'datasets', 'coco')
+    if not osp.isdir(coco):
+        pytest.skip(f'COCO subset missing: expected {coco} with annotations/, train2017/, val2017/')
+    monkeypatch.setenv('DYNSCALE_DATASETS', osp.join(shared_dir, 'datasets'))
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    from test_mm_det import _val_subset
+
+    from tools import train_det_mm
+    ann = _val_subset(coco, 1, str(tmp_path / 'instances_val_1.json'))
+    base = osp.join(ROOT, 'det_configs', 'mmdet', 'elastic', 'mask-rcnn_elastic-x50-32x4d_fpn_short_coco-subset.py')
+    cfg = tmp_path / 'users_method.py'
+    cfg.write_text(f"_base_ = {base!r}\n"
+                   "custom_imports = dict(imports=['plugins.mm', 'cli_method'], allow_failed_imports=False)\n"
+                   "model = dict(type='DynscaleTwoStageDetector', max_size=160,\n"
+                   f"             policy=dict(type={cli_method_unimported!r}, small_size=96))\n"
+                   "custom_hooks = [dict(type='BNCalibrationHook', num_batches=1)]\n")
+    assert 'cli_method' not in sys.modules
+    runner = train_det_mm.main([
+        str(cfg), '--work-dir', str(tmp_path / 'work'), '--cfg-options', 'randomness.seed=0',
+        'train_cfg.max_iters=1', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+        'model.train_cfg.rcnn.sampler.num=32', 'train_dataloader.dataset.pipeline.2.scale=(160,128)',
+        'val_dataloader.dataset.pipeline.1.scale=(160,128)', 'model.test_cfg.rcnn.max_per_img=20',
+        f'val_dataloader.dataset.ann_file={ann}', f'val_evaluator.ann_file={ann}'])
+    assert runner.iter == 1 and 'cli_method' in sys.modules
+    policy = RecalibratedPolicy.instances[-1]
+    assert type(policy).method == cli_method_unimported and runner.model.policy is policy
+    net = runner.model.backbone.model
+    assert [k[0] for k in policy.calibrated] == [id(net)] and policy.evaluated_calibrated == 1
+    assert 0.0 <= runner.message_hub.get_scalar('val/coco/bbox_mAP').current() <= 1.0
+
+
+def test_detectron2_command_line_trains_calibrates_and_evaluates_a_users_method(cli_method_unimported, tmp_path):
+    """``tools/train_det.py --custom-imports cli_method ... MODEL.DYNSCALE.POLICY.NAME test_cli_calibrated`` (its
+    ``main`` with the parsed command line, in this process so that the tiny registered dataset is known): the flag
+    imports the module, one iteration trains two passes, and the evaluation after training calibrates through the
+    policy and runs in its ``eval_context`` with those statistics."""
+    _need('detectron2')
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    sys.path.insert(0, osp.join(ROOT, 'tests'))
+    import train_det
+    from test_detectron2_plugin import CONFIG_DIR, register_tiny_dataset
+    register_tiny_dataset(tmp_path)
+    args = train_det.parser().parse_args([
+        '--custom-imports', 'cli_method', '--config-file',
+        osp.join(CONFIG_DIR, 'quick_schedules', 'mask_rcnn_resnext50_elastic_FPN_quick.yaml'),
+        'DATASETS.TRAIN', '("dynscale_tiny_train",)', 'DATASETS.TEST', '("dynscale_tiny_val",)',
+        'MODEL.ROI_HEADS.NUM_CLASSES', '2', 'MODEL.DYNSCALE.POLICY.NAME', cli_method_unimported,
+        'MODEL.DYNSCALE.NORM', 'BN', 'MODEL.BACKBONE.FREEZE_AT', '0', 'MODEL.DYNSCALE.CALIBRATION.NUM_BATCHES', '1',
+        'SOLVER.MAX_ITER', '1', 'DATALOADER.NUM_WORKERS', '0', 'SEED', '0', 'OUTPUT_DIR', str(tmp_path / 'out')])
+    assert 'cli_method' not in sys.modules
+    train_det.main(args)  # detectron2's DefaultTrainer.train: no result without TEST.EXPECTED_RESULTS
+    assert 'cli_method' in sys.modules
+    import json
+    with open(tmp_path / 'out' / 'metrics.json') as f:
+        rows = [json.loads(line) for line in f]
+    assert any('bbox/AP' in r for r in rows), rows  # the evaluation after training
+    trained = [p for p in RecalibratedPolicy.instances if type(p).method == cli_method_unimported]
+    assert trained and any(p.calibrated and p.evaluated_calibrated >= 1 for p in trained)
