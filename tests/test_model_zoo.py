@@ -79,6 +79,24 @@ def test_every_zoo_row_converts_with_its_command(key, zoo_files):
     assert model.pretrained_meta['zoo'] == key
 
 
+@needs_manifests
+def test_convert_rsnet_release_with_its_bn_resolutions(tmp_path, capsys):
+    """``--bn-resolutions``: the private-BN resolutions an RS-Nets release was trained at (one word with
+    ``tools/pretrain.py --bn-resolutions`` and the configs); a list that does not fit the file is refused."""
+    import convert_weights
+    e = ZOO['rs_resnet50.rsnet_in1k']
+    write_zoo_source(e, str(tmp_path))
+    src, dst = str(tmp_path / e.download_name), str(tmp_path / 'rs.pth')
+    assert convert_weights.main([src, dst, '--model', e.model, '--bn-resolutions', '224', '192', '160', '128',
+                                 '96']) == 0
+    assert list(read_source(dst).meta['resolutions']) == [224, 192, 160, 128, 96]
+    capsys.readouterr()
+    assert convert_weights.main([src, str(tmp_path / 'rs2.pth'), '--model', e.model, '--bn-resolutions', '224',
+                                 '160']) == 1
+    assert 'has 5 private BNs per layer' in capsys.readouterr().err
+    assert not (tmp_path / 'rs2.pth').exists()
+
+
 def test_model_zoo_page_lists_every_row_and_command():
     with open(osp.join(ROOT, 'MODEL_ZOO.md')) as f:
         page = f.read()

@@ -47,7 +47,9 @@ def get_parser():
     p.add_argument('--config-file', help='detectron2 yaml of the target detector (with --to detectron2)')
     p.add_argument('--width-list', type=float, nargs='+', help='US-Nets / MutualNet training width_mult_list when '
                                                                'it is not a released one')
-    p.add_argument('--resolutions', type=int, nargs='+', help='RS-Nets training sizes when not 224 192 160 128 96')
+    p.add_argument('--bn-resolutions', type=int, nargs='+',
+                   help='RS-Nets: the private-BN resolutions the release was trained at, when not 224 192 160 128 96')
+    p.add_argument('--resolutions', type=int, nargs='+', help=argparse.SUPPRESS)  # refused: renamed --bn-resolutions
     p.add_argument('--private-bn-map', type=int, nargs='+',
                    help='RS-Net: per model resolution, the checkpoint resolution whose private BN it starts from')
     p.add_argument('--zoo-markdown', action='store_true', help='print MODEL_ZOO.md and exit')
@@ -104,7 +106,7 @@ def to_dynscale(args):
     from backbones.pretrained import convert, identify, read_source
 
     src = read_source(args.src)
-    release = identify(src, args.source, args.width_list, tuple(args.resolutions) if args.resolutions else None)
+    release = identify(src, args.source, args.width_list, tuple(args.bn_resolutions) if args.bn_resolutions else None)
     if release is None:  # a dynscale checkpoint: load it strictly into its model and write it back with metadata
         import backbones
         meta = dict(src.meta)
@@ -119,7 +121,7 @@ def to_dynscale(args):
         meta['variant'] = name
     else:
         sd, meta, release, _ = convert(src, args.model, args.source, None, args.width_list,
-                                       tuple(args.resolutions) if args.resolutions else None)
+                                       tuple(args.bn_resolutions) if args.bn_resolutions else None)
         meta.update(_zoo_meta(meta))
     atomic_save({'state_dict': sd, 'meta': meta}, args.dst)
     print(_summary(meta))
@@ -142,13 +144,13 @@ def to_detectron2(args):
         raise ValueError(f'--model {args.model} but the config builds MODEL.DYNSCALE.NAME '
                          f'{cfg.MODEL.DYNSCALE.NAME!r}; drop --model or pick the matching config')
     src = read_source(args.src)
-    release = identify(src, args.source, args.width_list, tuple(args.resolutions) if args.resolutions else None)
+    release = identify(src, args.source, args.width_list, tuple(args.bn_resolutions) if args.bn_resolutions else None)
     if release is not None:
         release.check_target(cfg.MODEL.DYNSCALE.NAME)
     model = build_model(cfg)
     mapped, report, load_report = convert_for_detector(
         src, model, args.source, args.private_bn_map, args.width_list,
-        tuple(args.resolutions) if args.resolutions else None)
+        tuple(args.bn_resolutions) if args.bn_resolutions else None)
     meta = dict(load_report.meta)
     meta.setdefault('origin', load_report.origin)
     meta['variant'] = cfg.MODEL.DYNSCALE.NAME
@@ -202,6 +204,10 @@ def main(argv=None):
     if not args.src or not args.dst:
         get_parser().print_usage(sys.stderr)
         print('convert_weights.py: error: SRC and DST are required', file=sys.stderr)
+        return 2
+    if args.resolutions:
+        print('convert_weights.py: error: --resolutions is now --bn-resolutions (RS-Net\'s private-BN resolutions, '
+              'the word of tools/pretrain.py and the configs)', file=sys.stderr)
         return 2
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         print('convert_weights.py: error: DST must differ from SRC', file=sys.stderr)

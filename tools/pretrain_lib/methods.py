@@ -142,7 +142,7 @@ class Method:
     budget_table = False
     #: trains with ``--task multilabel`` (the Elastic paper fine-tunes Elastic and dense classifiers, one pass)
     multilabel = False
-    #: trains sub-networks at random input sizes (``--resolutions``, MutualNet); a width-only sandwich refuses them
+    #: trains sub-networks at random input sizes (``--input-sizes``, MutualNet); a width-only sandwich refuses them
     input_sizes = False
 
     def __init__(self, args, model):
@@ -319,7 +319,7 @@ class SlimmableMethod(Method):
 
 
 class MutualNetMethod(SlimmableMethod):
-    """MutualNet: the sandwich rule with each student at a random input size of ``--resolutions``."""
+    """MutualNet: the sandwich rule with each student at a random input size of ``--input-sizes``."""
 
     name = 'mutualnet'
     input_sizes = True
