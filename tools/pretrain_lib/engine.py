@@ -1,6 +1,7 @@
-"""The training loop of the pretraining tool (:class:`Trainer`): steps, validation, checkpoints and resume, export.
-Logging, optimizer/schedule, random state and model construction live in ``logs``, ``optim``, ``rng`` and
-``model``.
+"""The training loop of the pretraining tool (:class:`Trainer`): steps, validation, the final evaluation, export.
+Logging, optimizer/schedule, random state, model construction, checkpoints and resume, and the reports beyond
+the accuracy table (ponder-cost maps, the multi-label stress test) live in ``logs``, ``optim``, ``rng``,
+``model``, ``checkpointing`` and ``reports``.
 
 Checkpoint (``last.pth``/``best.pth``, written by rank 0 with ``backbones.checkpoint.atomic_save``; ``best.pth`` is
 a hard link to the ``last.pth`` of its epoch)::
@@ -21,7 +22,6 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -29,18 +29,20 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 import backbones
-from backbones.checkpoint import atomic_link, atomic_save, save_backbone_checkpoint
+from backbones.checkpoint import save_backbone_checkpoint
 from backbones.training.nonfinite import BNSnapshot, NonFiniteStepError, describe_nonfinite, nonfinite_bn_statistics
 
+from . import checkpointing as ckpt
 from . import data as pdata
 from . import dist as pdist
 from . import evaluation as pev
 from . import methods as pm
+from . import reports
 from .logs import LOG, LOG_FILE, CSVLog, TBLog
 from .model import build_model, check_sync_bn
 from .multilabel import METRIC_NAMES
 from .optim import lr_factor_fn, param_groups
-from .rng import rng_state, seed_all, set_rng_state
+from .rng import seed_all
 
 
 # ---------------------------------------------------------------------- trainer
@@ -197,67 +199,18 @@ class Trainer:
         return pev.to_device(images, self.info.device, self.args.channels_last)
 
     # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (checkpointing.py)
     def state(self):
-        rngs = pdist.all_gather_object(rng_state(), self.info)
-        return {'version': 1, 'args': vars(self.args), 'epoch': self.epoch, 'consumed': self.consumed,
-                'global_step': self.global_step, 'model': self.net.state_dict(),
-                'optimizer': self.optimizer.state_dict(), 'lr_scheduler': self.scheduler.state_dict(),
-                'scaler': self.scaler.state_dict(), 'model_ema': self.ema.state_dict() if self.ema else None,
-                'best_top1': self.best_top1, 'best_epoch': self.best_epoch, 'rng': rngs,
-                'world_size': self.info.world_size, 'batch_size': self.args.batch_size,
-                'accum_steps': self.args.accum_steps, 'micro_per_epoch': self.micro_per_epoch,
-                'classes': self.classes}
+        """The training checkpoint's dict (:func:`.checkpointing.training_state`)."""
+        return ckpt.training_state(self)
 
     def save(self, best=False):
-        """Write ``last.pth`` (and ``best.pth``) atomically from rank 0; every rank joins the RNG gather."""
-        st = self.state()
-        if not self.info.is_main:
-            return
-        path = atomic_save(st, os.path.join(self.out, 'last.pth'))
-        LOG.info(f'saved checkpoint {path} (epoch {self.epoch}, micro-batch {self.consumed}, step {self.global_step})')
-        if best:
-            path = atomic_link(path, os.path.join(self.out, 'best.pth'))  # the same bytes: one file on disk
-            LOG.info(f'saved checkpoint {path} (best {"mAP" if self.multilabel else "top-1"} {self.best_top1:.2f})')
+        """Write ``last.pth`` (and ``best.pth``) atomically from rank 0 (:func:`.checkpointing.save`)."""
+        ckpt.save(self, best)
 
     def resume(self, path):
-        """Restore everything from a training checkpoint (see the module docstring).
-
-        Raises:
-            ValueError: a mid-epoch checkpoint from a run with another per-process batch size, number of
-                processes or accumulation (the position inside the epoch would not mean the same samples).
-        """
-        from backbones.pretrained.files import load_file
-        ck = load_file(path, remedy='resume from another checkpoint of the run (best.pth) or without --resume')
-        if not isinstance(ck, dict) or ck.get('version') != 1 or 'optimizer' not in ck:
-            raise ValueError(f'{path} is not a pretrain.py training checkpoint (exported backbones cannot be '
-                             f'resumed; use --init-checkpoint to start from their weights)')
-        from backbones.integrity import DIGEST_KEY, verify_digests
-        verify_digests(ck['model'], ck.get(DIGEST_KEY), path)
-        same = (ck['world_size'], ck['batch_size'], ck['accum_steps']) == \
-            (self.info.world_size, self.args.batch_size, self.args.accum_steps)
-        if ck['consumed'] and not same:
-            raise ValueError(f'{path} was saved mid-epoch by a run with {ck["world_size"]} process(es), batch '
-                             f'{ck["batch_size"]}, accum {ck["accum_steps"]}; resume with the same settings '
-                             f'(now {self.info.world_size}, {self.args.batch_size}, {self.args.accum_steps})')
-        if getattr(self.args, 'non_strict', False):
-            LOG.warning(f'--non-strict: {path} is resumed without checking that it fits the model')
-            self.net.load_state_dict(ck['model'], strict=False)
-        else:
-            from backbones.checkpoint import check_state_fits
-            check_state_fits(self.net, ck['model'], path, fix='--non-strict')
-            self.net.load_state_dict(ck['model'])
-        self.optimizer.load_state_dict(ck['optimizer'])
-        self.scheduler.load_state_dict(ck['lr_scheduler'])
-        self.scaler.load_state_dict(ck['scaler'])
-        if self.ema is not None and ck.get('model_ema') is not None:
-            self.ema.load_state_dict(ck['model_ema'])
-        self.epoch, self.consumed, self.global_step = ck['epoch'], ck['consumed'], ck['global_step']
-        self.best_top1, self.best_epoch = ck['best_top1'], ck['best_epoch']
-        rngs = ck.get('rng') or []
-        if rngs:
-            set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
-        LOG.info(f'resumed from {path}: epoch {self.epoch}, micro-batch {self.consumed}/{self.micro_per_epoch}, '
-                 f'optimizer step {self.global_step}/{self.total_steps}')
+        """Restore everything from a training checkpoint (:func:`.checkpointing.resume`; raises as it does)."""
+        ckpt.resume(self, path)
 
     # ------------------------------------------------------------------ training
     def _backward_fn(self, divisor):
@@ -491,86 +444,12 @@ class Trainer:
         return rows
 
     def save_ponder_maps(self, count):
-        """``--save-ponder-maps N``: the ponder-cost maps of the first ``count`` validation images (as the
-        evaluation transforms them), drawn over the image with the per-stage maps
-        (:func:`backbones.sact.drawing.draw_ponder_map`) as ``<out>/ponder_maps/<image>.png`` plus the summed map
-        ``<image>.npy`` ``[H, W]``; main process only.  Returns the folder."""
-        from backbones.sact.drawing import draw_ponder_map, stage_ponder_maps
-        out = os.path.join(self.out, 'ponder_maps')
-        if not self.info.is_main:
-            return out
-        os.makedirs(out, exist_ok=True)
-        a = self.args
-        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
-        model = getattr(model, 'module', model)
-        was = model.training
-        model.eval()
-        mean = torch.tensor(model.pixel_mean)[:, None, None]
-        std = torch.tensor(model.pixel_std)[:, None, None]
-        saved, costs = 0, []
-        try:
-            for i in range(min(count, len(self.val_set))):
-                item = self.val_set[i]
-                if item is None:  # an unreadable image skipped (--bad-images skip)
-                    continue
-                x = item[0]
-                x = x[0] if x.dim() == 4 else x  # multi-resolution evaluation: the first resolution
-                with torch.no_grad():
-                    model(x[None].to(self.info.device))
-                size = tuple(x.shape[-2:])
-                stages = stage_ponder_maps(model.ponder_costs, size)[0].cpu().numpy()  # [S, H, W]
-                total = stages.sum(0)
-                name = os.path.splitext(os.path.basename(self.val_set.samples[i][0]))[0]
-                img = (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-                draw_ponder_map(img, total, os.path.join(out, f'{name}.png'), stage_maps=stages,
-                                title=f'{a.model}: {self.val_set.samples[i][0]}')
-                np.save(os.path.join(out, f'{name}.npy'), total.astype(np.float32))
-                costs.append(float(total.mean()))
-                saved += 1
-        finally:
-            model.train(was)
-        LOG.info(f'{saved} ponder-cost maps (mean ponder cost {np.mean(costs) if costs else float("nan"):.3f}) '
-                 f'saved to {out}')
-        return out
+        """``--save-ponder-maps N`` (:func:`.reports.save_ponder_maps`); returns the folder."""
+        return reports.save_ponder_maps(self, count)
 
     def stress_test(self):
-        """``--task multilabel`` final evaluation: the multi-label metrics at every ``--stress-sizes`` input size
-        (square resize, no crop; Elastic paper Sec. 4.2), written as ``eval.txt``, ``stress_test.csv`` /
-        ``.json`` and ``stress_test.png``; returns the rows (``resolution`` = size, ``top1`` = mAP)."""
-        import copy
-
-        from .multilabel import (
-            evaluate_multilabel,
-            plot_stress_test,
-            square_val_transform,
-            stress_test_table,
-            write_metric_table,
-        )
-        a = self.args
-        model = self.ema.module if (a.export_ema and self.ema is not None) else self.model
-        mean, std = getattr(model, 'pixel_mean'), getattr(model, 'pixel_std')
-        rows = []
-        for size in a.stress_sizes or [a.val_crop_size]:
-            ds = copy.copy(self.val_set)  # the same images (annotations parsed once), resized to this size
-            ds.transform = square_val_transform(size, a.interpolation, mean, std)
-            loader = DataLoader(ds, batch_size=a.val_batch_size or a.batch_size, num_workers=a.workers,
-                                sampler=pdata.ShardSampler(len(ds), self.info.world_size, self.info.rank),
-                                collate_fn=pdata.collate_skip_none)
-            m = evaluate_multilabel(model, loader, self.info, self.autocast, a.channels_last)
-            rows.append(dict(m, model=a.model, size=size, width=None, resolution=size, top1=m['mAP'], top5=m['OF1'],
-                             n=m['images']))
-            LOG.info(f'stress test {size}x{size}: ' + ' '.join(f'{k} {m[k]:.2f}' for k in METRIC_NAMES))
-        table = stress_test_table(rows, f'{a.model} on {a.data_path}/{a.val_dir}: {rows[0]["n"]} images, COCO '
-                                        f'multi-label, scale stress test (% ; a class is predicted when p > 0.5)')
-        LOG.info('\n' + table)
-        if self.info.is_main:
-            with open(os.path.join(self.out, 'eval.txt'), 'w') as f:
-                f.write(table + '\n')
-            with open(os.path.join(self.out, 'eval.json'), 'w') as f:
-                json.dump(rows, f, indent=1)
-            write_metric_table(rows, os.path.join(self.out, 'stress_test.csv'))
-            plot_stress_test(rows, os.path.join(self.out, 'stress_test.png'))
-        return rows
+        """``--task multilabel`` final evaluation (:func:`.reports.stress_test`); returns the rows."""
+        return reports.stress_test(self)
 
     def export(self, rows=None):
         """Write the backbone checkpoint (head dropped) with its metadata (rank 0)."""
