@@ -425,6 +425,7 @@ def test_detectron2_calibrates_and_evaluates_a_registered_method(recalibrated, t
     assert torch.equal(_bn_stats(net)['stem.bn'][0], trained['stem.bn'][0])
 
 
+@pytest.mark.slow
 def test_pretraining_command_line_imports_trains_calibrates_and_evaluates_a_users_method(tmp_path):
     """``python tools/pretrain.py --custom-imports cli_method --method test_cli_calibrated``: the user's module
     registers the method in the new process; it trains, calibrates and evaluates; an unknown module is refused

@@ -285,7 +285,13 @@ def test_unreadable_image_fail_names_path(broken, tmp_path):
     with pytest.raises(pdata.UnreadableImageError, match='zz_truncated.jpg') as ei:
         _run(root, tmp_path / 'out', *SMALL_ELASTIC, '--bad-images', 'fail', '--batch-size', '13')
     assert '--bad-images skip' in str(ei.value) and bad in str(ei.value)
-    # the command line reports it as an error with exit status 2 (also through data-loader workers)
+
+
+@pytest.mark.slow
+def test_unreadable_image_fail_exits_2_on_the_command_line(broken, tmp_path):
+    """A new ``python tools/pretrain.py`` process reports the unreadable file as an error with exit status 2, also
+    through data-loader workers."""
+    root, bad = broken
     res = subprocess.run([sys.executable, SCRIPT, '--data-path', root, '--output-dir', str(tmp_path / 'cli'), *BASE,
                           *SMALL_ELASTIC, '--bad-images', 'fail', '--workers', '1', '--batch-size', '13'],
                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
