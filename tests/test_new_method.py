@@ -487,13 +487,6 @@ def cli_method_unimported():
     forget()
 
 
-def _voc_root(shared_dir):
-    root = osp.join(shared_dir, 'datasets')
-    if not osp.isdir(osp.join(root, 'VOCdevkit', 'VOC2012')):
-        pytest.skip(f'VOC subset missing: expected {root}/VOCdevkit/VOC2012')
-    return root
-
-
 @pytest.mark.slow
 def test_mmseg_config_imports_trains_calibrates_and_evaluates_a_users_method(cli_method_unimported, shared_dir,
                                                                              tmp_path):
@@ -504,6 +497,7 @@ def test_mmseg_config_imports_trains_calibrates_and_evaluates_a_users_method(cli
     _need('mmseg')
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     import train_seg
+    from test_model_zoo import _voc_root  # the shared VOC subset, or a skip naming the missing folder
     base = osp.join(ROOT, 'seg_configs', 'deeplabv3_elastic-resnext50-d16-mg124_1xb2-40it_voc12subset-129x129.py')
     cfg = tmp_path / 'users_method.py'
     cfg.write_text(f"_base_ = {base!r}\n"

@@ -23,6 +23,7 @@ slimmable model at width w within 1.15x the time of its ``export_static`` counte
 falling with the ponder cost.  Ratios mean something only within one run (shared machines).
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -260,19 +261,17 @@ def run_one(spec, batch, size, iters, warmup, threads, device):
 
 #: imported once by the process every measurement forks from (what a new interpreter would import for a row)
 _PRELOAD = ['torch', 'torchvision', 'backbones']
-_CONTEXT = []
 
 
+@functools.lru_cache(maxsize=None)
 def _measuring_context():
     """The ``forkserver`` multiprocessing context: each measurement is a new process forked from a server that has
     imported :data:`_PRELOAD` once, so a row starts in milliseconds instead of re-importing torch (seconds) and its
     ``ru_maxrss`` is still its own (the imports included, as in a new interpreter)."""
-    if not _CONTEXT:
-        import multiprocessing as mp
-        ctx = mp.get_context('forkserver')
-        ctx.set_forkserver_preload(_PRELOAD)
-        _CONTEXT.append(ctx)
-    return _CONTEXT[0]
+    import multiprocessing as mp
+    ctx = mp.get_context('forkserver')
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 def _measure_in_child(conn, spec, common):

@@ -106,7 +106,7 @@ def to_dynscale(args):
     from backbones.pretrained import convert, identify, read_source
 
     src = read_source(args.src)
-    release = identify(src, args.source, args.width_list, tuple(args.bn_resolutions) if args.bn_resolutions else None)
+    release = identify(src, args.source, args.width_list, args.bn_resolutions)
     if release is None:  # a dynscale checkpoint: load it strictly into its model and write it back with metadata
         import backbones
         meta = dict(src.meta)
@@ -120,8 +120,7 @@ def to_dynscale(args):
         meta['source_sha256'] = src.sha256
         meta['variant'] = name
     else:
-        sd, meta, release, _ = convert(src, args.model, args.source, None, args.width_list,
-                                       tuple(args.bn_resolutions) if args.bn_resolutions else None)
+        sd, meta, release, _ = convert(src, args.model, args.source, None, args.width_list, args.bn_resolutions)
         meta.update(_zoo_meta(meta))
     atomic_save({'state_dict': sd, 'meta': meta}, args.dst)
     print(_summary(meta))
@@ -144,13 +143,12 @@ def to_detectron2(args):
         raise ValueError(f'--model {args.model} but the config builds MODEL.DYNSCALE.NAME '
                          f'{cfg.MODEL.DYNSCALE.NAME!r}; drop --model or pick the matching config')
     src = read_source(args.src)
-    release = identify(src, args.source, args.width_list, tuple(args.bn_resolutions) if args.bn_resolutions else None)
+    release = identify(src, args.source, args.width_list, args.bn_resolutions)
     if release is not None:
         release.check_target(cfg.MODEL.DYNSCALE.NAME)
     model = build_model(cfg)
     mapped, report, load_report = convert_for_detector(
-        src, model, args.source, args.private_bn_map, args.width_list,
-        tuple(args.bn_resolutions) if args.bn_resolutions else None)
+        src, model, args.source, args.private_bn_map, args.width_list, args.bn_resolutions)
     meta = dict(load_report.meta)
     meta.setdefault('origin', load_report.origin)
     meta['variant'] = cfg.MODEL.DYNSCALE.NAME
@@ -209,6 +207,7 @@ def main(argv=None):
         print('convert_weights.py: error: --resolutions is now --bn-resolutions (RS-Net\'s private-BN resolutions, '
               'the word of tools/pretrain.py and the configs)', file=sys.stderr)
         return 2
+    args.bn_resolutions = tuple(args.bn_resolutions) if args.bn_resolutions else None
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         print('convert_weights.py: error: DST must differ from SRC', file=sys.stderr)
         return 2
