@@ -488,6 +488,9 @@ def test_torchrun_two_processes_train_on_cpu(shared_dir, tmp_path):
     cfg = tmp_path / 'two_iters.py'
     cfg.write_text(f'''_base_ = [{base!r}]
 train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False)
+# what is under test is the launch (gloo, DDP without device_ids, rank-0 checkpoint), not the scale: two private-BN
+# resolutions of shorter side 128 / 96 (longer side <= 160) instead of the smoke run's three up to 256 / 320
+model = dict(max_size=160, backbone=dict(resolutions=(128, 96)))
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
 val_dataloader = None
 val_evaluator = None

@@ -264,7 +264,12 @@ def test_mmdet_fine_tunes_from_converted_weights(shared_dir, zoo_files, tmp_path
                                 'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=100',
                                 'randomness.seed=0', 'model.backbone.init_cfg.type=Pretrained',
                                 f'model.backbone.init_cfg.checkpoint={ckpt}', 'model.backbone.frozen_stages=1',
-                                'val_dataloader.dataset.indices=2'])
+                                'val_dataloader.dataset.indices=2',
+                                # the light CPU setting of the fine-tune tests of test_mm_det.py: images <= 160 x 128
+                                # and 32 sampled RoIs from 100 proposals (what is asserted is the load and which
+                                # stages move, not the image size)
+                                'train_dataloader.dataset.pipeline.2.scale=(160,128)',
+                                'model.train_cfg.rpn_proposal.max_per_img=100', 'model.train_cfg.rcnn.sampler.num=32'])
     assert runner.iter == 3
     src = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
     bb = runner.model.backbone.model
