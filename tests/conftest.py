@@ -17,6 +17,56 @@ from plugins._compat import export_detectron2_datasets  # noqa: E402
 export_detectron2_datasets()
 
 
+def _memoize(fn, cached_errors=()):
+    """``fn`` (a pure function of hashable positional arguments and of installed files) with its results kept for
+    this process: a call with the same arguments returns a deep copy of the first result, or raises the same
+    ``cached_errors`` type with the same message."""
+    import copy
+    import functools
+    cache = {}
+
+    @functools.wraps(fn)
+    def memoized(*args, **kwargs):
+        key = (args, repr(sorted(kwargs.items())))
+        if key not in cache:
+            try:
+                cache[key] = (True, fn(*args, **kwargs))
+            except cached_errors as e:
+                cache[key] = (False, (type(e), str(e)))
+        ok, value = cache[key]
+        if not ok:
+            raise value[0](value[1])
+        return copy.deepcopy(value)
+    memoized.__wrapped_by_dynscale_tests__ = True
+    return memoized
+
+
+def _memoize_mmengine_config_helpers():
+    """Issue 27: two pure helpers of MMEngine's config system took ~100 s of the suite's CPU, recomputed on every
+    config a test reads or a runner logs.  Kept per test process (same results, computed once):
+
+    * ``mmengine.config.utils._get_cfg_metainfo(package_path, cfg_path)``: to resolve a ``mmdet::`` / ``mmseg::``
+      base, MMEngine first parses every metafile of the installed package (~100 YAML files, ~0.2 s) and only then
+      falls back to the ``_base_`` path, with a ValueError (cached too): every ``Config.fromfile`` of our configs
+      paid this twice or three times (55 s in 148 reads).
+    * ``mmengine.config.config.FormatCode`` (yapf) behind ``Config.pretty_text``: a runner formats its config when it
+      starts, when it logs it and in every checkpoint's meta, ~1 s each (60 s in 136 calls).
+
+    New processes (the command-line tests) run MMEngine unchanged."""
+    try:
+        import mmengine.config.config as config_module
+        import mmengine.config.utils as utils_module
+    except ImportError:
+        return
+    if not getattr(utils_module._get_cfg_metainfo, '__wrapped_by_dynscale_tests__', False):
+        utils_module._get_cfg_metainfo = _memoize(utils_module._get_cfg_metainfo, cached_errors=ValueError)
+    if not getattr(config_module.FormatCode, '__wrapped_by_dynscale_tests__', False):
+        config_module.FormatCode = _memoize(config_module.FormatCode)
+
+
+_memoize_mmengine_config_helpers()
+
+
 @pytest.fixture(scope='session')
 def shared_dir():
     """Path of ../shared (datasets, papers); tests that need it skip when it is absent."""
