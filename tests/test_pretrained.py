@@ -542,3 +542,40 @@ def test_a_wider_width_range_than_the_release_is_noted_and_logged(tmp_path):
         report = backbones.load_pretrained(backbones.create('us_mobilenet_v2', width_range=(0.35, 1.0),
                                                             num_classes=0), conv, strict=False)
     assert report.notes
+
+
+@needs_manifests
+@pytest.mark.parametrize('name', ['resnext50_elastic', 'densenet201_elastic', 'us_mobilenet_v2', 'parallel_resnet18'])
+def test_pretrained_build_skips_the_draws_the_file_overwrites(name, tmp_path, monkeypatch):
+    """Issue 27: ``create(pretrained=...)`` records the build's ``torch.nn.init`` calls instead of drawing
+    (backbones/pretrained/deferred_init.py): the model equals the one built with every draw made, tensor for
+    tensor, and ``torch.nn.init`` is left as it was."""
+    import contextlib
+
+    from backbones.pretrained import deferred_init
+    path, _ = write_official(name, str(tmp_path / f'{name}.pth.tar'))
+    writers = {n: getattr(nn.init, n) for n in deferred_init._WRITERS}
+    fast = backbones.create(SUPPORTED[name], pretrained=path)
+    assert {n: getattr(nn.init, n) for n in writers} == writers
+    monkeypatch.setattr(deferred_init.DeferredInit, 'recording', lambda self: contextlib.nullcontext(self))
+    ref = backbones.create(SUPPORTED[name], pretrained=path)  # every draw made, then overwritten
+    a, b = fast.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@needs_manifests
+def test_tensors_the_file_does_not_write_are_initialised_after_the_load(tmp_path):
+    """A backbone file without classifier into a model with one: the new classifier gets the family's
+    initialisation at the replay (Elastic: N(0, 0.01) weight, zero bias), not the uninitialised memory of the
+    deferred build; the loaded tensors are the file's."""
+    torch.manual_seed(0)
+    path, _ = write_official('resnext50_elastic', str(tmp_path / 'r.pth.tar'))
+    headless = backbones.create('resnext50_elastic', pretrained=path, num_classes=0)
+    torch.save({'state_dict': headless.state_dict(), 'meta': {'variant': 'resnext50_elastic'}}, tmp_path / 'bb.pth')
+    model = backbones.create('resnext50_elastic', pretrained=str(tmp_path / 'bb.pth'), num_classes=10)
+    w, b = model.head[-1].weight, model.head[-1].bias
+    w, b = w.detach(), b.detach()
+    assert torch.isfinite(w).all() and 0.008 < float(w.std()) < 0.012 and float(b.abs().max()) == 0.0
+    assert torch.equal(model.stem.conv.weight, headless.stem.conv.weight)

@@ -36,6 +36,7 @@ import torch
 from .. import _registry
 from ..checkpoint import CheckpointMismatchError, state_mismatch, strip_prefix
 from .conversion import convert
+from .deferred_init import DeferredInit
 from .files import SourceFile, read_source
 from .normalization import InputNormalization
 from .origins import _DETECTOR_PREFIXES, identify
@@ -52,6 +53,7 @@ class LoadReport:
         release (str | None): official architecture name of a foreign file.
         meta (dict): the checkpoint metadata (converted files: origin, sha256, normalisation, ...).
         loaded (int): model tensors written from the file.
+        loaded_keys (list[str]): their state-dict keys.
         conversion (dict): counts per operation of the conversion (copy / merge / broadcast / dropped / new).
         dropped (list[tuple[str, str]]): file keys not loaded, with the reason.
         new (list[tuple[str, str]]): model keys left at their initialisation, with the reason.
@@ -68,6 +70,7 @@ class LoadReport:
     release: str = None
     meta: dict = field(default_factory=dict)
     loaded: int = 0
+    loaded_keys: list = field(default_factory=list)
     conversion: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)
     new: list = field(default_factory=list)
@@ -260,6 +263,7 @@ def load_state(model, sd, meta=None, strict=True, drop_head=False, private_bn_ma
     with torch.no_grad():
         model.load_state_dict(load, strict=False)
     report.loaded = len(load)
+    report.loaded_keys = sorted(load)
     norm = InputNormalization.from_meta(meta)
     if norm is not None:
         norm.apply_to(model)
@@ -413,8 +417,12 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
     build.update(kwargs)
     if num_classes is not None and 'num_classes' not in kwargs:
         build['num_classes'] = num_classes
-    model = _registry.build(name, **build)
-    load_pretrained(model, src, source, **load_kw)
+    deferred = DeferredInit()
+    with deferred.recording():  # the random draws of the build, for what the file does not overwrite (issue 27)
+        model = _registry.build(name, **build)
+    report = load_pretrained(model, src, source, **load_kw)
+    own = model.state_dict(keep_vars=True)
+    deferred.replay(own[k] for k in report.loaded_keys if k in own)
     return model
 
 
