@@ -576,7 +576,6 @@ def test_tensors_the_file_does_not_write_are_initialised_after_the_load(tmp_path
     headless = backbones.create('resnext50_elastic', pretrained=path, num_classes=0)
     torch.save({'state_dict': headless.state_dict(), 'meta': {'variant': 'resnext50_elastic'}}, tmp_path / 'bb.pth')
     model = backbones.create('resnext50_elastic', pretrained=str(tmp_path / 'bb.pth'), num_classes=10)
-    w, b = model.head[-1].weight, model.head[-1].bias
-    w, b = w.detach(), b.detach()
+    w, b = model.head[-1].weight.detach(), model.head[-1].bias.detach()
     assert torch.isfinite(w).all() and 0.008 < float(w.std()) < 0.012 and float(b.abs().max()) == 0.0
     assert torch.equal(model.stem.conv.weight, headless.stem.conv.weight)

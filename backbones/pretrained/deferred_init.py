@@ -78,15 +78,9 @@ class DeferredInit:
         Args:
             written (Iterable[Tensor]): the tensors a load overwrote completely (``load_state_dict`` copies in place,
                 so they are the model's own tensors).
-
-        Returns:
-            int: the number of calls run.
         """
         done = {_key(t) for t in written}
-        n = 0
         for fn, tensor, args, kwargs in self.calls:
             if _key(tensor) not in done:
                 fn(tensor, *args, **kwargs)
-                n += 1
         self.calls = []
-        return n

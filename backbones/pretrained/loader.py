@@ -422,7 +422,7 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
         model = _registry.build(name, **build)
     report = load_pretrained(model, src, source, **load_kw)
     own = model.state_dict(keep_vars=True)
-    deferred.replay(own[k] for k in report.loaded_keys if k in own)
+    deferred.replay(own[k] for k in report.loaded_keys)
     return model
 
 
