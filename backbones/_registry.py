@@ -30,6 +30,12 @@ def register_model(family):
     return deco
 
 
+def is_builtin(name):
+    """Whether ``name`` is registered by this package (its factory is defined under ``backbones``), not by a user's
+    module: only those builds defer their random draws (:mod:`backbones.pretrained.deferred_init`)."""
+    return _MODELS[name].__module__.split('.')[0] == __name__.split('.')[0]
+
+
 def list_models(pattern='*', family=None):
     """Sorted registered names matching a glob ``pattern`` (and ``family`` if given)."""
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and (family is None or _FAMILY[n] == family))

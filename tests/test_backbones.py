@@ -106,6 +106,56 @@ def test_deterministic_under_seed(built):
         assert torch.equal(fa[k], fb[k])
 
 
+@pytest.mark.parametrize('name', ALL)
+def test_deferred_build_leaves_what_every_initialisation_call_leaves(name, monkeypatch):
+    """Issue 27: ``create`` records the build's ``torch.nn.init`` calls and replays only the last one on each
+    tensor (backbones/pretrained/deferred_init.py).  Each writer here stamps its tensor with a value naming the call
+    (function and arguments, no random draw), so the deferred build must equal, tensor for tensor, the build that
+    runs every call in order: a family writing a tensor directly after an init call, or reading one during its
+    build, would differ."""
+    import contextlib
+    import zlib
+
+    from backbones.pretrained import deferred_init
+    assert backbones._registry.is_builtin(name)
+
+    def stamper(writer):
+        def stamp(tensor, *args, **kwargs):
+            with torch.no_grad():
+                return tensor.fill_(zlib.crc32(repr((writer, args, sorted(kwargs.items()))).encode()) % 997 + 1)
+        return stamp
+
+    for writer in deferred_init._WRITERS:
+        monkeypatch.setattr(nn.init, writer, stamper(writer))
+    deferred = _build(name).state_dict()
+    monkeypatch.setattr(deferred_init.DeferredInit, 'recording', lambda self: contextlib.nullcontext(self))
+    every_call = _build(name).state_dict()
+    assert deferred.keys() == every_call.keys()
+    for k in deferred:
+        assert torch.equal(deferred[k], every_call[k]), f'{name}: {k} differs from the build running every call'
+
+
+def test_user_family_build_draws_without_deferral(monkeypatch):
+    """A model registered outside this package (a user's method) is built as PyTorch builds it, every draw in
+    order: its family may write a tensor directly after ``nn.Linear``'s own draw, which a replay would undo."""
+    from backbones import _registry
+
+    class Net(nn.Module):
+        def __init__(self, num_classes=4):
+            super().__init__()
+            self.fc = nn.Linear(3, num_classes)
+            self.fc.weight.data.fill_(0.5)  # a direct write after the default init call
+
+    def user_net(**kw):
+        return Net(**kw)
+
+    user_net.__module__ = 'my_lab.models'
+    monkeypatch.setitem(_registry._MODELS, 'user_net', user_net)
+    monkeypatch.setitem(_registry._FAMILY, 'user_net', 'baseline')
+    assert not _registry.is_builtin('user_net') and _registry.is_builtin('resnext50_elastic')
+    assert torch.equal(backbones.create('user_net').fc.weight, torch.full((4, 3), 0.5))
+
+
 def test_wrong_channel_count_raises(built):
     model = built[1].eval()
     with pytest.raises(ValueError, match=r'\[N, 3, H, W\]'):

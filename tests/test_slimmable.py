@@ -476,8 +476,11 @@ def test_depthwise_uses_active_channels_as_groups():
 # -------------------------------------------------------------------------------------------- BN conversions
 def _calibrated_mbv2():
     model = small('us_mobilenet_v2')
-    for w in (0.35, 0.5):  # calibrated statistics: O(1) activations, so comparisons are meaningful
-        calibrate_bn(model, [torch.randn(2, 3, 32, 32)], width=w)
+    # calibrated statistics: O(1) activations, so comparisons are meaningful.  16 images: with 2, the last stages
+    # (1 x 1 maps) get variances from 2 values each, near zero for some channels, and a float32 rounding difference
+    # (FrozenBatchNorm2d's x * scale + shift) grows to 1e-4..3e-2 depending on the seed; with 16, ~1e-5 for seeds 0-5
+    for w in (0.35, 0.5):
+        calibrate_bn(model, [torch.randn(16, 3, 32, 32)], width=w)
     return model.eval()
 
 

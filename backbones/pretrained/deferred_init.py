@@ -1,23 +1,28 @@
-"""Random initialisation deferred while a model is built to receive a checkpoint (issue 27).
+"""Random initialisation deferred while a model is built, so that no tensor is drawn twice (issue 27).
 
-``backbones.create(name, pretrained=...)`` builds a model and then overwrites its tensors with the file's.  The
-random draws of the build -- PyTorch's default ``reset_parameters`` of every convolution and linear layer (uniform
-draws) and the family's own initialisation (normal draws) -- were thrown away: for a ResNeXt50 about 0.2 s of a
-0.25 s build, for VGG16-BN over a second.  :class:`DeferredInit` records the calls of ``torch.nn.init`` made during
-the build instead of running them; after the load, :meth:`DeferredInit.replay` runs, in their original order, only
-the calls on tensors the file did not write (a classifier left at its initialisation, a SACT halting branch added to
-a plain ResNet).  Every such tensor then holds what the same calls would have drawn, from the generator's state at
-the replay instead of at the build: initial values of tensors that are loaded do not exist any more, the others are
-drawn from the same distributions.
+A build draws most tensors twice: PyTorch's default ``reset_parameters`` of every convolution and linear layer
+(uniform draws), then the family's own initialisation of the same tensors (normal draws); and
+``backbones.create(name, pretrained=...)`` then overwrites most of them with the file's.  For a ResNeXt50 the first
+draws are about half of a 0.22 s build, all of them nearly all of a pretrained one; for VGG16-BN over a second.
+:class:`DeferredInit` records the calls of ``torch.nn.init`` made during the build instead of running them;
+:meth:`DeferredInit.replay` then runs, in their original order, the last call on each tensor (the earlier ones are
+overwritten by it: no writer of ``torch.nn.init`` reads what the tensor held) and none on the tensors a checkpoint
+wrote (a classifier left at its initialisation and a SACT halting branch added to a plain ResNet are drawn).  Every
+tensor then holds what the build would have left in it, drawn from the same distribution, from the generator's
+state at the replay instead of at the build (a seeded build draws other numbers than without deferral).
 
 Only ``torch.nn.init`` functions looked up at call time (``init.kaiming_uniform_`` in ``torch.nn.modules``,
 ``nn.init.normal_`` in every family of this package) are deferred; direct tensor methods (``zero_``, ``fill_``
 of BatchNorm's running statistics) run at once.  None of this package's families writes a tensor by a direct
-method after an ``nn.init`` call on the same tensor during its build, so the replay order is the build order.
+method after an ``nn.init`` call on the same tensor during its build, so the replay leaves what the build would
+have left (``tests/test_backbones.py`` checks it for every registered model, each writer stamping its call).  A
+family registered outside this package may (``m.weight.data.normal_()`` after ``nn.Linear``'s own draw), so its
+builds are not deferred (:func:`backbones._registry.is_builtin`).
 """
 import contextlib
 import threading
 
+import torch
 from torch.nn import init
 
 __all__ = ['DeferredInit']
@@ -35,7 +40,8 @@ def _key(t):
 class DeferredInit:
     """Records the ``torch.nn.init`` calls of a build and replays those of the tensors a checkpoint did not write.
 
-    Example (``backbones.pretrained.loader.create_pretrained``)::
+    Example (``backbones.pretrained.loader.create_pretrained``; ``backbones.create`` without weights replays
+    with nothing written)::
 
         deferred = DeferredInit()
         with deferred.recording():
@@ -72,15 +78,29 @@ class DeferredInit:
             for name, fn in saved.items():
                 setattr(init, name, fn)
 
-    def replay(self, written):
-        """Run the recorded calls, in order, on every tensor not in ``written``.
+    def replay(self, written=()):
+        """Run, in recording order, the last recorded call on each tensor not in ``written``.
+
+        A view (another shape, stride or offset) is a tensor of its own: a call on a slice after one on the whole
+        tensor is kept, as is the order between them.  A tensor that is no longer contiguous (weights converted to
+        channels-last after their initialisation) is drawn contiguous and copied, so that the same seed gives the
+        same values in either layout.
 
         Args:
             written (Iterable[Tensor]): the tensors a load overwrote completely (``load_state_dict`` copies in place,
-                so they are the model's own tensors).
+                so they are the model's own tensors); none after a build without weights.
         """
         done = {_key(t) for t in written}
-        for fn, tensor, args, kwargs in self.calls:
-            if _key(tensor) not in done:
+        last = {}
+        for i, (_, tensor, _, _) in enumerate(self.calls):
+            last[_key(tensor)] = i
+        keep = sorted(i for k, i in last.items() if k not in done)
+        for i in keep:
+            fn, tensor, args, kwargs = self.calls[i]
+            if tensor.is_contiguous():
                 fn(tensor, *args, **kwargs)
+            else:  # converted after the call (channels-last weights): draw in the layout the call drew in
+                with torch.no_grad():
+                    tensor.copy_(fn(torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device),
+                                    *args, **kwargs))
         self.calls = []

@@ -27,6 +27,7 @@ tolerated differences are documented ones, each listed in the returned :class:`L
 Anything else raises :class:`~backbones.checkpoint.CheckpointMismatchError` naming the keys in both namings
 and the likely cause (wrong model, wrong width list, wrong origin).
 """
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -418,7 +419,8 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
     if num_classes is not None and 'num_classes' not in kwargs:
         build['num_classes'] = num_classes
     deferred = DeferredInit()
-    with deferred.recording():  # the random draws of the build, for what the file does not overwrite (issue 27)
+    # the random draws of the build, for what the file does not overwrite (issue 27); a user's family draws as usual
+    with deferred.recording() if _registry.is_builtin(name) else contextlib.nullcontext():
         model = _registry.build(name, **build)
     report = load_pretrained(model, src, source, **load_kw)
     own = model.state_dict(keep_vars=True)
