@@ -1,5 +1,6 @@
 """Conversion of a foreign file (a release of the authors, a torchvision / timm state dict) into the state dict of a
 dynscale model (:func:`convert`), through a *template* model built on the ``meta`` device."""
+import contextlib
 import warnings
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from .. import _registry
 from ..checkpoint import CheckpointMismatchError, backbone_meta
 from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
+from .deferred_init import DeferredInit
 from .files import SourceFile, read_source
 from .mapping import Transfer
 from .origins import identify
@@ -62,10 +64,13 @@ def convert(src, model_name=None, source=None, template_kwargs=None, width_list=
     release.convert(src, template, transfer, model_name)
     sd = transfer.finish(_HINTS[release.origin](release))
     if transfer.new:  # keep the template's own initialisation for allowed-new tensors: build them for real
-        real = _registry.build(model_name, num_classes=release.num_classes, **kwargs)
-        real_sd = real.state_dict()
-        for k, _ in transfer.new:
-            sd[k] = real_sd[k].clone()
+        deferred, new = DeferredInit(), {k for k, _ in transfer.new}
+        with deferred.recording() if _registry.is_builtin(model_name) else contextlib.nullcontext():
+            real = _registry.build(model_name, num_classes=release.num_classes, **kwargs)
+        real_sd = real.state_dict(keep_vars=True)
+        deferred.replay(v for k, v in real_sd.items() if k not in new)  # draw only the new tensors
+        for k in new:
+            sd[k] = real_sd[k].detach().clone()
         sd = type(sd)((k, sd[k]) for k in real_sd)
     release.normalization.apply_to(template)
     meta = backbone_meta(template)
