@@ -94,6 +94,21 @@ def test_features_export_has_one_output_per_stage(tmp_path):
     assert [r.shape for r in res] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
 
 
+def test_checkpoint_without_classifier_exports_features_only(tmp_path):
+    """A backbone checkpoint saved without classifier has no logits to export: without ``--features`` the tool
+    refuses, naming the flag (it used to export a classifier of random weights); with it, the stage maps."""
+    import export
+
+    from backbones.checkpoint import save_backbone_checkpoint
+    path = save_backbone_checkpoint(backbones.create('rs_resnet18', num_classes=10), str(tmp_path / 'bb.pth'))
+    with pytest.raises(ValueError, match='no classifier.*--features'):
+        export.main([path, '--model', 'rs_resnet18', '--format', 'torchscript', '--input-size', '64',
+                     '--out', str(tmp_path / 'net.pt')])
+    rep = export.main([path, '--model', 'rs_resnet18', '--format', 'torchscript', '--input-size', '64', '--features',
+                       '--out-indices', '3', '--out', str(tmp_path / 'net.pt')])
+    assert rep['max_abs_diff'] <= 1e-4 * max(1.0, rep['max_abs_output'])
+
+
 def test_sact_dense_export_keeps_every_unit(tmp_path):
     """A traced SACT graph must not bake in where the example input halted: with every position halting after
     the first unit of each stage on the example, another input (not halting) still gets the exact result."""

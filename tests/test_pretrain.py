@@ -103,6 +103,9 @@ def _check_outputs(out, steps):
     trained = {k[len('model.'):]: v for k, v in ck['model'].items() if k.startswith('model.')}
     for k, v in model.state_dict().items():
         assert torch.equal(v, trained[k]), k
+    # the trained classifier is kept (tools/export.py, query_table and --evaluate measure through it)
+    heads = {k: v for k, v in bb['state_dict'].items() if k.startswith('head.')}
+    assert heads and all(torch.equal(v, trained[k]) for k, v in heads.items())
     for key in ('family', 'variant', 'input_format', 'pixel_mean', 'pixel_std', 'method'):
         assert meta.get(key) is not None, key
     if _has('mmseg') or _has('mmdet'):
@@ -117,6 +120,19 @@ def _check_outputs(out, steps):
     with open(os.path.join(out, 'args.json')) as f:
         assert json.load(f)['output_dir'] == str(out)
     return ck, meta
+
+
+def test_evaluate_refuses_a_checkpoint_without_classifier(tiny, tmp_path):
+    """``--evaluate`` of a backbone checkpoint saved without classifier would measure a classifier of random
+    weights: it fails naming the files that have one; fine-tuning from it logs the new classifier."""
+    from backbones.checkpoint import save_backbone_checkpoint
+    model = backbones.create('resnext50_elastic', num_classes=4, cardinality=4, base_width=4)
+    path = save_backbone_checkpoint(model, str(tmp_path / 'bb.pth'))
+    with pytest.raises(ValueError, match='no classifier.*top-1 would measure random weights'):
+        _run(tiny, tmp_path / 'ev', '--pretrained', path, *SMALL_ELASTIC, '--evaluate')
+    _run(tiny, tmp_path / 'ft', '--pretrained', path, *SMALL_ELASTIC, '--max-train-samples', '4', '--no-final-eval')
+    with open(tmp_path / 'ft' / 'log.txt') as f:
+        assert 'new classifier for 4 classes (the file has none)' in f.read()
 
 
 def test_standard_elastic(tiny, tmp_path):

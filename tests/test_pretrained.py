@@ -566,6 +566,28 @@ def test_pretrained_build_skips_the_draws_the_file_overwrites(name, tmp_path, mo
         assert torch.equal(a[k], b[k]), k
 
 
+def test_backbone_checkpoint_builds_a_model_without_classifier(tmp_path):
+    """A checkpoint without classifier (``save_backbone_checkpoint``: what a detector or a segmentor keeps) builds
+    ``num_classes=0`` unless ``num_classes`` is given: no 1000-class head of random weights is made up, and
+    ``forward`` returns the stage maps; with ``num_classes`` a classifier is added on the loaded stages."""
+    from backbones.checkpoint import save_backbone_checkpoint
+    torch.manual_seed(0)
+    src = backbones.create('rs_resnet18', num_classes=10)
+    path = save_backbone_checkpoint(src, str(tmp_path / 'backbone.pth'))
+    model = backbones.create('rs_resnet18', pretrained=path).eval()
+    assert model.head is None and not [k for k in model.state_dict() if k.startswith('head.')]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert isinstance(out, dict) and set(out) == {f'stage{i}' for i in range(1, 5)}
+    torch.testing.assert_close(model.stem[0].weight, src.stem[0].weight)
+    with_head = backbones.create('rs_resnet18', pretrained=path, num_classes=3)
+    assert with_head.head[-1].out_features == 3
+    torch.testing.assert_close(with_head.stem[0].weight, src.stem[0].weight)
+    full = save_backbone_checkpoint(src, str(tmp_path / 'full.pth'), drop_head=False)
+    kept = backbones.create('rs_resnet18', pretrained=full)
+    torch.testing.assert_close(kept.head[-1].weight, src.head[-1].weight)  # a file with classifier keeps it
+
+
 @needs_manifests
 def test_tensors_the_file_does_not_write_are_initialised_after_the_load(tmp_path):
     """A backbone file without classifier into a model with one: the new classifier gets the family's

@@ -105,12 +105,17 @@ def configure(args):
 
     Raises:
         ValueError: a width outside the range, a resolution without private BN / statistics (the message names
-            the fix), a checkpoint that does not fit.
+            the fix), a checkpoint that does not fit, a checkpoint without classifier exported without
+            ``--features``.
     """
     kwargs = dict(out_indices=tuple(args.out_indices)) if args.features else {}
     if args.features:
         kwargs['num_classes'] = 0
     model = backbones.create(args.model, pretrained=args.checkpoint, **kwargs)
+    if not args.features and model.head is None:
+        raise ValueError(f'{args.checkpoint} has no classifier (a backbone checkpoint saved without it): export its '
+                         f'stage maps with --features, or export a file with its trained classifier '
+                         f'(tools/pretrain.py\'s backbone.pth, an official release)')
     model.eval()
     caps = capabilities(model)
     size = args.input_size or args.resolution or 224

@@ -25,8 +25,8 @@ Released weights (MODEL_ZOO.md)::
 The run directory receives ``args.json`` (resolved arguments), ``log.txt``, ``train_log.csv``,
 ``summary.csv``, ``tb/`` (TensorBoard), ``last.pth``/``best.pth`` (full training state, for
 ``--resume``), ``eval.txt``/``eval.json`` (top-1/top-5 and MACs per width x resolution) and the
-exported backbone checkpoint (``backbone.pth``; loads into the Detectron2/OpenMMLab plugins through
-``backbones.pretrained.load_backbone_state``).
+exported backbone checkpoint (``backbone.pth``, with the trained classifier; loads into the Detectron2/OpenMMLab
+plugins, which drop the classifier, through ``backbones.pretrained.load_backbone_state``).
 """
 import argparse
 import json

@@ -394,7 +394,10 @@ def _training_range_notes(model, trained):
 
 def create_pretrained(name, pretrained, source=None, **kwargs):
     """``backbones.create(name, pretrained=PATH, **kwargs)``: build with the factory arguments the weights need
-    (width range/list, resolutions, num_classes from the file, each overridden by ``kwargs``), then load.
+    (width range/list, resolutions, num_classes from the file, each overridden by ``kwargs``), then load.  A
+    dynscale checkpoint without classifier (``save_backbone_checkpoint(drop_head=True)``, a detector's backbone)
+    builds a model without one (``num_classes=0``) unless ``num_classes`` is given: a classifier of random weights
+    is not made up silently.
 
     Raises:
         as :func:`load_pretrained`; ValueError for an unknown name.
@@ -413,7 +416,7 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
         build = dict(meta.get('model_kwargs') or {})
         heads = [v for k, v in strip_prefix(src.state_dict, ['head.0.weight']).items()
                  if k.startswith('head.') and k.endswith('weight') and v.dim() == 2]
-        num_classes = heads[-1].shape[0] if heads else None
+        num_classes = heads[-1].shape[0] if heads else 0  # no classifier in the file: none in the model
     build = {k: tuple(v) if isinstance(v, list) else v for k, v in build.items()}
     build.update(kwargs)
     if num_classes is not None and 'num_classes' not in kwargs:

@@ -452,7 +452,9 @@ class Trainer:
         return reports.stress_test(self)
 
     def export(self, rows=None):
-        """Write the backbone checkpoint (head dropped) with its metadata (rank 0)."""
+        """Write the backbone checkpoint with its metadata (rank 0).  The trained classifier stays in it:
+        ``tools/export.py``, ``tools/query_table.py`` and ``--evaluate`` measure through it; the framework plugins
+        build without classifier and drop it at the load (listed in the load report)."""
         if not self.info.is_main:
             return None
         a = self.args
@@ -466,7 +468,7 @@ class Trainer:
                     if hasattr(self.method, 'width_range') else None,
                     trained_resolutions=getattr(self.method, 'resolutions', None), ema=bool(a.export_ema and self.ema),
                     bn_calibrated=False)
-        path = save_backbone_checkpoint(model, os.path.join(self.out, a.export_name), **meta)
+        path = save_backbone_checkpoint(model, os.path.join(self.out, a.export_name), drop_head=False, **meta)
         LOG.info(f'exported backbone checkpoint {path}')
         return path
 

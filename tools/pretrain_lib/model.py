@@ -19,11 +19,17 @@ def build_model(args, num_classes):
     if args.pretrained:
         from .pretrained import pretrained_info
         _, file_classes, _, _ = pretrained_info(args.pretrained, args.pretrained_source)
+        if not file_classes and getattr(args, 'evaluate', False):
+            raise ValueError(f'--evaluate: {args.pretrained} has no classifier (a backbone checkpoint saved without '
+                             f'it), so top-1 would measure random weights; evaluate a file with its trained '
+                             f'classifier (tools/pretrain.py\'s backbone.pth or last.pth, an official release) or '
+                             f'fine-tune it first (--pretrained FILE --num-classes K)')
         drop = bool(file_classes) and file_classes != num_classes
         model = backbones.create(args.model, pretrained=args.pretrained, source=args.pretrained_source,
                                  num_classes=num_classes, drop_head=drop, **kw)
         LOG.info(f'loaded --pretrained {args.pretrained} ({model.pretrained_meta.get("origin", "dynscale")}): '
                  + ('new classifier for %d classes (the file has %d)' % (num_classes, file_classes) if drop else
+                    f'new classifier for {num_classes} classes (the file has none)' if not file_classes else
                     f'classifier of {num_classes} classes kept') + f'; inputs {model.pixel_mean} / {model.pixel_std}')
     else:
         model = backbones.create(args.model, num_classes=num_classes, **kw)
