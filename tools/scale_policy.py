@@ -77,15 +77,16 @@ def checkpoint_classes(path):
     prefix such as a training checkpoint's ``model.``).
 
     Raises:
-        ValueError: the file holds no classifier (a backbone export such as ``backbone.pth`` of
-            ``tools/pretrain.py``): the message names the files that hold one.
+        ValueError: the file holds no classifier (a backbone checkpoint saved without it): the message names the
+            files that hold one.
     """
     from backbones.pretrained import read_source
     for key, value in read_source(path).state_dict.items():
         if re.search(r'(^|\.)head\.\d+\.weight$', key) and value.ndim == 2:
             return int(value.shape[0])
-    raise ValueError(f'{path} holds no classifier (a backbone export): the analysis needs the predicted classes; '
-                     'give last.pth or best.pth of tools/pretrain.py, or a converted ImageNet release')
+    raise ValueError(f'{path} holds no classifier (a backbone checkpoint saved without it): the analysis needs the '
+                     'predicted classes; give backbone.pth, last.pth or best.pth of tools/pretrain.py, or a converted '
+                     'ImageNet release')
 
 
 def class_names(root, folders):
