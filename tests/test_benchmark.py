@@ -28,3 +28,19 @@ def test_benchmark_rows_and_sact_ponder_cost_follows_halting_bias(tmp_path):
     assert ponder == sorted(ponder, reverse=True) and ponder[0] > ponder[-1], ponder
     assert macs == sorted(macs, reverse=True) and macs[0] > macs[-1], macs
     assert all(r['infer_img_s'] > 0 and r['peak_mem_MiB'] > 0 for r in rows)
+
+
+@pytest.mark.parametrize('argv, expect', [
+    (['--frameworks', '--fw-batch', '1'], '--fw-batch 1: .*at least 2 images'),
+    (['--iters', '0'], '--iters 0: must be at least 1'),
+])
+def test_bad_options_fail_before_any_measurement(monkeypatch, capsys, argv, expect):
+    """A framework iteration of one image cannot train MMSeg's ASPP BatchNorm (it failed inside every MMSeg row);
+    zero iterations would measure nothing: both stop at the argument parser, naming the fix."""
+    import re
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
+    import benchmark
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', *argv])
+    with pytest.raises(SystemExit) as e:
+        benchmark.main()
+    assert e.value.code == 2 and re.search(expect, capsys.readouterr().err)

@@ -416,6 +416,12 @@ def main():
     ap.add_argument('--fw-batch', type=int, default=2, help='--frameworks: images per iteration')
     ap.add_argument('--fw-size', type=int, default=320, help='--frameworks: image side (pixels)')
     args = ap.parse_args()
+    if args.frameworks and args.fw_batch < 2:
+        ap.error(f'--fw-batch {args.fw_batch}: MMSeg DeepLabV3 trains the BatchNorm of its ASPP image-pooling branch, '
+                 f'one value per channel and image, which needs at least 2 images: use --fw-batch 2 or more')
+    for flag in ('batch', 'size', 'iters', 'repeats', 'threads', 'fw_size'):
+        if getattr(args, flag) < 1:
+            ap.error(f'--{flag.replace("_", "-")} {getattr(args, flag)}: must be at least 1')
     common = dict(batch=args.batch, size=args.size, iters=args.iters, warmup=args.warmup, threads=args.threads,
                   device=args.device)
     if args.checkpoint_load:
