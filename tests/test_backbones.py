@@ -1,5 +1,6 @@
 """One test parametrised over every registered backbone (timm's test_models pattern)."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -106,8 +107,16 @@ def test_deterministic_under_seed(built):
         assert torch.equal(fa[k], fb[k])
 
 
-@pytest.mark.parametrize('name', ALL)
-def test_deferred_build_leaves_what_every_initialisation_call_leaves(name, monkeypatch):
+#: options that change what a build initialises (other norms, zero-initialised residual BNs, channels-last weights)
+OPTION_BUILDS = [('rs_resnet50', dict(zero_init_residual=True)), ('resnext50_elastic', dict(channels_last=True)),
+                 ('resnext50_elastic', dict(zero_init_residual=False)),
+                 ('densenet201_elastic', dict(norm_layer=functools.partial(nn.GroupNorm, 16))),
+                 ('dla60x_elastic', dict(norm_layer=functools.partial(nn.GroupNorm, 16), channels_last=True))]
+
+
+@pytest.mark.parametrize('name, kwargs', [(n, {}) for n in ALL] + OPTION_BUILDS,
+                         ids=ALL + [f'{n}-{"-".join(k)}' for n, k in OPTION_BUILDS])
+def test_deferred_build_leaves_what_every_initialisation_call_leaves(name, kwargs, monkeypatch):
     """Issue 27: ``create`` records the build's ``torch.nn.init`` calls and replays only the last one on each
     tensor (backbones/pretrained/deferred_init.py).  Each writer here stamps its tensor with a value naming the call
     (function and arguments, no random draw), so the deferred build must equal, tensor for tensor, the build that
@@ -127,9 +136,9 @@ def test_deferred_build_leaves_what_every_initialisation_call_leaves(name, monke
 
     for writer in deferred_init._WRITERS:
         monkeypatch.setattr(nn.init, writer, stamper(writer))
-    deferred = _build(name).state_dict()
+    deferred = _build(name, **kwargs).state_dict()
     monkeypatch.setattr(deferred_init.DeferredInit, 'recording', lambda self: contextlib.nullcontext(self))
-    every_call = _build(name).state_dict()
+    every_call = _build(name, **kwargs).state_dict()
     assert deferred.keys() == every_call.keys()
     for k in deferred:
         assert torch.equal(deferred[k], every_call[k]), f'{name}: {k} differs from the build running every call'
