@@ -9,7 +9,7 @@ import os
 
 from . import _registry
 from .pretrained import create_pretrained
-from .pretrained.deferred_init import DeferredInit
+from .pretrained.deferred_init import build_deferred
 
 __all__ = ['create']
 
@@ -66,10 +66,6 @@ def create(name, pretrained=None, source=None, **kwargs):
         return create_pretrained(name, pretrained, source=source, **kwargs)
     if source is not None:
         raise ValueError('source= only applies together with pretrained=')
-    if not _registry.is_builtin(name):  # a user's family: its build may write tensors directly (deferred_init)
-        return _registry.build(name, **kwargs)
-    deferred = DeferredInit()
-    with deferred.recording():
-        model = _registry.build(name, **kwargs)
+    model, deferred = build_deferred(name, **kwargs)
     deferred.replay()  # the last initialisation of each tensor, not PyTorch's default draw before it (issue 27)
     return model

@@ -41,9 +41,9 @@ def _memoize(fn, cached_errors=()):
     return memoized
 
 
-def _memoize_mmengine_config_helpers():
+def _lighten_mmengine_config_helpers():
     """Issue 27: two pure helpers of MMEngine's config system took ~100 s of the suite's CPU, recomputed on every
-    config a test reads or a runner logs.  Kept per test process (same results, computed once):
+    config a test reads or a runner logs.  In the test processes:
 
     * ``mmengine.config.utils._get_cfg_metainfo(package_path, cfg_path)``: to resolve a ``mmdet::`` / ``mmseg::``
       base, MMEngine first parses every metafile of the installed package (~100 YAML files, ~0.2 s) and only then
@@ -78,7 +78,7 @@ def _parse_only_format_code(text, style_config=None, **kwargs):
 _parse_only_format_code.__wrapped_by_dynscale_tests__ = True
 
 
-_memoize_mmengine_config_helpers()
+_lighten_mmengine_config_helpers()
 
 
 @pytest.fixture(scope='session')

@@ -1,6 +1,5 @@
 """Conversion of a foreign file (a release of the authors, a torchvision / timm state dict) into the state dict of a
 dynscale model (:func:`convert`), through a *template* model built on the ``meta`` device."""
-import contextlib
 import warnings
 
 import torch
@@ -8,7 +7,7 @@ import torch
 from .. import _registry
 from ..checkpoint import CheckpointMismatchError, backbone_meta
 from . import origin_dense, origin_elastic, origin_rsnets, origin_slimmable
-from .deferred_init import DeferredInit
+from .deferred_init import build_deferred
 from .files import SourceFile, read_source
 from .mapping import Transfer
 from .origins import identify
@@ -64,9 +63,8 @@ def convert(src, model_name=None, source=None, template_kwargs=None, width_list=
     release.convert(src, template, transfer, model_name)
     sd = transfer.finish(_HINTS[release.origin](release))
     if transfer.new:  # keep the template's own initialisation for allowed-new tensors: build them for real
-        deferred, new = DeferredInit(), {k for k, _ in transfer.new}
-        with deferred.recording() if _registry.is_builtin(model_name) else contextlib.nullcontext():
-            real = _registry.build(model_name, num_classes=release.num_classes, **kwargs)
+        new = {k for k, _ in transfer.new}
+        real, deferred = build_deferred(model_name, num_classes=release.num_classes, **kwargs)
         real_sd = real.state_dict(keep_vars=True)
         deferred.replay(v for k, v in real_sd.items() if k not in new)  # draw only the new tensors
         for k in new:

@@ -25,7 +25,9 @@ import threading
 import torch
 from torch.nn import init
 
-__all__ = ['DeferredInit']
+from .. import _registry
+
+__all__ = ['DeferredInit', 'build_deferred']
 
 #: the functions of torch.nn.init that write a tensor in place
 _WRITERS = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'eye_', 'dirac_',
@@ -104,3 +106,20 @@ class DeferredInit:
                     tensor.copy_(fn(torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device),
                                     *args, **kwargs))
         self.calls = []
+
+
+def build_deferred(name, **kwargs):
+    """``backbones._registry.build(name, **kwargs)`` with the build's ``torch.nn.init`` calls recorded, for this
+    package's families only (:func:`backbones._registry.is_builtin`; a user's family draws as it builds).
+
+    Returns:
+        tuple: ``(model, deferred)``; call ``deferred.replay(written)`` once the tensors a file writes are loaded
+        (``replay()`` without weights): until then the recorded tensors hold uninitialised memory.
+
+    Raises:
+        as :func:`backbones._registry.build`.
+    """
+    deferred = DeferredInit()
+    with deferred.recording() if _registry.is_builtin(name) else contextlib.nullcontext():
+        model = _registry.build(name, **kwargs)
+    return model, deferred

@@ -27,17 +27,15 @@ tolerated differences are documented ones, each listed in the returned :class:`L
 Anything else raises :class:`~backbones.checkpoint.CheckpointMismatchError` naming the keys in both namings
 and the likely cause (wrong model, wrong width list, wrong origin).
 """
-import contextlib
 import re
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from .. import _registry
 from ..checkpoint import CheckpointMismatchError, state_mismatch, strip_prefix
 from .conversion import convert
-from .deferred_init import DeferredInit
+from .deferred_init import build_deferred
 from .files import SourceFile, read_source
 from .normalization import InputNormalization
 from .origins import _DETECTOR_PREFIXES, identify
@@ -421,10 +419,7 @@ def create_pretrained(name, pretrained, source=None, **kwargs):
     build.update(kwargs)
     if num_classes is not None and 'num_classes' not in kwargs:
         build['num_classes'] = num_classes
-    deferred = DeferredInit()
-    # the random draws of the build, for what the file does not overwrite (issue 27); a user's family draws as usual
-    with deferred.recording() if _registry.is_builtin(name) else contextlib.nullcontext():
-        model = _registry.build(name, **build)
+    model, deferred = build_deferred(name, **build)  # draws only what the file does not overwrite (issue 27)
     report = load_pretrained(model, src, source, **load_kw)
     own = model.state_dict(keep_vars=True)
     deferred.replay(own[k] for k in report.loaded_keys)
